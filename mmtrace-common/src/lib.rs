@@ -1,0 +1,215 @@
+//! The kernel<->userspace ABI of mmtrace.
+//!
+//! Every type here is `#[repr(C)]`, padded explicitly (no implicit padding: the
+//! BPF verifier rejects map keys with uninitialised bytes, and userspace must
+//! build byte-identical keys), and its size is asserted in the tests below.
+//! Counters are per-CPU map values: userspace sums the CPUs.
+#![no_std]
+
+/// Bits of [`MappingKey::kind`].
+pub mod kind {
+    /// The vma maps a file (`vm_file != NULL`).
+    pub const FILE: u32 = 1 << 0;
+    /// The vma is `VM_SHARED`.
+    pub const SHARED: u32 = 1 << 1;
+    /// `bpf_find_vma` failed (lock contention or no vma): the fault is counted
+    /// for the process but not attributed to a mapping.
+    pub const UNATTRIBUTED: u32 = 1 << 2;
+}
+
+/// Key of the per-mapping fault counters (`MAPPING_FAULTS`).
+///
+/// One row per (process, vma start, file): a vma reused for another file, or
+/// a process image replaced by exec, gets a new row.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MappingKey {
+    /// Thread-group id (the process id userspace sees).
+    pub tgid: u32,
+    /// [`kind`] bits.
+    pub kind: u32,
+    /// `vm_area_struct.vm_start` (0 when unattributed).
+    pub vm_start: u64,
+    /// `vm_area_struct.vm_end` when the row was created.
+    pub vm_end: u64,
+    /// `vm_pgoff`: the file offset of `vm_start`, in pages.
+    pub pgoff: u64,
+    /// `inode.i_ino` of the mapped file (0 for anonymous memory).
+    pub ino: u64,
+    /// `super_block.s_dev` in the kernel's encoding (`major << 20 | minor`).
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// Per-mapping fault counters (a per-CPU value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounters {
+    /// `PERF_COUNT_SW_PAGE_FAULTS_MIN` events.
+    pub minor: u64,
+    /// `PERF_COUNT_SW_PAGE_FAULTS_MAJ` events.
+    pub major: u64,
+    /// Faults whose error code has the write bit (x86: bit 1).
+    pub write: u64,
+    /// Write faults on a private (`!VM_SHARED`) file mapping: copy-on-write.
+    pub cow: u64,
+    /// Pages mapped by these faults: the fault-around window
+    /// (`mm_filemap_map_pages`) where one ran, else 1.
+    pub pages_mapped: u64,
+}
+
+/// Key of the per-file page-cache counters (`FILE_CACHE`). A present key also
+/// means "this file is of interest": evictions of it are counted whoever
+/// causes them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileKey {
+    pub ino: u64,
+    /// Kernel encoding (`major << 20 | minor`).
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// Per-file page-cache counters (a per-CPU value), in pages (folios weighted
+/// by `1 << order`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheCounters {
+    pub added: u64,
+    pub evicted: u64,
+    /// Pages re-added after an eviction this trace saw (estimate: bounded by
+    /// the size of the `EVICTED` LRU map).
+    pub refaulted: u64,
+}
+
+/// Key of the recently-evicted LRU map used to detect refaults.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PageKey {
+    pub ino: u64,
+    pub index: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// Per-process record written when a thread of a traced process exits (a
+/// per-CPU value keyed by tgid): the kernel's own fault counters of the
+/// exiting threads, so the reconciliation survives the process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitRecord {
+    /// Sum of `task_struct.min_flt` of the threads that exited.
+    pub min_flt: u64,
+    /// Sum of `task_struct.maj_flt` of the threads that exited.
+    pub maj_flt: u64,
+    /// Number of threads seen exiting.
+    pub threads: u64,
+    /// Non-zero once the whole thread group is dead.
+    pub group_dead: u64,
+    /// `comm` of the last exiting thread.
+    pub comm: [u8; 16],
+}
+
+/// Value of the `SCOPE` map (key: tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScopeEntry {
+    /// [`scope`] bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Bits of [`ScopeEntry::flags`].
+pub mod scope {
+    /// Children forked by this process join the scope.
+    pub const FOLLOW_CHILDREN: u32 = 1 << 0;
+    /// Added by the kernel at fork (not a target named by the user).
+    pub const CHILD: u32 = 1 << 1;
+}
+
+/// Indexes of the per-CPU `ERRORS` array: events that could not be counted
+/// where they belong. Userspace reports every non-zero one.
+pub mod errors {
+    /// `MAPPING_FAULTS` was full: faults counted only in `UNATTRIBUTED` rows.
+    pub const MAPPING_FULL: u32 = 0;
+    /// `FILE_CACHE` was full: page-cache events of a new file were lost.
+    pub const FILE_FULL: u32 = 1;
+    /// `SCOPE` was full: a forked child could not be added.
+    pub const SCOPE_FULL: u32 = 2;
+    /// `bpf_find_vma` failed (mmap lock busy, no vma).
+    pub const FIND_VMA_FAILED: u32 = 3;
+    /// `EXITS` was full.
+    pub const EXIT_FULL: u32 = 4;
+    /// A kernel read (`bpf_probe_read_kernel`) failed.
+    pub const READ_FAILED: u32 = 5;
+    pub const COUNT: u32 = 8;
+}
+
+/// Capacity defaults (entries).
+pub mod limits {
+    pub const SCOPE: u32 = 16_384;
+    pub const MAPPINGS: u32 = 65_536;
+    pub const FILES: u32 = 65_536;
+    pub const EVICTED: u32 = 262_144;
+    pub const EXITS: u32 = 16_384;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)] plain integers with explicit padding.
+    unsafe impl aya::Pod for MappingKey {}
+    unsafe impl aya::Pod for FaultCounters {}
+    unsafe impl aya::Pod for FileKey {}
+    unsafe impl aya::Pod for CacheCounters {}
+    unsafe impl aya::Pod for PageKey {}
+    unsafe impl aya::Pod for ExitRecord {}
+    unsafe impl aya::Pod for ScopeEntry {}
+}
+
+impl FaultCounters {
+    pub fn add(&mut self, o: &Self) {
+        self.minor += o.minor;
+        self.major += o.major;
+        self.write += o.write;
+        self.cow += o.cow;
+        self.pages_mapped += o.pages_mapped;
+    }
+}
+
+impl CacheCounters {
+    pub fn add(&mut self, o: &Self) {
+        self.added += o.added;
+        self.evicted += o.evicted;
+        self.refaulted += o.refaulted;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn abi_sizes_have_no_hidden_padding() {
+        assert_eq!(size_of::<MappingKey>(), 48);
+        assert_eq!(size_of::<FaultCounters>(), 40);
+        assert_eq!(size_of::<FileKey>(), 16);
+        assert_eq!(size_of::<CacheCounters>(), 24);
+        assert_eq!(size_of::<PageKey>(), 24);
+        assert_eq!(size_of::<ExitRecord>(), 48);
+        assert_eq!(size_of::<ScopeEntry>(), 8);
+    }
+
+    #[test]
+    fn counters_add_every_field() {
+        let one = FaultCounters { minor: 1, major: 2, write: 3, cow: 4, pages_mapped: 5 };
+        let mut sum = one;
+        sum.add(&one);
+        assert_eq!(sum, FaultCounters { minor: 2, major: 4, write: 6, cow: 8, pages_mapped: 10 });
+        let c = CacheCounters { added: 1, evicted: 2, refaulted: 3 };
+        let mut s = c;
+        s.add(&c);
+        assert_eq!(s, CacheCounters { added: 2, evicted: 4, refaulted: 6 });
+    }
+}

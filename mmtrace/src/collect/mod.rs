@@ -1,0 +1,1 @@
+//! Loading the eBPF programs and reading their maps.

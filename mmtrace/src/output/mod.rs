@@ -1,0 +1,1 @@
+//! Reports: the human table and JSON Lines.
