@@ -10,7 +10,11 @@ fn main() -> anyhow::Result<()> {
         .join("mmtrace-ebpf");
     let root = root.to_str().context("non-UTF-8 path")?;
     aya_build::build_ebpf(
-        [Package { name: "mmtrace-ebpf", root_dir: root, ..Default::default() }],
+        [Package {
+            name: "mmtrace-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
         Toolchain::default(),
     )
 }

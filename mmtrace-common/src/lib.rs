@@ -119,6 +119,63 @@ pub struct ScopeEntry {
     pub _pad: u32,
 }
 
+/// Run-time configuration of the eBPF programs, written by the loader into the
+/// `CONFIG` global before load (`EbpfLoader::override_global`).
+///
+/// Rust eBPF gets no CO-RE relocations, so kernel struct offsets come from
+/// `/sys/kernel/btf/vmlinux` and tracepoint field offsets from tracefs
+/// `format` files, both read at start by the loader. An offset of
+/// [`Config::ABSENT`] means "this kernel has no such field".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// mmtrace's own tgid: never traced.
+    pub self_tgid: u32,
+    /// Non-zero: the fault path may reuse the last vma per CPU while the
+    /// process's `mm_lock_seq` is unchanged (needs `mm_lock_seq`).
+    pub vma_cache: u32,
+    // --- struct offsets (bytes), from BTF ---
+    pub task_mm: u32,
+    pub task_min_flt: u32,
+    pub task_maj_flt: u32,
+    pub mm_lock_seq: u32,
+    pub vma_vm_start: u32,
+    pub vma_vm_end: u32,
+    pub vma_vm_flags: u32,
+    pub vma_vm_pgoff: u32,
+    pub vma_vm_file: u32,
+    pub file_f_inode: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_dev: u32,
+    // --- tracepoint field offsets (bytes), from tracefs `format` ---
+    /// filemap:mm_filemap_{add_to,delete_from}_page_cache (same layout).
+    pub tp_cache_ino: u32,
+    pub tp_cache_index: u32,
+    pub tp_cache_dev: u32,
+    pub tp_cache_order: u32,
+    /// filemap:mm_filemap_fault
+    pub tp_fault_ino: u32,
+    pub tp_fault_dev: u32,
+    /// filemap:mm_filemap_map_pages
+    pub tp_map_ino: u32,
+    pub tp_map_dev: u32,
+    pub tp_map_index: u32,
+    pub tp_map_last_index: u32,
+    /// sched:sched_process_exit `group_dead` (ABSENT on kernels < 6.16).
+    pub tp_exit_group_dead: u32,
+    /// task:task_newtask
+    pub tp_newtask_pid: u32,
+    pub tp_newtask_clone_flags: u32,
+    /// exceptions:page_fault_{user,kernel} `error_code` (x86 only).
+    pub tp_pf_error_code: u32,
+    pub _pad: u32,
+}
+
+impl Config {
+    pub const ABSENT: u32 = u32::MAX;
+}
+
 /// Bits of [`ScopeEntry::flags`].
 pub mod scope {
     /// Children forked by this process join the scope.
@@ -165,6 +222,7 @@ mod user {
     unsafe impl aya::Pod for PageKey {}
     unsafe impl aya::Pod for ExitRecord {}
     unsafe impl aya::Pod for ScopeEntry {}
+    unsafe impl aya::Pod for Config {}
 }
 
 impl FaultCounters {
@@ -199,17 +257,44 @@ mod tests {
         assert_eq!(size_of::<PageKey>(), 24);
         assert_eq!(size_of::<ExitRecord>(), 48);
         assert_eq!(size_of::<ScopeEntry>(), 8);
+        assert_eq!(size_of::<Config>() % 8, 0);
     }
 
     #[test]
     fn counters_add_every_field() {
-        let one = FaultCounters { minor: 1, major: 2, write: 3, cow: 4, pages_mapped: 5 };
+        let one = FaultCounters {
+            minor: 1,
+            major: 2,
+            write: 3,
+            cow: 4,
+            pages_mapped: 5,
+        };
         let mut sum = one;
         sum.add(&one);
-        assert_eq!(sum, FaultCounters { minor: 2, major: 4, write: 6, cow: 8, pages_mapped: 10 });
-        let c = CacheCounters { added: 1, evicted: 2, refaulted: 3 };
+        assert_eq!(
+            sum,
+            FaultCounters {
+                minor: 2,
+                major: 4,
+                write: 6,
+                cow: 8,
+                pages_mapped: 10
+            }
+        );
+        let c = CacheCounters {
+            added: 1,
+            evicted: 2,
+            refaulted: 3,
+        };
         let mut s = c;
         s.add(&c);
-        assert_eq!(s, CacheCounters { added: 2, evicted: 4, refaulted: 6 });
+        assert_eq!(
+            s,
+            CacheCounters {
+                added: 2,
+                evicted: 4,
+                refaulted: 6
+            }
+        );
     }
 }

@@ -1,1 +1,171 @@
-//! TODO
+//! Command-line interface.
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Which file's pages were faulted in, evicted, and keep coming back: per-file
+/// page-fault and page-cache tracing on eBPF.
+///
+/// Examples:
+///   sudo mmtrace --pid 1234            trace a running process (and its new children)
+///   sudo mmtrace -- python train.py    trace a command from its first instruction
+///   sudo mmtrace --json -o trace.jsonl -- ./db
+///   sudo mmtrace                       run the built-in demo
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "mmtrace",
+    version,
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// Trace this process (all its threads); repeat for several.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Do not follow children forked after the trace starts.
+    #[arg(long)]
+    pub no_children: bool,
+
+    /// Stop after this many seconds.
+    #[arg(short, long, value_name = "SECS", value_parser = positive_secs)]
+    pub duration: Option<f64>,
+
+    /// Print a report every SECS seconds while tracing (like pidstat).
+    #[arg(short, long, value_name = "SECS", value_parser = positive_secs)]
+    pub interval: Option<f64>,
+
+    /// Write JSON Lines (metadata, intervals, summary) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write the JSON Lines here instead of stdout (implies --json).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Print no table (exit status and JSON only).
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Rows in the file and mapping tables.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub top: usize,
+
+    /// Also print the per-mapping table.
+    #[arg(short, long)]
+    pub mappings: bool,
+
+    /// Capacity of the per-mapping map (entries).
+    #[arg(long, default_value_t = mmtrace_common::limits::MAPPINGS, value_name = "N")]
+    pub max_mappings: u32,
+
+    /// Capacity of the per-file map (entries).
+    #[arg(long, default_value_t = mmtrace_common::limits::FILES, value_name = "N")]
+    pub max_files: u32,
+
+    /// Capacity of the process scope (entries).
+    #[arg(long, default_value_t = mmtrace_common::limits::SCOPE, value_name = "N")]
+    pub max_processes: u32,
+
+    /// More diagnostics on stderr (-v, -vv).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// The command to start and trace (after `--`).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+
+    #[command(subcommand)]
+    pub sub: Option<Sub>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Sub {
+    /// Run one of mmtrace's own deterministic workloads (used by tests and
+    /// benchmarks).
+    #[command(hide = true)]
+    Workload(crate::workload::WorkloadArgs),
+    /// The built-in demo workload (what `mmtrace` traces with no target).
+    #[command(hide = true)]
+    DemoWorkload {
+        /// Directory for the demo's data file.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("`{s}`: must be more than 0 seconds"))
+    }
+}
+
+impl Cli {
+    pub fn wants_json(&self) -> bool {
+        self.json || self.output.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("mmtrace").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn pid_and_options() {
+        let c = parse(&[
+            "--pid",
+            "42",
+            "-p",
+            "43",
+            "--no-children",
+            "-i",
+            "0.5",
+            "-d",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(c.pids, [42, 43]);
+        assert!(c.no_children);
+        assert_eq!(c.interval, Some(0.5));
+        assert_eq!(c.duration, Some(10.0));
+        assert!(c.command.is_empty());
+    }
+
+    #[test]
+    fn command_after_double_dash_keeps_its_own_flags() {
+        let c = parse(&["--json", "--", "python", "-c", "print(1)", "--pid", "3"]).unwrap();
+        assert_eq!(c.command, ["python", "-c", "print(1)", "--pid", "3"]);
+        assert!(c.pids.is_empty());
+        assert!(c.wants_json());
+    }
+
+    #[test]
+    fn output_implies_json() {
+        assert!(parse(&["-o", "x.jsonl"]).unwrap().wants_json());
+        assert!(!parse(&[]).unwrap().wants_json());
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_a_reason() {
+        let e = parse(&["--interval", "0"]).unwrap_err().to_string();
+        assert!(e.contains("more than 0"), "{e}");
+        let e = parse(&["--duration", "soon"]).unwrap_err().to_string();
+        assert!(e.contains("not a number"), "{e}");
+        assert!(parse(&["--pid", "abc"]).is_err());
+    }
+
+    #[test]
+    fn hidden_workload_subcommand() {
+        let c = parse(&["workload", "anon", "--pages", "10"]).unwrap();
+        assert!(matches!(c.sub, Some(Sub::Workload(_))));
+    }
+}

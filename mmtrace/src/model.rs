@@ -1,1 +1,782 @@
-//! TODO
+//! The ledger: pure aggregation of what the kernel counted (a [`Snapshot`])
+//! with what userspace saw in `/proc` (paths, perms, the kernel's own fault
+//! counters, RSS) and residency, into a [`Report`] per process, mapping and
+//! file. No aya types and no I/O here: everything is tested on synthetic input.
+use std::collections::{BTreeMap, HashMap};
+
+use mmtrace_common::{FaultCounters, MappingKey, kind};
+use serde::Serialize;
+
+use crate::{
+    collect::Snapshot,
+    devnum::Dev,
+    procfs::{MapEntry, OpenFile, ProcStat, ProcStatus},
+    residency::Residency,
+};
+
+/// A file as the kernel names it: (`s_dev` in kernel encoding, inode number).
+pub type FileId = (u32, u64);
+
+/// Where a process's kernel fault counts come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelSource {
+    /// `/proc/<pid>/stat` fields 10 and 12, read while the process lived.
+    ProcStat,
+    /// `task_struct.min_flt`/`maj_flt` of every thread, captured by the eBPF
+    /// exit hook (the process has exited).
+    Exit,
+    /// The last `/proc/<pid>/stat` read before the process vanished.
+    LastSample,
+}
+
+/// What userspace knows of one traced process.
+#[derive(Clone, Debug, Default)]
+pub struct ProcState {
+    pub comm: String,
+    /// Named by the user (`--pid` or the command), not a child found later.
+    pub target: bool,
+    /// Kernel (minor, major) when the process entered the scope: 0 for a
+    /// process born inside the trace.
+    pub baseline: (u64, u64),
+    /// Sum over the threads alive at attach (subtracted from exit totals).
+    pub baseline_threads: (u64, u64),
+    pub last_stat: Option<(u64, u64)>,
+    pub alive: bool,
+    pub maps: Vec<MapEntry>,
+    pub status: Option<ProcStatus>,
+}
+
+/// Last known path of a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathInfo {
+    pub path: String,
+    pub deleted: bool,
+}
+
+/// The aggregation state of one trace.
+#[derive(Debug)]
+pub struct Ledger {
+    pub page_size: u64,
+    pub procs: BTreeMap<u32, ProcState>,
+    pub paths: HashMap<FileId, PathInfo>,
+    pub residency: HashMap<FileId, Residency>,
+}
+
+impl Ledger {
+    pub fn new(page_size: u64) -> Self {
+        Self {
+            page_size,
+            procs: BTreeMap::new(),
+            paths: HashMap::new(),
+            residency: HashMap::new(),
+        }
+    }
+
+    /// Records a process entering the scope with its kernel counters then.
+    pub fn add_process(
+        &mut self,
+        pid: u32,
+        target: bool,
+        baseline: Option<&ProcStat>,
+        threads: (u64, u64),
+    ) {
+        let p = self.procs.entry(pid).or_default();
+        p.target |= target;
+        p.alive = true;
+        if let Some(s) = baseline {
+            p.comm = s.comm.clone();
+            p.baseline = (s.minflt, s.majflt);
+            p.last_stat = Some((s.minflt, s.majflt));
+        }
+        p.baseline_threads = threads;
+    }
+
+    /// Records one look at `/proc/<pid>`. `None` parts were unreadable.
+    pub fn observe(
+        &mut self,
+        pid: u32,
+        stat: Option<&ProcStat>,
+        status: Option<ProcStatus>,
+        maps: Option<Vec<MapEntry>>,
+        fds: &[OpenFile],
+    ) {
+        let p = self.procs.entry(pid).or_default();
+        p.alive = true;
+        if let Some(s) = stat {
+            p.comm = s.comm.clone();
+            p.last_stat = Some((s.minflt, s.majflt));
+        }
+        if status.is_some() {
+            p.status = status;
+        }
+        if let Some(maps) = maps {
+            for m in maps.iter().filter(|m| m.is_file()) {
+                if let Some(path) = &m.path {
+                    self.paths.insert(
+                        (m.dev.to_kernel(), m.ino),
+                        PathInfo {
+                            path: path.clone(),
+                            deleted: m.deleted,
+                        },
+                    );
+                }
+            }
+            p.maps = maps;
+        }
+        for f in fds {
+            self.paths
+                .entry((f.dev.to_kernel(), f.ino))
+                .or_insert_with(|| PathInfo {
+                    path: f.path.clone(),
+                    deleted: false,
+                });
+        }
+    }
+
+    pub fn mark_gone(&mut self, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.alive = false;
+            p.status = None;
+        }
+    }
+
+    /// Files userspace knows the targets map or hold open.
+    pub fn known_files(&self) -> Vec<FileId> {
+        let mut v: Vec<FileId> = self.paths.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Builds the report from the kernel's counters and everything observed.
+    pub fn report(&self, snap: &Snapshot) -> Report {
+        let pages = |kib: u64| kib * 1024 / self.page_size;
+
+        // Processes: every pid seen by userspace or by the kernel.
+        let mut traced: BTreeMap<u32, FaultCounters> = BTreeMap::new();
+        for (k, c) in &snap.mappings {
+            traced.entry(k.tgid).or_default().add(c);
+        }
+        let mut pids: Vec<u32> = self.procs.keys().copied().collect();
+        pids.extend(traced.keys().copied());
+        pids.extend(snap.exits.keys().copied());
+        pids.sort_unstable();
+        pids.dedup();
+        let processes = pids
+            .into_iter()
+            .map(|pid| {
+                let st = self.procs.get(&pid);
+                let t = traced.get(&pid).copied().unwrap_or_default();
+                let exit = snap.exits.get(&pid).filter(|e| e.group_dead != 0);
+                let alive = st.is_some_and(|s| s.alive) && exit.is_none();
+                let base = st.map(|s| s.baseline).unwrap_or_default();
+                let (kernel, source) = match (exit, st) {
+                    (Some(e), _) => {
+                        let bt = st.map(|s| s.baseline_threads).unwrap_or_default();
+                        (
+                            Some((
+                                e.min_flt.saturating_sub(bt.0),
+                                e.maj_flt.saturating_sub(bt.1),
+                            )),
+                            Some(KernelSource::Exit),
+                        )
+                    }
+                    (None, Some(s)) => match s.last_stat {
+                        Some((mi, ma)) => (
+                            Some((mi.saturating_sub(base.0), ma.saturating_sub(base.1))),
+                            Some(if s.alive {
+                                KernelSource::ProcStat
+                            } else {
+                                KernelSource::LastSample
+                            }),
+                        ),
+                        None => (None, None),
+                    },
+                    (None, None) => (None, None),
+                };
+                let comm = match (st, exit) {
+                    (Some(s), _) if !s.comm.is_empty() => s.comm.clone(),
+                    (_, Some(e)) => comm_str(&e.comm),
+                    _ => String::new(),
+                };
+                let status = st.and_then(|s| s.status.as_ref()).filter(|_| alive);
+                ProcessRow {
+                    pid,
+                    comm,
+                    alive,
+                    target: st.is_some_and(|s| s.target),
+                    minor_faults: t.minor,
+                    major_faults: t.major,
+                    write_faults: t.write,
+                    cow_faults: t.cow,
+                    kernel_minor_faults: kernel.map(|k| k.0),
+                    kernel_major_faults: kernel.map(|k| k.1),
+                    kernel_source: source,
+                    untraced_minor_faults: kernel.map(|k| k.0 as i64 - t.minor as i64),
+                    untraced_major_faults: kernel.map(|k| k.1 as i64 - t.major as i64),
+                    rss_file_pages: status.map(|s| pages(s.rss_file_kib)),
+                    rss_anon_pages: status.map(|s| pages(s.rss_anon_kib)),
+                    rss_shmem_pages: status.map(|s| pages(s.rss_shmem_kib)),
+                }
+            })
+            .collect::<Vec<_>>();
+
+        // Mappings and files.
+        let mut mappings = Vec::new();
+        let mut by_file: BTreeMap<FileId, FileRow> = BTreeMap::new();
+        let mut anon = FileRow::special("[anon]", FileKind::Anon);
+        let mut unattributed = FileRow::special("[unattributed]", FileKind::Unattributed);
+        for (k, c) in &snap.mappings {
+            let row = self.mapping_row(k, c);
+            let target = if k.kind & kind::UNATTRIBUTED != 0 {
+                &mut unattributed
+            } else if k.kind & kind::FILE != 0 {
+                let id = (k.dev, k.ino);
+                by_file.entry(id).or_insert_with(|| self.file_row(id))
+            } else {
+                &mut anon
+            };
+            target.add_faults(c);
+            target.mappings += 1;
+            mappings.push(row);
+        }
+        for (fk, c) in &snap.files {
+            let r = by_file
+                .entry((fk.dev, fk.ino))
+                .or_insert_with(|| self.file_row((fk.dev, fk.ino)));
+            r.pages_added += c.added;
+            r.pages_evicted += c.evicted;
+            r.refault_pages += c.refaulted;
+        }
+        let mut files: Vec<FileRow> = by_file
+            .into_values()
+            .filter(|f| f.activity() > 0 || f.mappings > 0)
+            .collect();
+        files.sort_by(|a, b| {
+            b.activity()
+                .cmp(&a.activity())
+                .then_with(|| a.path.cmp(&b.path))
+        });
+        anon.resident_pages = Some(processes.iter().filter_map(|p| p.rss_anon_pages).sum());
+        if anon.mappings > 0 || anon.resident_pages.unwrap_or(0) > 0 {
+            files.push(anon);
+        }
+        if unattributed.mappings > 0 {
+            files.push(unattributed);
+        }
+        mappings.sort_by(|a, b| {
+            (b.minor_faults + b.major_faults)
+                .cmp(&(a.minor_faults + a.major_faults))
+                .then(a.pid.cmp(&b.pid))
+                .then(a.start.cmp(&b.start))
+        });
+
+        let errors = snap
+            .errors
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| ErrorRow {
+                name: crate::collect::maps::error_name(i as u32),
+                count: *n,
+                meaning: crate::collect::maps::error_advice(i as u32),
+            })
+            .collect();
+        Report {
+            processes,
+            files,
+            mappings,
+            lost_faults: snap.lost_faults.minor + snap.lost_faults.major,
+            errors,
+        }
+    }
+
+    fn file_row(&self, id: FileId) -> FileRow {
+        let dev = Dev::from_kernel(id.0);
+        let (path, path_known, deleted) = match self.paths.get(&id) {
+            Some(p) => (p.path.clone(), true, p.deleted),
+            None => (format!("[{dev}:{}]", id.1), false, false),
+        };
+        let res = self.residency.get(&id);
+        FileRow {
+            path,
+            path_known,
+            deleted,
+            kind: FileKind::File,
+            dev: Some(dev),
+            ino: id.1,
+            resident_pages: res.map(|r| r.cached_pages),
+            file_pages: res.map(|r| r.total_pages),
+            ..FileRow::default()
+        }
+    }
+
+    fn mapping_row(&self, k: &MappingKey, c: &FaultCounters) -> MappingRow {
+        let entry = self.procs.get(&k.tgid).and_then(|p| {
+            p.maps.iter().find(|m| {
+                m.start <= k.vm_start
+                    && k.vm_start < m.end
+                    && (k.kind & kind::FILE == 0 || m.ino == k.ino)
+            })
+        });
+        let label = if k.kind & kind::UNATTRIBUTED != 0 {
+            MappingKind::Unattributed
+        } else if k.kind & kind::FILE != 0 {
+            MappingKind::File
+        } else {
+            match entry.and_then(|e| e.path.as_deref()) {
+                Some("[heap]") => MappingKind::Heap,
+                Some(p) if p.starts_with("[stack") => MappingKind::Stack,
+                _ => MappingKind::Anon,
+            }
+        };
+        let path = if k.kind & kind::FILE != 0 {
+            self.paths
+                .get(&(k.dev, k.ino))
+                .map(|p| p.path.clone())
+                .unwrap_or_else(|| format!("[{}:{}]", Dev::from_kernel(k.dev), k.ino))
+        } else {
+            entry.and_then(|e| e.path.clone()).unwrap_or_default()
+        };
+        MappingRow {
+            pid: k.tgid,
+            kind: label,
+            path,
+            start: k.vm_start,
+            end: k.vm_end,
+            offset: k.pgoff * self.page_size,
+            shared: k.kind & kind::SHARED != 0,
+            perms: entry.map(|e| e.perms()),
+            minor_faults: c.minor,
+            major_faults: c.major,
+            write_faults: c.write,
+            cow_faults: c.cow,
+            pages_mapped: c.pages_mapped,
+        }
+    }
+}
+
+fn comm_str(c: &[u8; 16]) -> String {
+    let n = c.iter().position(|b| *b == 0).unwrap_or(c.len());
+    String::from_utf8_lossy(&c[..n]).into_owned()
+}
+
+/// One process's line of the report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ProcessRow {
+    pub pid: u32,
+    pub comm: String,
+    pub alive: bool,
+    pub target: bool,
+    pub minor_faults: u64,
+    pub major_faults: u64,
+    pub write_faults: u64,
+    pub cow_faults: u64,
+    pub kernel_minor_faults: Option<u64>,
+    pub kernel_major_faults: Option<u64>,
+    pub kernel_source: Option<KernelSource>,
+    /// Kernel count minus traced count: faults the kernel counted that fire
+    /// no perf event (GUP: O_DIRECT, pinning, execve's argv copy).
+    pub untraced_minor_faults: Option<i64>,
+    pub untraced_major_faults: Option<i64>,
+    pub rss_file_pages: Option<u64>,
+    pub rss_anon_pages: Option<u64>,
+    pub rss_shmem_pages: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    #[default]
+    File,
+    Anon,
+    Unattributed,
+}
+
+/// One file's line (or the anonymous-memory line) of the report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FileRow {
+    pub path: String,
+    pub path_known: bool,
+    pub deleted: bool,
+    pub kind: FileKind,
+    pub dev: Option<Dev>,
+    pub ino: u64,
+    pub mappings: u64,
+    pub minor_faults: u64,
+    pub major_faults: u64,
+    pub write_faults: u64,
+    pub cow_faults: u64,
+    pub pages_mapped: u64,
+    pub pages_added: u64,
+    pub pages_evicted: u64,
+    /// Estimate: pages re-added after an eviction seen during this trace.
+    pub refault_pages: u64,
+    pub resident_pages: Option<u64>,
+    pub file_pages: Option<u64>,
+}
+
+impl FileRow {
+    fn special(path: &str, kind: FileKind) -> Self {
+        Self {
+            path: path.into(),
+            path_known: true,
+            kind,
+            ..Self::default()
+        }
+    }
+    fn add_faults(&mut self, c: &FaultCounters) {
+        self.minor_faults += c.minor;
+        self.major_faults += c.major;
+        self.write_faults += c.write;
+        self.cow_faults += c.cow;
+        self.pages_mapped += c.pages_mapped;
+    }
+    /// Sort key: busiest first.
+    pub fn activity(&self) -> u64 {
+        self.minor_faults + self.major_faults + self.pages_added + self.pages_evicted
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MappingKind {
+    File,
+    Heap,
+    Stack,
+    Anon,
+    Unattributed,
+}
+
+/// One vma's line of the report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MappingRow {
+    pub pid: u32,
+    pub kind: MappingKind,
+    pub path: String,
+    pub start: u64,
+    pub end: u64,
+    /// File offset of `start`, bytes.
+    pub offset: u64,
+    pub shared: bool,
+    /// `rwxp` as in /proc/<pid>/maps, when the mapping was seen there.
+    pub perms: Option<String>,
+    pub minor_faults: u64,
+    pub major_faults: u64,
+    pub write_faults: u64,
+    pub cow_faults: u64,
+    pub pages_mapped: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ErrorRow {
+    pub name: &'static str,
+    pub count: u64,
+    pub meaning: &'static str,
+}
+
+/// Everything a report shows, cumulative since the trace started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Report {
+    pub processes: Vec<ProcessRow>,
+    pub files: Vec<FileRow>,
+    pub mappings: Vec<MappingRow>,
+    /// Faults of traced processes that found no room in the mapping map.
+    pub lost_faults: u64,
+    pub errors: Vec<ErrorRow>,
+}
+
+#[cfg(test)]
+mod tests {
+    use mmtrace_common::{CacheCounters, ExitRecord, FileKey};
+
+    use super::*;
+
+    fn map_entry(start: u64, end: u64, path: &str, ino: u64, shared: bool) -> MapEntry {
+        MapEntry {
+            start,
+            end,
+            read: true,
+            write: true,
+            exec: false,
+            shared,
+            offset: 0,
+            dev: if ino == 0 {
+                Dev::default()
+            } else {
+                Dev {
+                    major: 254,
+                    minor: 0,
+                }
+            },
+            ino,
+            path: if path.is_empty() {
+                None
+            } else {
+                Some(path.into())
+            },
+            deleted: false,
+        }
+    }
+
+    fn stat(pid: u32, comm: &str, min: u64, maj: u64) -> ProcStat {
+        ProcStat {
+            pid,
+            comm: comm.into(),
+            state: 'S',
+            ppid: 1,
+            minflt: min,
+            majflt: maj,
+            num_threads: 1,
+            starttime: 0,
+        }
+    }
+
+    fn key(tgid: u32, k: u32, start: u64, ino: u64) -> MappingKey {
+        let dev = if ino == 0 {
+            0
+        } else {
+            Dev {
+                major: 254,
+                minor: 0,
+            }
+            .to_kernel()
+        };
+        MappingKey {
+            tgid,
+            kind: k,
+            vm_start: start,
+            vm_end: start + 0x10000,
+            pgoff: 0,
+            ino,
+            dev,
+            _pad: 0,
+        }
+    }
+
+    fn faults(minor: u64, major: u64, write: u64, cow: u64) -> FaultCounters {
+        FaultCounters {
+            minor,
+            major,
+            write,
+            cow,
+            pages_mapped: minor + major,
+        }
+    }
+
+    fn ledger() -> Ledger {
+        let mut l = Ledger::new(4096);
+        l.add_process(10, true, Some(&stat(10, "app", 100, 2)), (100, 2));
+        l.observe(
+            10,
+            Some(&stat(10, "app", 1100, 7)),
+            Some(ProcStatus {
+                tgid: 10,
+                ppid: 1,
+                rss_anon_kib: 400,
+                rss_file_kib: 800,
+                rss_shmem_kib: 0,
+                vm_rss_kib: 1200,
+            }),
+            Some(vec![
+                map_entry(0x1000, 0x9000, "/data/a.bin", 42, true),
+                map_entry(0x20000, 0x30000, "[heap]", 0, false),
+                map_entry(0x40000, 0x50000, "/data/b.bin", 43, false),
+            ]),
+            &[],
+        );
+        l
+    }
+
+    #[test]
+    fn processes_reconcile_against_the_baseline() {
+        let l = ledger();
+        let mut s = Snapshot::default();
+        s.mappings.insert(
+            key(10, kind::FILE | kind::SHARED, 0x1000, 42),
+            faults(900, 5, 0, 0),
+        );
+        s.mappings
+            .insert(key(10, 0, 0x20000, 0), faults(97, 0, 97, 0));
+        let r = l.report(&s);
+        let p = &r.processes[0];
+        assert_eq!((p.pid, p.comm.as_str(), p.alive), (10, "app", true));
+        assert_eq!((p.minor_faults, p.major_faults), (997, 5));
+        assert_eq!(
+            (p.kernel_minor_faults, p.kernel_major_faults),
+            (Some(1000), Some(5))
+        );
+        assert_eq!(p.untraced_minor_faults, Some(3));
+        assert_eq!(p.kernel_source, Some(KernelSource::ProcStat));
+        assert_eq!(p.rss_anon_pages, Some(100));
+        assert_eq!(p.rss_file_pages, Some(200));
+    }
+
+    #[test]
+    fn an_exited_process_uses_the_exit_counters_minus_its_threads_at_attach() {
+        let mut l = ledger();
+        l.mark_gone(10);
+        let mut s = Snapshot::default();
+        s.exits.insert(
+            10,
+            ExitRecord {
+                min_flt: 1500,
+                maj_flt: 9,
+                threads: 2,
+                group_dead: 1,
+                comm: [0; 16],
+            },
+        );
+        let r = l.report(&s);
+        let p = &r.processes[0];
+        assert!(!p.alive);
+        assert_eq!(p.kernel_source, Some(KernelSource::Exit));
+        assert_eq!(
+            (p.kernel_minor_faults, p.kernel_major_faults),
+            (Some(1400), Some(7))
+        );
+        assert_eq!(p.rss_anon_pages, None);
+    }
+
+    #[test]
+    fn a_child_known_only_to_the_kernel_still_gets_a_row_with_its_comm() {
+        let l = Ledger::new(4096);
+        let mut s = Snapshot::default();
+        let mut comm = [0u8; 16];
+        comm[..5].copy_from_slice(b"child");
+        s.exits.insert(
+            77,
+            ExitRecord {
+                min_flt: 12,
+                maj_flt: 0,
+                threads: 1,
+                group_dead: 1,
+                comm,
+            },
+        );
+        s.mappings
+            .insert(key(77, 0, 0x5000, 0), faults(11, 0, 11, 0));
+        let r = l.report(&s);
+        assert_eq!(r.processes.len(), 1);
+        assert_eq!(r.processes[0].comm, "child");
+        assert_eq!(r.processes[0].untraced_minor_faults, Some(1));
+    }
+
+    #[test]
+    fn files_join_faults_and_cache_and_sort_busiest_first() {
+        let l = ledger();
+        let dev = Dev {
+            major: 254,
+            minor: 0,
+        }
+        .to_kernel();
+        let mut s = Snapshot::default();
+        s.mappings.insert(
+            key(10, kind::FILE | kind::SHARED, 0x1000, 42),
+            faults(10, 1, 0, 0),
+        );
+        s.mappings
+            .insert(key(10, kind::FILE, 0x40000, 43), faults(300, 0, 256, 256));
+        s.mappings
+            .insert(key(10, 0, 0x20000, 0), faults(5, 0, 5, 0));
+        s.files.insert(
+            FileKey {
+                ino: 42,
+                dev,
+                _pad: 0,
+            },
+            CacheCounters {
+                added: 5000,
+                evicted: 100,
+                refaulted: 50,
+            },
+        );
+        s.files.insert(
+            FileKey {
+                ino: 99,
+                dev,
+                _pad: 0,
+            },
+            CacheCounters {
+                added: 1,
+                evicted: 0,
+                refaulted: 0,
+            },
+        );
+        let r = l.report(&s);
+        let paths: Vec<&str> = r.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["/data/a.bin", "/data/b.bin", "[254:0:99]", "[anon]"]
+        );
+        let a = &r.files[0];
+        assert_eq!(
+            (a.pages_added, a.pages_evicted, a.refault_pages),
+            (5000, 100, 50)
+        );
+        assert_eq!((a.minor_faults, a.major_faults), (10, 1));
+        let b = &r.files[1];
+        assert_eq!(b.cow_faults, 256);
+        assert!(!r.files[2].path_known);
+        assert_eq!(r.files[3].kind, FileKind::Anon);
+        assert_eq!(r.files[3].minor_faults, 5);
+        assert_eq!(r.files[3].resident_pages, Some(100));
+    }
+
+    #[test]
+    fn mappings_are_labelled_from_proc_maps_even_after_the_stack_grows() {
+        let mut l = ledger();
+        l.observe(
+            10,
+            None,
+            None,
+            Some(vec![map_entry(
+                0x7000_0000,
+                0x7002_0000,
+                "[stack]",
+                0,
+                false,
+            )]),
+            &[],
+        );
+        let mut s = Snapshot::default();
+        // vm_start recorded when the stack was smaller (higher start).
+        s.mappings
+            .insert(key(10, 0, 0x7001_0000, 0), faults(3, 0, 3, 0));
+        s.mappings
+            .insert(key(10, kind::UNATTRIBUTED, 0, 0), faults(1, 0, 0, 0));
+        let r = l.report(&s);
+        let kinds: Vec<MappingKind> = r.mappings.iter().map(|m| m.kind).collect();
+        assert_eq!(kinds, [MappingKind::Stack, MappingKind::Unattributed]);
+        assert_eq!(r.mappings[0].perms.as_deref(), Some("rw-p"));
+        assert!(r.files.iter().any(|f| f.kind == FileKind::Unattributed));
+    }
+
+    #[test]
+    fn paths_outlive_their_mappings() {
+        let mut l = ledger();
+        l.observe(10, None, None, Some(vec![]), &[]);
+        l.mark_gone(10);
+        let mut s = Snapshot::default();
+        s.mappings.insert(
+            key(10, kind::FILE | kind::SHARED, 0x1000, 42),
+            faults(1, 0, 0, 0),
+        );
+        let r = l.report(&s);
+        assert_eq!(r.files[0].path, "/data/a.bin");
+        assert!(r.files[0].path_known);
+        assert_eq!(r.processes[0].kernel_source, Some(KernelSource::LastSample));
+    }
+
+    #[test]
+    fn errors_are_reported_with_meaning() {
+        let l = Ledger::new(4096);
+        let mut s = Snapshot::default();
+        s.errors[mmtrace_common::errors::MAPPING_FULL as usize] = 3;
+        s.lost_faults = faults(3, 0, 0, 0);
+        let r = l.report(&s);
+        assert_eq!(r.lost_faults, 3);
+        assert_eq!(r.errors.len(), 1);
+        assert_eq!(r.errors[0].name, "mapping_map_full");
+    }
+}

@@ -1,1 +1,429 @@
-//! TODO
+//! One trace from start to final report: checks the input, runs the
+//! preflight, starts the command at its gate, loads the tracer, then scans
+//! `/proc` and the maps until the target exits, the duration ends or a signal
+//! arrives — and always prints the final report.
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cli::Cli,
+    collect::{
+        Snapshot,
+        loader::{Capacity, Tracer},
+    },
+    devnum::Dev,
+    kernel::offsets,
+    model::Ledger,
+    output::{
+        json::{self, CommandExit, EndReason, JsonSink, Scope},
+        table::{self, TableOptions},
+    },
+    preflight,
+    procfs::{self, ProcError},
+    residency,
+    target::{self, Exited},
+};
+
+const PROC: &str = "/proc";
+/// How often /proc and the maps are scanned (paths, new children, files).
+const SCAN: Duration = Duration::from_millis(200);
+
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf cannot fail for _SC_PAGESIZE.
+    (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(1) as u64
+}
+
+/// Where the human table goes.
+enum TableOut {
+    None,
+    Stdout,
+    Stderr,
+}
+
+struct Outputs {
+    json: Option<JsonSink>,
+    table: TableOut,
+    opts: TableOptions,
+}
+
+impl Outputs {
+    fn table(&mut self, title: String, r: &crate::model::Report) {
+        self.opts.title = title;
+        let text = table::render(r, &self.opts);
+        match self.table {
+            TableOut::None => {}
+            TableOut::Stdout => {
+                print!("{text}");
+                let _ = std::io::stdout().flush();
+            }
+            TableOut::Stderr => eprint!("{text}"),
+        }
+    }
+}
+
+/// A directory for the demo's data file where eviction works (not tmpfs).
+fn demo_dir() -> Result<PathBuf> {
+    let base = ["/var/tmp", "/tmp"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("mmtrace-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating the demo directory {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Runs mmtrace; returns the process exit status.
+pub async fn run(cli: &Cli) -> Result<i32> {
+    // --- Input that can be checked without privileges.
+    let json_sink = if cli.wants_json() {
+        Some(match &cli.output {
+            Some(p) => {
+                let f = File::create(p)
+                    .with_context(|| format!("cannot write the JSON output to {}", p.display()))?;
+                JsonSink::new(
+                    Box::new(std::io::BufWriter::new(f)),
+                    p.display().to_string(),
+                )
+            }
+            None => JsonSink::new(Box::new(std::io::stdout()), "stdout"),
+        })
+    } else {
+        None
+    };
+    let self_pid = std::process::id();
+    for &pid in &cli.pids {
+        if pid == self_pid {
+            bail!("pid {pid} is mmtrace itself; mmtrace never traces itself");
+        }
+        if pid == 0 || !procfs::pid_exists(Path::new(PROC), pid) {
+            bail!("no process with pid {pid} (check it with `ps -p {pid}`)");
+        }
+    }
+    let mut demo = None;
+    let mut command = cli.command.clone();
+    if cli.pids.is_empty() && command.is_empty() {
+        let dir = demo_dir()?;
+        let exe = std::env::current_exe().context("locating the mmtrace binary for the demo")?;
+        command = vec![
+            exe.display().to_string(),
+            "demo-workload".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+        ];
+        eprintln!(
+            "mmtrace: no target given: tracing the built-in demo (mmap a file cold and warm, copy-on-write, anonymous memory)"
+        );
+        demo = Some(dir);
+    }
+    let result = trace(cli, json_sink, command, self_pid).await;
+    if let Some(dir) = demo {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+async fn trace(
+    cli: &Cli,
+    json_sink: Option<JsonSink>,
+    command: Vec<String>,
+    self_pid: u32,
+) -> Result<i32> {
+    let cmd_path = match command.first() {
+        Some(c) => Some(target::resolve_command(
+            c,
+            std::env::var("PATH").ok().as_deref(),
+        )?),
+        None => None,
+    };
+
+    // --- Preflight.
+    preflight::check_privileges()?;
+    let btf = preflight::load_btf(Path::new(preflight::BTF_PATH))?;
+    let root = preflight::tracefs_root()?;
+    preflight::check_tracepoints(&root)?;
+    let (config, features) = offsets::compute(&btf, &root, self_pid)?;
+    drop(btf);
+    if !features.write_faults {
+        log::warn!(
+            "exceptions:page_fault_user is missing (not x86?): write and copy-on-write faults are not told apart"
+        );
+    }
+
+    // --- Targets.
+    let follow = !cli.no_children;
+    let json_on_stdout = json_sink.is_some() && cli.output.is_none();
+    let gated = match &cmd_path {
+        Some(p) => Some(target::spawn_gated(p, &command, json_on_stdout)?),
+        None => None,
+    };
+    let mut targets: Vec<(u32, bool)> = cli.pids.iter().map(|&p| (p, follow)).collect();
+    if let Some(g) = &gated {
+        targets.push((g.pid, follow));
+    }
+    let cap = Capacity {
+        processes: cli.max_processes,
+        mappings: cli.max_mappings,
+        files: cli.max_files,
+        ..Capacity::default()
+    };
+    let mut tracer = match Tracer::load(&config, &features, cap, &targets) {
+        Ok(t) => t,
+        Err(e) => {
+            if let Some(g) = gated {
+                g.abort();
+            }
+            return Err(e);
+        }
+    };
+
+    let ps = page_size();
+    let mut ledger = Ledger::new(ps);
+    let proc_root = Path::new(PROC);
+    for &(pid, _) in &targets {
+        let stat = match procfs::read_stat(proc_root, pid) {
+            Ok(s) => s,
+            Err(ProcError::NotFound { .. }) => {
+                if let Some(g) = gated {
+                    g.abort();
+                }
+                bail!("process {pid} exited before mmtrace could attach; nothing was traced");
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let threads = procfs::list_tasks(proc_root, pid)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|t| procfs::read_task_stat(proc_root, pid, t).ok())
+            .fold((0, 0), |a, s| (a.0 + s.minflt, a.1 + s.majflt));
+        ledger.add_process(pid, true, Some(&stat), threads);
+    }
+    let child = match gated {
+        Some(g) => Some(g.release()?),
+        None => None,
+    };
+
+    // --- Outputs.
+    let mut out = Outputs {
+        json: json_sink,
+        table: if cli.quiet {
+            TableOut::None
+        } else if json_on_stdout {
+            TableOut::Stderr
+        } else {
+            TableOut::Stdout
+        },
+        opts: TableOptions {
+            page_size: ps,
+            top: cli.top,
+            mappings: cli.mappings,
+            title: String::new(),
+            write_faults: features.write_faults,
+        },
+    };
+    let start = Instant::now();
+    let start_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let scope = Scope {
+        pids: cli.pids.clone(),
+        command: cmd_path.as_ref().map(|_| command.clone()),
+        follow_children: follow,
+    };
+    if let Some(j) = &mut out.json {
+        j.write(&json::meta(
+            &scope,
+            &preflight::kernel_release(),
+            ps,
+            cli.interval,
+            &features,
+            start_ms,
+        ))?;
+    }
+    if !cli.quiet {
+        let what = match child {
+            Some(pid) => format!("command {:?} (pid {pid})", command.join(" ")),
+            None => format!(
+                "pid {}",
+                cli.pids
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        eprintln!(
+            "mmtrace: tracing {what}{}; Ctrl-C to stop",
+            if follow { " and its children" } else { "" }
+        );
+    }
+
+    // --- Trace loop.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut scan = tokio::time::interval(SCAN);
+    let interval = cli.interval.map(Duration::from_secs_f64);
+    let mut next_report = interval.map(|i| start + i);
+    let deadline = cli.duration.map(|d| start + Duration::from_secs_f64(d));
+    let mut seq = 0u64;
+    let mut exited: Option<Exited> = None;
+    let end = loop {
+        tokio::select! {
+            _ = scan.tick() => {}
+            _ = sigint.recv() => break EndReason::Interrupted,
+            _ = sigterm.recv() => break EndReason::Interrupted,
+        }
+        let snap = refresh(&mut ledger, &mut tracer, proc_root)?;
+        if let Some(pid) = child {
+            if let Some(e) = target::wait(pid, false).context("waiting for the command")? {
+                exited = Some(e);
+                break EndReason::TargetExited;
+            }
+        } else if cli
+            .pids
+            .iter()
+            .all(|&p| !procfs::pid_exists(proc_root, p) || !snap.scope.contains_key(&p))
+        {
+            break EndReason::TargetExited;
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            break EndReason::Duration;
+        }
+        if let (Some(at), Some(i)) = (next_report, interval) {
+            if now >= at {
+                seq += 1;
+                next_report = Some(at + i);
+                update_residency(&mut ledger, &snap);
+                let r = ledger.report(&snap);
+                let el = start.elapsed().as_secs_f64();
+                if let Some(j) = &mut out.json {
+                    j.write(&json::interval(seq, el, &r))?;
+                }
+                out.table(format!("interval {seq} (+{el:.1} s)"), &r);
+            }
+        }
+    };
+
+    // --- The command: let it finish after a signal, then reap it.
+    if let (Some(pid), None) = (child, exited) {
+        // A terminal Ctrl-C reached the command too; a SIGTERM sent to
+        // mmtrace alone is passed on.
+        // SAFETY: plain syscall.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if let Ok(Some(e)) = target::wait(pid, false) {
+                exited = Some(e);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if exited.is_none() {
+            eprintln!("mmtrace: the command (pid {pid}) is still running; it is no longer traced");
+        }
+    }
+
+    // --- Final report.
+    let snap = refresh(&mut ledger, &mut tracer, proc_root)?;
+    drop(tracer); // detach everything before printing
+    update_residency(&mut ledger, &snap);
+    let r = ledger.report(&snap);
+    let el = start.elapsed().as_secs_f64();
+    let cmd_exit = match (child, exited) {
+        (Some(pid), Some(e)) => Some(CommandExit {
+            pid,
+            exit_code: e.exit_code,
+            signal: e.signal,
+            rusage_minor_faults: e.minflt,
+            rusage_major_faults: e.majflt,
+        }),
+        _ => None,
+    };
+    if let Some(j) = &mut out.json {
+        j.write(&json::summary(el, end, &r, cmd_exit.as_ref()))?;
+    }
+    let why = match end {
+        EndReason::TargetExited => "target exited",
+        EndReason::Interrupted => "interrupted",
+        EndReason::Duration => "duration reached",
+        EndReason::Error => "error",
+    };
+    out.table(format!("final report ({el:.1} s, {why})"), &r);
+    Ok(match exited {
+        Some(e) => e.shell_status(),
+        None if child.is_some() => 130,
+        None => 0,
+    })
+}
+
+/// Reads the maps, then /proc for every process in scope (new children get
+/// a zero baseline: they were born inside the trace), and registers the
+/// files they map or hold open.
+fn refresh(ledger: &mut Ledger, tracer: &mut Tracer, root: &Path) -> Result<Snapshot> {
+    let snap = tracer.snapshot()?;
+    let mut pids: BTreeSet<u32> = snap.scope.keys().copied().collect();
+    pids.extend(
+        ledger
+            .procs
+            .iter()
+            .filter(|(_, p)| p.alive)
+            .map(|(pid, _)| *pid),
+    );
+    for pid in pids {
+        if !snap.scope.contains_key(&pid) {
+            ledger.mark_gone(pid);
+            continue;
+        }
+        if !ledger.procs.contains_key(&pid) {
+            ledger.add_process(pid, false, None, (0, 0));
+        }
+        match procfs::read_stat(root, pid) {
+            Ok(stat) => {
+                let status = procfs::read_status(root, pid).ok();
+                let maps = procfs::read_maps(root, pid).ok();
+                let fds = procfs::read_fd_files(root, pid).unwrap_or_default();
+                ledger.observe(pid, Some(&stat), status, maps, &fds);
+            }
+            Err(_) => ledger.mark_gone(pid),
+        }
+    }
+    tracer.register_files(&ledger.known_files())?;
+    Ok(snap)
+}
+
+/// Residency of every reported file (cachestat, or mincore).
+fn update_residency(ledger: &mut Ledger, snap: &Snapshot) {
+    let mut ids: BTreeSet<(u32, u64)> = snap.files.keys().map(|k| (k.dev, k.ino)).collect();
+    ids.extend(
+        snap.mappings
+            .keys()
+            .filter(|k| k.kind & mmtrace_common::kind::FILE != 0)
+            .map(|k| (k.dev, k.ino)),
+    );
+    for id in ids {
+        let Some(p) = ledger.paths.get(&id) else {
+            continue;
+        };
+        if p.deleted {
+            continue;
+        }
+        let expect = (Dev::from_kernel(id.0), id.1);
+        match residency::file_residency(Path::new(&p.path), Some(expect)) {
+            Ok(r) => {
+                ledger.residency.insert(id, r);
+            }
+            Err(e) => log::debug!("residency of {}: {e}", p.path),
+        }
+    }
+}

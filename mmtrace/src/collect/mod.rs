@@ -1,1 +1,6 @@
-//! Loading the eBPF programs and reading their maps.
+//! Loading the eBPF programs (`loader`) and reading their maps into a
+//! plain-data [`Snapshot`] (`maps`), which the model consumes.
+pub mod loader;
+pub mod maps;
+
+pub use maps::Snapshot;

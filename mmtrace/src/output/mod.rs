@@ -1,1 +1,3 @@
-//! Reports: the human table and JSON Lines.
+//! Reports: the human table (`table`) and JSON Lines (`json`).
+pub mod json;
+pub mod table;

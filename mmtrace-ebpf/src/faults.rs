@@ -1,0 +1,345 @@
+//! Page faults: the kernel's own minor/major classification, attributed to
+//! the faulting vma.
+//!
+//! Hooks:
+//! - perf software events `PERF_COUNT_SW_PAGE_FAULTS_MIN` / `_MAJ` (period 1,
+//!   one per CPU): they fire from `mm_account_fault()`, the place that bumps
+//!   `task->min_flt` / `maj_flt`, so the counts match `/proc/<pid>/stat`
+//!   (except GUP faults, which carry no user registers and fire no event).
+//!   The sample's `addr` is the faulting address.
+//! - `exceptions:page_fault_user` / `page_fault_kernel` (x86 only), at fault
+//!   entry, hand the error code (bit 1 = write) to the perf event through the
+//!   per-CPU `PENDING` slot:
+//!     field:unsigned long address; offset:8;  size:8
+//!     field:unsigned long ip;      offset:16; size:8
+//!     field:unsigned long error_code; offset:24; size:8   (Linux 6.18)
+//! - `filemap:mm_filemap_map_pages` (6.12+) hands over the fault-around window
+//!   (`index..=last_index`), so pages mapped per fault can be reported:
+//!     field:unsigned long i_ino; offset:8; field:dev_t s_dev; offset:16;
+//!     field:unsigned long index; offset:24; field:unsigned long last_index; offset:32
+//!
+//! Attribution: `bpf_find_vma` is the costly part (+55% per fault when called
+//! on every fault, KERNEL-NOTES), so the last vma is cached per CPU together
+//! with the mm's `mm_lock_seq`, which every mmap-write-lock section (mmap,
+//! munmap, mremap, mprotect) bumps: while it is unchanged the vma layout is
+//! unchanged and the cached range is still right.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::generated::{bpf_find_vma, bpf_get_current_task_btf},
+    macros::{perf_event, tracepoint},
+    programs::{PerfEventContext, TracePointContext},
+};
+use mmtrace_common::{Config, FaultCounters, FileKey, MappingKey, errors, kind};
+
+use crate::{
+    kread::{conf, read},
+    maps::{LOST_FAULTS, MAPPING_FAULTS, PENDING, VMA_CACHE, count_error, get_or_insert},
+    pagecache::register_file,
+    scope,
+};
+
+const VM_SHARED: u64 = 0x8;
+/// x86 page-fault error code: the access was a write.
+const X86_PF_WRITE: u64 = 1 << 1;
+
+/// Hand-over from the early tracepoints of a fault to its perf event.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    /// Thread that wrote `error_code` (0: none).
+    pub err_tid: u32,
+    /// Thread that wrote `map_pages` (0: none).
+    pub map_tid: u32,
+    pub error_code: u64,
+    pub map_pages: u64,
+}
+
+/// The last vma looked up on this CPU.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct VmaCache {
+    pub mm: u64,
+    pub seq: u64,
+    pub start: u64,
+    pub end: u64,
+    pub key: MappingKey,
+}
+
+#[perf_event]
+pub fn page_faults_min(ctx: PerfEventContext) -> u32 {
+    on_fault(&ctx, false);
+    0
+}
+
+#[perf_event]
+pub fn page_faults_maj(ctx: PerfEventContext) -> u32 {
+    on_fault(&ctx, true);
+    0
+}
+
+#[tracepoint]
+pub fn page_fault_user(ctx: TracePointContext) -> u32 {
+    stash_error_code(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn page_fault_kernel(ctx: TracePointContext) -> u32 {
+    stash_error_code(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn filemap_map_pages(ctx: TracePointContext) -> u32 {
+    let _ = try_filemap_map_pages(&ctx);
+    0
+}
+
+#[inline(always)]
+fn stash_error_code(ctx: &TracePointContext) {
+    // Deliberately no scope lookup: a per-CPU store is cheaper than a hash
+    // lookup, and the perf event checks the thread id anyway.
+    let (tid, _) = scope::current_ids();
+    let off = conf!(tp_pf_error_code) as usize;
+    // SAFETY: offset from the tracepoint's format file.
+    let Ok(code) = (unsafe { ctx.read_at::<u64>(off) }) else {
+        return;
+    };
+    if let Some(p) = PENDING.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*p).err_tid = tid;
+            (*p).error_code = code;
+            (*p).map_tid = 0;
+        }
+    }
+}
+
+#[inline(always)]
+fn try_filemap_map_pages(ctx: &TracePointContext) -> Result<(), i32> {
+    let (tid, tgid) = scope::current_ids();
+    if !scope::in_scope(tgid) {
+        return Ok(());
+    }
+    // SAFETY: offsets from the tracepoint's format file.
+    let (index, last, ino, dev) = unsafe {
+        (
+            ctx.read_at::<u64>(conf!(tp_map_index) as usize)?,
+            ctx.read_at::<u64>(conf!(tp_map_last_index) as usize)?,
+            ctx.read_at::<u64>(conf!(tp_map_ino) as usize)?,
+            ctx.read_at::<u32>(conf!(tp_map_dev) as usize)?,
+        )
+    };
+    register_file(&FileKey { ino, dev, _pad: 0 });
+    if let Some(p) = PENDING.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*p).map_tid = tid;
+            (*p).map_pages = last.wrapping_sub(index).wrapping_add(1);
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn on_fault(ctx: &PerfEventContext, major: bool) {
+    let (tid, tgid) = scope::current_ids();
+    if !scope::in_scope(tgid) {
+        return;
+    }
+    // SAFETY: ctx points at the kernel's bpf_perf_event_data.
+    let addr = unsafe { (*ctx.ctx).addr };
+
+    // What the early tracepoints of this fault left for us (same thread only:
+    // a fault that slept and migrated CPU finds someone else's slot).
+    let (mut error_code, mut map_pages) = (None, 1u64);
+    if let Some(p) = PENDING.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            if (*p).err_tid == tid {
+                error_code = Some((*p).error_code);
+                (*p).err_tid = 0;
+            }
+            if (*p).map_tid == tid {
+                if (*p).map_pages > 0 {
+                    map_pages = (*p).map_pages;
+                }
+                (*p).map_tid = 0;
+            }
+        }
+    }
+
+    let mut key = lookup_vma(addr);
+    key.tgid = tgid;
+    let write = matches!(error_code, Some(c) if c & X86_PF_WRITE != 0);
+    let cow = write && key.kind & kind::FILE != 0 && key.kind & kind::SHARED == 0;
+
+    let zero = FaultCounters::default();
+    let c = match get_or_insert(&MAPPING_FAULTS, &key, &zero, errors::MAPPING_FULL) {
+        Some(c) => c,
+        None => match LOST_FAULTS.get_ptr_mut(0) {
+            Some(c) => c,
+            None => return,
+        },
+    };
+    // SAFETY: per-CPU value: no other writer on this CPU.
+    unsafe {
+        if major {
+            (*c).major += 1;
+        } else {
+            (*c).minor += 1;
+        }
+        if write {
+            (*c).write += 1;
+        }
+        if cow {
+            (*c).cow += 1;
+        }
+        (*c).pages_mapped += map_pages;
+    }
+}
+
+/// What `bpf_find_vma`'s callback found.
+#[repr(C)]
+struct Found {
+    ok: u64,
+    has_file: u64,
+    start: u64,
+    end: u64,
+    flags: u64,
+    pgoff: u64,
+    ino: u64,
+    dev: u64,
+}
+
+/// `bpf_find_vma` callback: `long (*)(struct task_struct *, struct vm_area_struct *, void *)`.
+#[inline(never)]
+extern "C" fn vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
+    let vma = vma as u64;
+    let found = ctx as *mut Found;
+    let c: &Config = crate::kread::config();
+    // SAFETY: reads of CONFIG; `found` points at the caller's stack.
+    unsafe {
+        let (Some(start), Some(end), Some(flags), Some(pgoff), Some(file)) = (
+            read::<u64>(vma, core::ptr::read_volatile(&c.vma_vm_start)),
+            read::<u64>(vma, core::ptr::read_volatile(&c.vma_vm_end)),
+            read::<u64>(vma, core::ptr::read_volatile(&c.vma_vm_flags)),
+            read::<u64>(vma, core::ptr::read_volatile(&c.vma_vm_pgoff)),
+            read::<u64>(vma, core::ptr::read_volatile(&c.vma_vm_file)),
+        ) else {
+            return 0;
+        };
+        (*found).start = start;
+        (*found).end = end;
+        (*found).flags = flags;
+        (*found).pgoff = pgoff;
+        if file != 0 {
+            let Some(inode) = read::<u64>(file, core::ptr::read_volatile(&c.file_f_inode)) else {
+                return 0;
+            };
+            let (Some(ino), Some(sb)) = (
+                read::<u64>(inode, core::ptr::read_volatile(&c.inode_i_ino)),
+                read::<u64>(inode, core::ptr::read_volatile(&c.inode_i_sb)),
+            ) else {
+                return 0;
+            };
+            let Some(dev) = read::<u32>(sb, core::ptr::read_volatile(&c.sb_s_dev)) else {
+                return 0;
+            };
+            (*found).ino = ino;
+            (*found).dev = dev as u64;
+            (*found).has_file = 1;
+        }
+        (*found).ok = 1;
+    }
+    0
+}
+
+/// The mapping row for `addr` in the current task's mm (tgid left 0).
+#[inline(always)]
+fn lookup_vma(addr: u64) -> MappingKey {
+    // A trusted (BTF) task pointer: bpf_find_vma refuses a plain scalar.
+    // SAFETY: plain helper call.
+    let task_btf = unsafe { bpf_get_current_task_btf() };
+    let task = task_btf as u64;
+    let use_cache = conf!(vma_cache) != 0;
+    // Read the sequence *before* the lookup: a change after it then shows
+    // up as a mismatch next time instead of caching a stale vma.
+    let mut mm = 0u64;
+    let mut seq = 1u64; // odd: never cacheable
+    if use_cache {
+        if let Some(m) = read::<u64>(task, conf!(task_mm)) {
+            mm = m;
+            if let Some(s) = read::<u32>(m, conf!(mm_lock_seq)) {
+                seq = s as u64;
+            }
+        }
+        if seq & 1 == 0 {
+            if let Some(cache) = VMA_CACHE.get_ptr(0) {
+                // SAFETY: per-CPU slot.
+                let cache = unsafe { &*cache };
+                if cache.mm == mm && cache.seq == seq && addr >= cache.start && addr < cache.end {
+                    return cache.key;
+                }
+            }
+        }
+    }
+
+    let mut found = Found {
+        ok: 0,
+        has_file: 0,
+        start: 0,
+        end: 0,
+        flags: 0,
+        pgoff: 0,
+        ino: 0,
+        dev: 0,
+    };
+    // SAFETY: callback and context follow the helper's contract.
+    let ret = unsafe {
+        bpf_find_vma(
+            task_btf,
+            addr,
+            vma_callback as *mut c_void,
+            &mut found as *mut Found as *mut c_void,
+            0,
+        )
+    };
+    if ret != 0 || found.ok == 0 {
+        count_error(errors::FIND_VMA_FAILED);
+        return MappingKey {
+            kind: kind::UNATTRIBUTED,
+            ..MappingKey::default()
+        };
+    }
+    let mut k = if found.has_file != 0 { kind::FILE } else { 0 };
+    if found.flags & VM_SHARED != 0 {
+        k |= kind::SHARED;
+    }
+    let key = MappingKey {
+        tgid: 0,
+        kind: k,
+        vm_start: found.start,
+        vm_end: found.end,
+        pgoff: found.pgoff,
+        ino: found.ino,
+        dev: found.dev as u32,
+        _pad: 0,
+    };
+    if use_cache && seq & 1 == 0 {
+        if let Some(cache) = VMA_CACHE.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot.
+            unsafe {
+                *cache = VmaCache {
+                    mm,
+                    seq,
+                    start: found.start,
+                    end: found.end,
+                    key,
+                };
+            }
+        }
+    }
+    key
+}

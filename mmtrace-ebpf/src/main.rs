@@ -1,0 +1,29 @@
+//! mmtrace's eBPF programs, grouped by kernel subsystem:
+//! - `faults`: page faults (perf software events, the kernel's own minor/major
+//!   classification) attributed to the faulting vma;
+//! - `pagecache`: page-cache additions / evictions / refaults per file;
+//! - `process`: scope maintenance (children joining, processes exiting).
+//!
+//! Maps live in `maps`, the scope filter in `scope`, kernel reads at run-time
+//! offsets in `kread`. Aggregation happens here: no per-fault record crosses
+//! to userspace.
+#![no_std]
+#![no_main]
+
+mod faults;
+mod kread;
+mod maps;
+mod pagecache;
+mod process;
+mod scope;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// GPL-compatible: `bpf_probe_read_kernel` and `bpf_find_vma` are GPL-only helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

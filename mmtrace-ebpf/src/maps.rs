@@ -1,0 +1,85 @@
+//! Every map of mmtrace, in one place. Sizes come from `mmtrace_common::limits`;
+//! the loader may resize them before load.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+};
+use mmtrace_common::{
+    CacheCounters, ExitRecord, FaultCounters, FileKey, MappingKey, PageKey, ScopeEntry, errors,
+    limits,
+};
+
+use crate::faults::{Pending, VmaCache};
+
+/// Processes in scope, by tgid. Written by userspace (targets) and by
+/// `task_newtask` (children); entries leave when the thread group dies.
+#[map]
+pub static SCOPE: HashMap<u32, ScopeEntry> = HashMap::with_max_entries(limits::SCOPE, 0);
+
+/// Fault counters per (process, vma, file).
+#[map]
+pub static MAPPING_FAULTS: PerCpuHashMap<MappingKey, FaultCounters> =
+    PerCpuHashMap::with_max_entries(limits::MAPPINGS, 0);
+
+/// Faults of in-scope processes that could not get a `MAPPING_FAULTS` row
+/// (map full): still counted, never silently lost.
+#[map]
+pub static LOST_FAULTS: PerCpuArray<FaultCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// Page-cache counters per file; a key's presence marks the file as one of
+/// interest (mapped or touched by an in-scope process).
+#[map]
+pub static FILE_CACHE: PerCpuHashMap<FileKey, CacheCounters> =
+    PerCpuHashMap::with_max_entries(limits::FILES, 0);
+
+/// Pages of files of interest evicted during the trace (value: folio order),
+/// checked on every addition to estimate refaults.
+#[map]
+pub static EVICTED: LruHashMap<PageKey, u32> = LruHashMap::with_max_entries(limits::EVICTED, 0);
+
+/// Kernel fault counters of exited threads, per tgid.
+#[map]
+pub static EXITS: PerCpuHashMap<u32, ExitRecord> =
+    PerCpuHashMap::with_max_entries(limits::EXITS, 0);
+
+/// Per-CPU error counters, indexed by `mmtrace_common::errors`.
+#[map]
+pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(errors::COUNT, 0);
+
+/// Per-CPU hand-over from the tracepoints that fire early in a fault
+/// (exception entry, fault-around) to the perf event that ends it.
+#[map]
+pub static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU last vma looked up, valid while the mm's `mm_lock_seq` is unchanged.
+#[map]
+pub static VMA_CACHE: PerCpuArray<VmaCache> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count_error(index: u32) {
+    if let Some(p) = ERRORS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Looks `key` up in a per-CPU hash, inserting `zero` first if absent.
+/// Counts `error` and returns `None` when the map is full.
+#[inline(always)]
+pub fn get_or_insert<K, V>(
+    map: &PerCpuHashMap<K, V>,
+    key: &K,
+    zero: &V,
+    error: u32,
+) -> Option<*mut V> {
+    if let Some(p) = map.get_ptr_mut(key) {
+        return Some(p);
+    }
+    // BPF_NOEXIST: another CPU may have inserted it meanwhile; look again.
+    let _ = map.insert(key, zero, 1);
+    let p = map.get_ptr_mut(key);
+    if p.is_none() {
+        count_error(error);
+    }
+    p
+}

@@ -1,0 +1,144 @@
+//! Page cache: additions, evictions and refaults per file of interest.
+//!
+//! Hooks (Linux 6.18 `format`, both events share the layout; one event per
+//! folio, so pages = `1 << order`):
+//!   filemap:mm_filemap_add_to_page_cache / mm_filemap_delete_from_page_cache
+//!     field:unsigned long pfn;   offset:8;  size:8
+//!     field:unsigned long i_ino; offset:16; size:8
+//!     field:unsigned long index; offset:24; size:8
+//!     field:dev_t s_dev;         offset:32; size:4
+//!     field:unsigned char order; offset:36; size:1
+//!   filemap:mm_filemap_fault (6.12+, fires at the start of filemap_fault(),
+//!   before readahead adds pages, so the file is registered in time)
+//!     field:unsigned long i_ino; offset:8; field:dev_t s_dev; offset:16
+//! Offsets are read from tracefs at start, not taken from this comment.
+//!
+//! A file is "of interest" once an in-scope process faults on it or adds
+//! pages of it, or userspace finds it in a target's maps / fds. Evictions of
+//! such files are counted whoever evicts them (reclaim often runs elsewhere).
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use mmtrace_common::{CacheCounters, FileKey, PageKey, errors};
+
+use crate::{
+    kread::conf,
+    maps::{EVICTED, FILE_CACHE, get_or_insert},
+    scope,
+};
+
+#[tracepoint]
+pub fn filemap_add(ctx: TracePointContext) -> u32 {
+    let _ = try_add(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn filemap_delete(ctx: TracePointContext) -> u32 {
+    let _ = try_delete(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn filemap_fault(ctx: TracePointContext) -> u32 {
+    let _ = try_fault(&ctx);
+    0
+}
+
+/// Makes `key` a file of interest (idempotent).
+#[inline(always)]
+pub fn register_file(key: &FileKey) {
+    let _ = get_or_insert(
+        &FILE_CACHE,
+        key,
+        &CacheCounters::default(),
+        errors::FILE_FULL,
+    );
+}
+
+/// (file, page index, pages in the folio) of a page-cache event.
+#[inline(always)]
+fn read_cache_event(ctx: &TracePointContext) -> Result<(FileKey, u64, u64), i32> {
+    // SAFETY: offsets from the tracepoint's format file.
+    unsafe {
+        let ino = ctx.read_at::<u64>(conf!(tp_cache_ino) as usize)?;
+        let dev = ctx.read_at::<u32>(conf!(tp_cache_dev) as usize)?;
+        let index = ctx.read_at::<u64>(conf!(tp_cache_index) as usize)?;
+        let order = ctx.read_at::<u8>(conf!(tp_cache_order) as usize)? as u64;
+        Ok((FileKey { ino, dev, _pad: 0 }, index, 1u64 << (order & 31)))
+    }
+}
+
+#[inline(always)]
+fn try_add(ctx: &TracePointContext) -> Result<(), i32> {
+    let (key, index, pages) = read_cache_event(ctx)?;
+    let c = match FILE_CACHE.get_ptr_mut(&key) {
+        Some(c) => c,
+        None => {
+            let (_, tgid) = scope::current_ids();
+            if !scope::in_scope(tgid) {
+                return Ok(());
+            }
+            match get_or_insert(
+                &FILE_CACHE,
+                &key,
+                &CacheCounters::default(),
+                errors::FILE_FULL,
+            ) {
+                Some(c) => c,
+                None => return Ok(()),
+            }
+        }
+    };
+    let page = PageKey {
+        ino: key.ino,
+        index,
+        dev: key.dev,
+        _pad: 0,
+    };
+    let refault = EVICTED.get_ptr(&page).is_some();
+    if refault {
+        let _ = EVICTED.remove(&page);
+    }
+    // SAFETY: per-CPU value.
+    unsafe {
+        (*c).added += pages;
+        if refault {
+            (*c).refaulted += pages;
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn try_delete(ctx: &TracePointContext) -> Result<(), i32> {
+    let (key, index, pages) = read_cache_event(ctx)?;
+    let Some(c) = FILE_CACHE.get_ptr_mut(&key) else {
+        return Ok(());
+    };
+    // SAFETY: per-CPU value.
+    unsafe { (*c).evicted += pages };
+    let page = PageKey {
+        ino: key.ino,
+        index,
+        dev: key.dev,
+        _pad: 0,
+    };
+    let _ = EVICTED.insert(&page, &(pages as u32), 0);
+    Ok(())
+}
+
+#[inline(always)]
+fn try_fault(ctx: &TracePointContext) -> Result<(), i32> {
+    let (_, tgid) = scope::current_ids();
+    if !scope::in_scope(tgid) {
+        return Ok(());
+    }
+    // SAFETY: offsets from the tracepoint's format file.
+    let (ino, dev) = unsafe {
+        (
+            ctx.read_at::<u64>(conf!(tp_fault_ino) as usize)?,
+            ctx.read_at::<u32>(conf!(tp_fault_dev) as usize)?,
+        )
+    };
+    register_file(&FileKey { ino, dev, _pad: 0 });
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! Loads mmtrace's eBPF object with this kernel's [`Config`], attaches every
+//! program (each failure names the program and hook), and gives typed access
+//! to the maps. Dropping the [`Tracer`] detaches everything.
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    programs::{
+        PerfEvent, TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::{nr_cpus, online_cpus},
+};
+use mmtrace_common::{
+    CacheCounters, Config, ExitRecord, FaultCounters, FileKey, MappingKey, ScopeEntry, errors,
+};
+
+use super::maps::{Snapshot, merge_exit, sum_cache, sum_faults};
+use crate::kernel::offsets::{Features, TRACEPOINTS};
+
+/// The eBPF object built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mmtrace"));
+
+/// Map capacities (entries).
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    pub processes: u32,
+    pub mappings: u32,
+    pub files: u32,
+    pub evicted: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        use mmtrace_common::limits;
+        Self {
+            processes: limits::SCOPE,
+            mappings: limits::MAPPINGS,
+            files: limits::FILES,
+            evicted: limits::EVICTED,
+        }
+    }
+}
+
+/// The loaded and attached programs.
+pub struct Tracer {
+    ebpf: Ebpf,
+    nr_cpus: usize,
+}
+
+/// (program, category, tracepoint) for every tracepoint program.
+const TP_PROGRAMS: &[(&str, &str, &str)] = &[
+    ("filemap_add", "filemap", "mm_filemap_add_to_page_cache"),
+    (
+        "filemap_delete",
+        "filemap",
+        "mm_filemap_delete_from_page_cache",
+    ),
+    ("filemap_fault", "filemap", "mm_filemap_fault"),
+    ("filemap_map_pages", "filemap", "mm_filemap_map_pages"),
+    ("task_newtask", "task", "task_newtask"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+    ("page_fault_user", "exceptions", "page_fault_user"),
+    ("page_fault_kernel", "exceptions", "page_fault_kernel"),
+];
+
+impl Tracer {
+    /// Loads the object, fills the scope with `targets` (before attaching, so
+    /// nothing of theirs is missed once attached) and attaches every program.
+    pub fn load(
+        config: &Config,
+        features: &Features,
+        cap: Capacity,
+        targets: &[(u32, bool)],
+    ) -> Result<Self> {
+        let ebpf = EbpfLoader::new()
+            .override_global("CONFIG", config, true)
+            .map_max_entries("SCOPE", cap.processes)
+            .map_max_entries("EXITS", cap.processes)
+            .map_max_entries("MAPPING_FAULTS", cap.mappings)
+            .map_max_entries("FILE_CACHE", cap.files)
+            .map_max_entries("EVICTED", cap.evicted)
+            .load(EBPF_OBJECT)
+            .context("loading mmtrace's eBPF object (maps and BTF) into the kernel")?;
+        let nr_cpus = nr_cpus().map_err(|(p, e)| anyhow!("reading {p}: {e}"))?;
+        let mut t = Self { ebpf, nr_cpus };
+        for &(pid, follow) in targets {
+            t.add_to_scope(pid, follow)?;
+        }
+        t.attach(features)?;
+        Ok(t)
+    }
+
+    fn attach(&mut self, features: &Features) -> Result<()> {
+        for (prog, cat, tp) in TP_PROGRAMS {
+            let required = TRACEPOINTS
+                .iter()
+                .any(|(c, e, req)| c == cat && e == tp && *req);
+            if *cat == "exceptions" && !features.write_faults {
+                continue;
+            }
+            let p: &mut TracePoint = self
+                .ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing from the eBPF object"))?
+                .try_into()?;
+            p.load()
+                .with_context(|| format!("the kernel verifier rejected program {prog}"))?;
+            match p.attach(cat, tp) {
+                Ok(_) => {}
+                Err(e) if !required => {
+                    log::warn!("optional tracepoint {cat}:{tp} not attached: {e}")
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("attaching {prog} to tracepoint {cat}:{tp}"));
+                }
+            }
+        }
+        let cpus = online_cpus().map_err(|(p, e)| anyhow!("reading {p}: {e}"))?;
+        for (prog, ev) in [
+            ("page_faults_min", SoftwareEvent::PageFaultsMin),
+            ("page_faults_maj", SoftwareEvent::PageFaultsMaj),
+        ] {
+            let p: &mut PerfEvent = self
+                .ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing from the eBPF object"))?
+                .try_into()?;
+            p.load()
+                .with_context(|| format!("the kernel verifier rejected program {prog}"))?;
+            for &cpu in &cpus {
+                p.attach(
+                    PerfEventConfig::Software(ev),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Period(1),
+                    false,
+                )
+                .with_context(|| {
+                    format!("attaching {prog} to software perf event {ev:?} on CPU {cpu}")
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn map<'a>(&'a self, name: &str) -> Result<&'a aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("map {name} missing from the eBPF object"))
+    }
+
+    fn map_mut<'a>(&'a mut self, name: &str) -> Result<&'a mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing from the eBPF object"))
+    }
+
+    /// Puts a process in scope.
+    pub fn add_to_scope(&mut self, pid: u32, follow_children: bool) -> Result<()> {
+        let flags = if follow_children {
+            mmtrace_common::scope::FOLLOW_CHILDREN
+        } else {
+            0
+        };
+        let mut m: HashMap<&mut MapData, u32, ScopeEntry> =
+            HashMap::try_from(self.map_mut("SCOPE")?)?;
+        m.insert(pid, ScopeEntry { flags, _pad: 0 }, 0)
+            .with_context(|| format!("adding pid {pid} to the scope"))?;
+        Ok(())
+    }
+
+    /// Marks files as of interest (their evictions are counted from now on).
+    pub fn register_files(&mut self, files: &[(u32, u64)]) -> Result<usize> {
+        let n = self.nr_cpus;
+        let mut m: PerCpuHashMap<&mut MapData, FileKey, CacheCounters> =
+            PerCpuHashMap::try_from(self.map_mut("FILE_CACHE")?)?;
+        let mut added = 0;
+        for &(dev, ino) in files {
+            let key = FileKey { ino, dev, _pad: 0 };
+            if m.get(&key, 0).is_ok() {
+                continue;
+            }
+            let zeros = PerCpuValues::try_from(vec![CacheCounters::default(); n])?;
+            // BPF_NOEXIST: never reset counters the kernel already started.
+            match m.insert(key, zeros, 1) {
+                Ok(()) => added += 1,
+                Err(e) => log::debug!("registering file {dev}:{ino}: {e}"),
+            }
+        }
+        Ok(added)
+    }
+
+    /// Reads every map.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let mut s = Snapshot::default();
+        let m: PerCpuHashMap<&MapData, MappingKey, FaultCounters> =
+            PerCpuHashMap::try_from(self.map("MAPPING_FAULTS")?)?;
+        for r in m.iter() {
+            let (k, v) = r.context("reading MAPPING_FAULTS")?;
+            s.mappings.insert(k, sum_faults(v.iter().copied()));
+        }
+        let m: PerCpuArray<&MapData, FaultCounters> =
+            PerCpuArray::try_from(self.map("LOST_FAULTS")?)?;
+        s.lost_faults = sum_faults(m.get(&0, 0)?.iter().copied());
+        let m: PerCpuHashMap<&MapData, FileKey, CacheCounters> =
+            PerCpuHashMap::try_from(self.map("FILE_CACHE")?)?;
+        for r in m.iter() {
+            let (k, v) = r.context("reading FILE_CACHE")?;
+            s.files.insert(k, sum_cache(v.iter().copied()));
+        }
+        let m: PerCpuHashMap<&MapData, u32, ExitRecord> =
+            PerCpuHashMap::try_from(self.map("EXITS")?)?;
+        for r in m.iter() {
+            let (k, v) = r.context("reading EXITS")?;
+            s.exits.insert(k, merge_exit(v.iter().copied()));
+        }
+        let m: HashMap<&MapData, u32, ScopeEntry> = HashMap::try_from(self.map("SCOPE")?)?;
+        let mut scope = BTreeMap::new();
+        for r in m.iter() {
+            let (k, v) = r.context("reading SCOPE")?;
+            scope.insert(k, v);
+        }
+        s.scope = scope;
+        let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map("ERRORS")?)?;
+        for i in 0..errors::COUNT {
+            s.errors[i as usize] = m.get(&i, 0)?.iter().sum();
+        }
+        Ok(s)
+    }
+}

@@ -1,0 +1,127 @@
+//! Map readers: per-CPU values summed, and the result as plain data with no
+//! aya types, so the model can be tested on synthetic snapshots.
+use std::collections::BTreeMap;
+
+use mmtrace_common::{
+    CacheCounters, ExitRecord, FaultCounters, FileKey, MappingKey, ScopeEntry, errors,
+};
+
+/// Everything the kernel side has counted so far (cumulative since start).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Fault counters per (process, vma, file), summed over CPUs.
+    pub mappings: BTreeMap<MappingKey, FaultCounters>,
+    /// Faults of in-scope processes that found no room in the mapping map.
+    pub lost_faults: FaultCounters,
+    /// Page-cache counters per file of interest, summed over CPUs.
+    pub files: BTreeMap<FileKey, CacheCounters>,
+    /// Kernel fault counters of exited threads, merged over CPUs.
+    pub exits: BTreeMap<u32, ExitRecord>,
+    /// Processes currently in scope.
+    pub scope: BTreeMap<u32, ScopeEntry>,
+    /// Error counters, indexed by `mmtrace_common::errors`.
+    pub errors: [u64; errors::COUNT as usize],
+}
+
+/// Merges the per-CPU copies of one exit record.
+pub fn merge_exit(values: impl IntoIterator<Item = ExitRecord>) -> ExitRecord {
+    let mut out = ExitRecord::default();
+    for v in values {
+        out.min_flt += v.min_flt;
+        out.maj_flt += v.maj_flt;
+        out.threads += v.threads;
+        if v.group_dead != 0 {
+            out.group_dead = 1;
+            out.comm = v.comm;
+        } else if out.comm[0] == 0 {
+            out.comm = v.comm;
+        }
+    }
+    out
+}
+
+pub fn sum_faults(values: impl IntoIterator<Item = FaultCounters>) -> FaultCounters {
+    let mut out = FaultCounters::default();
+    for v in values {
+        out.add(&v);
+    }
+    out
+}
+
+pub fn sum_cache(values: impl IntoIterator<Item = CacheCounters>) -> CacheCounters {
+    let mut out = CacheCounters::default();
+    for v in values {
+        out.add(&v);
+    }
+    out
+}
+
+/// Names of the error counters, for reports.
+pub fn error_name(index: u32) -> &'static str {
+    match index {
+        errors::MAPPING_FULL => "mapping_map_full",
+        errors::FILE_FULL => "file_map_full",
+        errors::SCOPE_FULL => "scope_map_full",
+        errors::FIND_VMA_FAILED => "vma_lookup_failed",
+        errors::EXIT_FULL => "exit_map_full",
+        errors::READ_FAILED => "kernel_read_failed",
+        _ => "other",
+    }
+}
+
+/// What each error counter means for the numbers, and what to do.
+pub fn error_advice(index: u32) -> &'static str {
+    match index {
+        errors::MAPPING_FULL => {
+            "faults counted per process but not per mapping: raise --max-mappings or narrow the scope"
+        }
+        errors::FILE_FULL => {
+            "page-cache events of some files were not counted: raise --max-files or narrow the scope"
+        }
+        errors::SCOPE_FULL => "some forked children were not traced: raise --max-processes",
+        errors::FIND_VMA_FAILED => {
+            "faults counted per process but not attributed to a mapping (mmap lock busy)"
+        }
+        errors::EXIT_FULL => "kernel fault counts of some exited processes were lost",
+        errors::READ_FAILED => "some kernel reads failed: attribution may be incomplete",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_exit_sums_and_keeps_the_dead_comm() {
+        let mut a = ExitRecord {
+            min_flt: 3,
+            maj_flt: 1,
+            threads: 1,
+            ..Default::default()
+        };
+        a.comm[..3].copy_from_slice(b"thr");
+        let mut b = ExitRecord {
+            min_flt: 4,
+            maj_flt: 2,
+            threads: 1,
+            group_dead: 1,
+            ..Default::default()
+        };
+        b.comm[..4].copy_from_slice(b"main");
+        let m = merge_exit([a, ExitRecord::default(), b]);
+        assert_eq!(
+            (m.min_flt, m.maj_flt, m.threads, m.group_dead),
+            (7, 3, 2, 1)
+        );
+        assert_eq!(&m.comm[..4], b"main");
+    }
+
+    #[test]
+    fn every_error_has_a_name_and_advice() {
+        for i in 0..6 {
+            assert_ne!(error_name(i), "other");
+            assert!(!error_advice(i).is_empty());
+        }
+    }
+}
