@@ -169,7 +169,8 @@ pub struct Config {
     pub tp_newtask_clone_flags: u32,
     /// exceptions:page_fault_{user,kernel} `error_code` (x86 only).
     pub tp_pf_error_code: u32,
-    pub _pad: u32,
+    /// Number of possible CPUs (bounds the cross-CPU hand-over search).
+    pub nr_cpus: u32,
 }
 
 impl Config {
@@ -199,7 +200,32 @@ pub mod errors {
     pub const EXIT_FULL: u32 = 4;
     /// A kernel read (`bpf_probe_read_kernel`) failed.
     pub const READ_FAILED: u32 = 5;
+    /// The `NOTICES` ring buffer was full: a notice was dropped (only path
+    /// resolution suffers; no counter is affected).
+    pub const NOTICE_DROPPED: u32 = 6;
     pub const COUNT: u32 = 8;
+}
+
+/// A rare event userspace should act on at once, sent through the `NOTICES`
+/// ring buffer (never per fault).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Notice {
+    /// [`notice`] kind.
+    pub kind: u32,
+    /// The in-scope process that caused it.
+    pub pid: u32,
+    /// Kernel encoding.
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+/// Kinds of [`Notice`].
+pub mod notice {
+    /// A file became of interest: read the process's maps now, while the
+    /// mapping still exists, to learn the file's path.
+    pub const NEW_FILE: u32 = 1;
 }
 
 /// Capacity defaults (entries).
@@ -223,6 +249,7 @@ mod user {
     unsafe impl aya::Pod for ExitRecord {}
     unsafe impl aya::Pod for ScopeEntry {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Notice {}
 }
 
 impl FaultCounters {
@@ -257,6 +284,7 @@ mod tests {
         assert_eq!(size_of::<PageKey>(), 24);
         assert_eq!(size_of::<ExitRecord>(), 48);
         assert_eq!(size_of::<ScopeEntry>(), 8);
+        assert_eq!(size_of::<Notice>(), 24);
         assert_eq!(size_of::<Config>() % 8, 0);
     }
 

@@ -26,7 +26,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::generated::{bpf_find_vma, bpf_get_current_task_btf},
+    helpers::generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_map_lookup_percpu_elem},
     macros::{perf_event, tracepoint},
     programs::{PerfEventContext, TracePointContext},
 };
@@ -131,7 +131,7 @@ fn try_filemap_map_pages(ctx: &TracePointContext) -> Result<(), i32> {
             ctx.read_at::<u32>(conf!(tp_map_dev) as usize)?,
         )
     };
-    register_file(&FileKey { ino, dev, _pad: 0 });
+    register_file(&FileKey { ino, dev, _pad: 0 }, tgid);
     if let Some(p) = PENDING.get_ptr_mut(0) {
         // SAFETY: per-CPU slot.
         unsafe {
@@ -151,24 +151,7 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
     // SAFETY: ctx points at the kernel's bpf_perf_event_data.
     let addr = unsafe { (*ctx.ctx).addr };
 
-    // What the early tracepoints of this fault left for us (same thread only:
-    // a fault that slept and migrated CPU finds someone else's slot).
-    let (mut error_code, mut map_pages) = (None, 1u64);
-    if let Some(p) = PENDING.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot.
-        unsafe {
-            if (*p).err_tid == tid {
-                error_code = Some((*p).error_code);
-                (*p).err_tid = 0;
-            }
-            if (*p).map_tid == tid {
-                if (*p).map_pages > 0 {
-                    map_pages = (*p).map_pages;
-                }
-                (*p).map_tid = 0;
-            }
-        }
-    }
+    let (error_code, map_pages) = take_pending(tid);
 
     let mut key = lookup_vma(addr);
     key.tgid = tgid;
@@ -198,6 +181,64 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
         }
         (*c).pages_mapped += map_pages;
     }
+}
+
+/// Upper bound of the cross-CPU search (verifier-friendly bounded loop).
+const MAX_CPUS: u32 = 1024;
+
+/// Takes what the early tracepoints of this fault left for this thread.
+///
+/// Normally that is this CPU's slot. A fault that slept (a major fault
+/// waiting for I/O) may end on another CPU: then the other CPUs' slots are
+/// searched with `bpf_map_lookup_percpu_elem` — rare, so cheap on average.
+#[inline(always)]
+fn take_pending(tid: u32) -> (Option<u64>, u64) {
+    let (mut error_code, mut map_pages) = (None, 1u64);
+    let mut take = |p: *mut Pending| {
+        // SAFETY: a slot of PENDING; a racing writer on its own CPU can at
+        // worst make us miss this fault's hand-over.
+        unsafe {
+            if (*p).err_tid == tid {
+                error_code = Some((*p).error_code);
+                (*p).err_tid = 0;
+            }
+            if (*p).map_tid == tid {
+                if (*p).map_pages > 0 {
+                    map_pages = (*p).map_pages;
+                }
+                (*p).map_tid = 0;
+            }
+        }
+    };
+    let Some(local) = PENDING.get_ptr_mut(0) else {
+        return (None, 1);
+    };
+    // SAFETY: per-CPU slot of this CPU.
+    let stale_here = unsafe { (*local).err_tid != tid };
+    take(local);
+    let nr = conf!(nr_cpus).min(MAX_CPUS);
+    if stale_here && conf!(tp_pf_error_code) != Config::ABSENT {
+        let key = 0u32;
+        let map = &PENDING as *const _ as *mut c_void;
+        for cpu in 0..MAX_CPUS {
+            if cpu >= nr {
+                break;
+            }
+            // SAFETY: PENDING is a per-CPU array; the helper checks `cpu`.
+            let p = unsafe {
+                bpf_map_lookup_percpu_elem(map, &key as *const u32 as *const c_void, cpu)
+            } as *mut Pending;
+            if p.is_null() {
+                continue;
+            }
+            // SAFETY: non-null slot pointer from the helper.
+            if unsafe { (*p).err_tid } == tid {
+                take(p);
+                break;
+            }
+        }
+    }
+    (error_code, map_pages)
 }
 
 /// What `bpf_find_vma`'s callback found.

@@ -40,7 +40,7 @@ static CONFIG: Config = Config {
     tp_newtask_pid: 0,
     tp_newtask_clone_flags: 0,
     tp_pf_error_code: 0,
-    _pad: 0,
+    nr_cpus: 0,
 };
 
 /// Reads one `CONFIG` field; volatile so the compiler cannot fold the

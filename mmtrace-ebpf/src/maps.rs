@@ -2,7 +2,7 @@
 //! the loader may resize them before load.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use mmtrace_common::{
     CacheCounters, ExitRecord, FaultCounters, FileKey, MappingKey, PageKey, ScopeEntry, errors,
@@ -41,6 +41,10 @@ pub static EVICTED: LruHashMap<PageKey, u32> = LruHashMap::with_max_entries(limi
 #[map]
 pub static EXITS: PerCpuHashMap<u32, ExitRecord> =
     PerCpuHashMap::with_max_entries(limits::EXITS, 0);
+
+/// Rare notices for userspace (a new file of interest): never per fault.
+#[map]
+pub static NOTICES: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
 /// Per-CPU error counters, indexed by `mmtrace_common::errors`.
 #[map]

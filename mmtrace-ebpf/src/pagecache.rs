@@ -17,11 +17,11 @@
 //! pages of it, or userspace finds it in a target's maps / fds. Evictions of
 //! such files are counted whoever evicts them (reclaim often runs elsewhere).
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use mmtrace_common::{CacheCounters, FileKey, PageKey, errors};
+use mmtrace_common::{CacheCounters, FileKey, Notice, PageKey, errors, notice};
 
 use crate::{
     kread::conf,
-    maps::{EVICTED, FILE_CACHE, get_or_insert},
+    maps::{EVICTED, FILE_CACHE, NOTICES, count_error},
     scope,
 };
 
@@ -43,15 +43,25 @@ pub fn filemap_fault(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Makes `key` a file of interest (idempotent).
+/// Makes `key` a file of interest for `tgid` (idempotent); a new file is
+/// announced to userspace so it can learn the path while the mapping lives.
 #[inline(always)]
-pub fn register_file(key: &FileKey) {
-    let _ = get_or_insert(
-        &FILE_CACHE,
-        key,
-        &CacheCounters::default(),
-        errors::FILE_FULL,
-    );
+pub fn register_file(key: &FileKey, tgid: u32) -> Option<*mut CacheCounters> {
+    if let Some(c) = FILE_CACHE.get_ptr_mut(key) {
+        return Some(c);
+    }
+    // BPF_NOEXIST: only the CPU that wins the insert announces the file.
+    if FILE_CACHE.insert(key, &CacheCounters::default(), 1).is_ok() {
+        let n = Notice { kind: notice::NEW_FILE, pid: tgid, dev: key.dev, _pad: 0, ino: key.ino };
+        if NOTICES.output::<Notice>(&n, 0).is_err() {
+            count_error(errors::NOTICE_DROPPED);
+        }
+    }
+    let c = FILE_CACHE.get_ptr_mut(key);
+    if c.is_none() {
+        count_error(errors::FILE_FULL);
+    }
+    c
 }
 
 /// (file, page index, pages in the folio) of a page-cache event.
@@ -77,12 +87,7 @@ fn try_add(ctx: &TracePointContext) -> Result<(), i32> {
             if !scope::in_scope(tgid) {
                 return Ok(());
             }
-            match get_or_insert(
-                &FILE_CACHE,
-                &key,
-                &CacheCounters::default(),
-                errors::FILE_FULL,
-            ) {
+            match register_file(&key, tgid) {
                 Some(c) => c,
                 None => return Ok(()),
             }
@@ -139,6 +144,6 @@ fn try_fault(ctx: &TracePointContext) -> Result<(), i32> {
             ctx.read_at::<u32>(conf!(tp_fault_dev) as usize)?,
         )
     };
-    register_file(&FileKey { ino, dev, _pad: 0 });
+    register_file(&FileKey { ino, dev, _pad: 0 }, tgid);
     Ok(())
 }

@@ -134,6 +134,28 @@ impl Ledger {
         }
     }
 
+    /// Learns file paths from a process's maps and fds without touching its
+    /// counters (used on notices and for the final look-up of unknown files).
+    pub fn learn_paths(&mut self, maps: &[MapEntry], fds: &[OpenFile]) {
+        for m in maps.iter().filter(|m| m.is_file()) {
+            if let Some(path) = &m.path {
+                self.paths
+                    .entry((m.dev.to_kernel(), m.ino))
+                    .or_insert_with(|| PathInfo { path: path.clone(), deleted: m.deleted });
+            }
+        }
+        for f in fds {
+            self.paths
+                .entry((f.dev.to_kernel(), f.ino))
+                .or_insert_with(|| PathInfo { path: f.path.clone(), deleted: false });
+        }
+    }
+
+    /// Whether the path of `id` is known.
+    pub fn knows(&self, id: FileId) -> bool {
+        self.paths.contains_key(&id)
+    }
+
     pub fn mark_gone(&mut self, pid: u32) {
         if let Some(p) = self.procs.get_mut(&pid) {
             p.alive = false;

@@ -11,7 +11,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use tokio::signal::unix::{SignalKind, signal};
+use aya::maps::{MapData, RingBuf};
+use mmtrace_common::{Notice, notice};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
 
 use crate::{
     cli::Cli,
@@ -277,9 +282,18 @@ async fn trace(
     let deadline = cli.duration.map(|d| start + Duration::from_secs_f64(d));
     let mut seq = 0u64;
     let mut exited: Option<Exited> = None;
+    // SAFETY: the ring buffer's fd lives inside the AsyncFd until it drops.
+    let mut notices = unsafe { AsyncFd::register(tracer.take_notices()?) }
+        .map_err(|e| anyhow::anyhow!("polling the notice ring buffer: {e}"))?;
     let end = loop {
         tokio::select! {
             _ = scan.tick() => {}
+            guard = notices.readable_mut() => {
+                let mut guard = guard.context("polling the notice ring buffer")?;
+                drain_notices(guard.get_inner_mut(), &mut ledger, proc_root);
+                guard.clear_ready();
+                continue;
+            }
             _ = sigint.recv() => break EndReason::Interrupted,
             _ = sigterm.recv() => break EndReason::Interrupted,
         }
@@ -335,8 +349,11 @@ async fn trace(
     }
 
     // --- Final report.
+    drain_notices(notices.get_mut(), &mut ledger, proc_root);
     let snap = refresh(&mut ledger, &mut tracer, proc_root)?;
+    drop(notices);
     drop(tracer); // detach everything before printing
+    resolve_unknown(&mut ledger, &snap, proc_root);
     update_residency(&mut ledger, &snap);
     let r = ledger.report(&snap);
     let el = start.elapsed().as_secs_f64();
@@ -400,6 +417,43 @@ fn refresh(ledger: &mut Ledger, tracer: &mut Tracer, root: &Path) -> Result<Snap
     }
     tracer.register_files(&ledger.known_files())?;
     Ok(snap)
+}
+
+/// Acts on the kernel's notices: a new file of interest is looked up in the
+/// maps of the process that touched it, while that mapping still exists.
+fn drain_notices(rb: &mut RingBuf<MapData>, ledger: &mut Ledger, root: &Path) {
+    while let Some(item) = rb.next() {
+        if item.len() < std::mem::size_of::<Notice>() {
+            continue;
+        }
+        // SAFETY: the kernel wrote a Notice; read_unaligned copes with alignment.
+        let n: Notice = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        if n.kind != notice::NEW_FILE || ledger.knows((n.dev, n.ino)) {
+            continue;
+        }
+        let maps = procfs::read_maps(root, n.pid).unwrap_or_default();
+        let fds = procfs::read_fd_files(root, n.pid).unwrap_or_default();
+        ledger.learn_paths(&maps, &fds);
+    }
+}
+
+/// Last resort for files whose path is still unknown (their process was too
+/// short-lived): any process on the machine that maps or holds them.
+fn resolve_unknown(ledger: &mut Ledger, snap: &Snapshot, root: &Path) {
+    let unknown = snap
+        .files
+        .keys()
+        .map(|k| (k.dev, k.ino))
+        .chain(snap.mappings.keys().filter(|k| k.kind & mmtrace_common::kind::FILE != 0).map(|k| (k.dev, k.ino)))
+        .any(|id| !ledger.knows(id));
+    if !unknown {
+        return;
+    }
+    for pid in procfs::list_pids(root).unwrap_or_default() {
+        let maps = procfs::read_maps(root, pid).unwrap_or_default();
+        let fds = procfs::read_fd_files(root, pid).unwrap_or_default();
+        ledger.learn_paths(&maps, &fds);
+    }
 }
 
 /// Residency of every reported file (cachestat, or mincore).

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{
         PerfEvent, TracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -156,6 +156,12 @@ impl Tracer {
         self.ebpf
             .map_mut(name)
             .with_context(|| format!("map {name} missing from the eBPF object"))
+    }
+
+    /// The ring buffer of [`mmtrace_common::Notice`]s (take it once).
+    pub fn take_notices(&mut self) -> Result<RingBuf<MapData>> {
+        let m = self.ebpf.take_map("NOTICES").context("map NOTICES missing or already taken")?;
+        Ok(RingBuf::try_from(m)?)
     }
 
     /// Puts a process in scope.

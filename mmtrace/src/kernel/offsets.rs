@@ -56,6 +56,8 @@ pub fn compute(
 ) -> Result<(Config, Features), OffsetsError> {
     let mut c = Config {
         self_tgid,
+        // Possible CPUs, the range of bpf_map_lookup_percpu_elem.
+        nr_cpus: aya::util::nr_cpus().map(|n| n as u32).unwrap_or(1),
         ..Config::default()
     };
     let mut feat = Features::default();
