@@ -141,13 +141,19 @@ impl Ledger {
             if let Some(path) = &m.path {
                 self.paths
                     .entry((m.dev.to_kernel(), m.ino))
-                    .or_insert_with(|| PathInfo { path: path.clone(), deleted: m.deleted });
+                    .or_insert_with(|| PathInfo {
+                        path: path.clone(),
+                        deleted: m.deleted,
+                    });
             }
         }
         for f in fds {
             self.paths
                 .entry((f.dev.to_kernel(), f.ino))
-                .or_insert_with(|| PathInfo { path: f.path.clone(), deleted: false });
+                .or_insert_with(|| PathInfo {
+                    path: f.path.clone(),
+                    deleted: false,
+                });
         }
     }
 

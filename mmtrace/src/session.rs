@@ -153,8 +153,18 @@ async fn trace(
 
     // --- Preflight.
     preflight::check_privileges()?;
-    let btf = preflight::load_btf(Path::new(preflight::BTF_PATH))?;
-    let root = preflight::tracefs_root()?;
+    // MMTRACE_BTF / MMTRACE_TRACEFS point at other files (tests, unusual
+    // mounts); by default the kernel's own.
+    let btf_path = std::env::var_os("MMTRACE_BTF").map(PathBuf::from);
+    let btf = preflight::load_btf(
+        btf_path
+            .as_deref()
+            .unwrap_or(Path::new(preflight::BTF_PATH)),
+    )?;
+    let root = match std::env::var_os("MMTRACE_TRACEFS") {
+        Some(r) => PathBuf::from(r),
+        None => preflight::tracefs_root()?,
+    };
     preflight::check_tracepoints(&root)?;
     let (config, features) = offsets::compute(&btf, &root, self_pid)?;
     drop(btf);
@@ -444,7 +454,12 @@ fn resolve_unknown(ledger: &mut Ledger, snap: &Snapshot, root: &Path) {
         .files
         .keys()
         .map(|k| (k.dev, k.ino))
-        .chain(snap.mappings.keys().filter(|k| k.kind & mmtrace_common::kind::FILE != 0).map(|k| (k.dev, k.ino)))
+        .chain(
+            snap.mappings
+                .keys()
+                .filter(|k| k.kind & mmtrace_common::kind::FILE != 0)
+                .map(|k| (k.dev, k.ino)),
+        )
         .any(|id| !ledger.knows(id));
     if !unknown {
         return;

@@ -160,7 +160,10 @@ impl Tracer {
 
     /// The ring buffer of [`mmtrace_common::Notice`]s (take it once).
     pub fn take_notices(&mut self) -> Result<RingBuf<MapData>> {
-        let m = self.ebpf.take_map("NOTICES").context("map NOTICES missing or already taken")?;
+        let m = self
+            .ebpf
+            .take_map("NOTICES")
+            .context("map NOTICES missing or already taken")?;
         Ok(RingBuf::try_from(m)?)
     }
 
