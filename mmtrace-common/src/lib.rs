@@ -58,6 +58,23 @@ pub struct FaultCounters {
     pub pages_mapped: u64,
 }
 
+/// The per-CPU vma cache slot of the fault path (`VMA_CACHE`): the last vma
+/// a fault hit on this CPU, valid while the mm's `mm_lock_seq` is unchanged,
+/// and the counters of the faults on it not yet flushed to `MAPPING_FAULTS`
+/// (userspace adds them when it reads).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmaCache {
+    /// `mm_struct` address (identity only, never dereferenced by userspace).
+    pub mm: u64,
+    /// `mm_lock_seq` when the slot was filled (even: no writer).
+    pub seq: u64,
+    /// The mapping row (with tgid); `vm_start..vm_end` is the cached range.
+    pub key: MappingKey,
+    /// Unflushed counters of this row.
+    pub counters: FaultCounters,
+}
+
 /// Key of the per-file page-cache counters (`FILE_CACHE`). A present key also
 /// means "this file is of interest": evictions of it are counted whoever
 /// causes them.
@@ -167,8 +184,9 @@ pub struct Config {
     /// task:task_newtask
     pub tp_newtask_pid: u32,
     pub tp_newtask_clone_flags: u32,
-    /// exceptions:page_fault_{user,kernel} `error_code` (x86 only).
-    pub tp_pf_error_code: u32,
+    /// Non-zero when the raw tracepoints exceptions:page_fault_{user,kernel}
+    /// (x86 only) are attached and hand over the error code.
+    pub write_faults: u32,
     /// Number of possible CPUs (bounds the cross-CPU hand-over search).
     pub nr_cpus: u32,
 }
@@ -250,6 +268,7 @@ mod user {
     unsafe impl aya::Pod for ScopeEntry {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Notice {}
+    unsafe impl aya::Pod for VmaCache {}
 }
 
 impl FaultCounters {
@@ -285,6 +304,7 @@ mod tests {
         assert_eq!(size_of::<ExitRecord>(), 48);
         assert_eq!(size_of::<ScopeEntry>(), 8);
         assert_eq!(size_of::<Notice>(), 24);
+        assert_eq!(size_of::<VmaCache>(), 16 + 48 + 40);
         assert_eq!(size_of::<Config>() % 8, 0);
     }
 

@@ -27,10 +27,10 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_map_lookup_percpu_elem},
-    macros::{perf_event, tracepoint},
-    programs::{PerfEventContext, TracePointContext},
+    macros::{perf_event, raw_tracepoint, tracepoint},
+    programs::{PerfEventContext, RawTracePointContext, TracePointContext},
 };
-use mmtrace_common::{Config, FaultCounters, FileKey, MappingKey, errors, kind};
+use mmtrace_common::{Config, FaultCounters, FileKey, MappingKey, VmaCache, errors, kind};
 
 use crate::{
     kread::{conf, read},
@@ -55,17 +55,6 @@ pub struct Pending {
     pub map_pages: u64,
 }
 
-/// The last vma looked up on this CPU.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct VmaCache {
-    pub mm: u64,
-    pub seq: u64,
-    pub start: u64,
-    pub end: u64,
-    pub key: MappingKey,
-}
-
 #[perf_event]
 pub fn page_faults_min(ctx: PerfEventContext) -> u32 {
     on_fault(&ctx, false);
@@ -78,15 +67,18 @@ pub fn page_faults_maj(ctx: PerfEventContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn page_fault_user(ctx: TracePointContext) -> u32 {
-    stash_error_code(&ctx);
+/// Raw tracepoints (no record is formatted, so they cost less than the
+/// tracefs ones): `TP_PROTO(unsigned long address, struct pt_regs *regs,
+/// unsigned long error_code)` (arch/x86/include/asm/trace/exceptions.h).
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn page_fault_user(ctx: RawTracePointContext) -> u32 {
+    stash_error_code(ctx.arg::<u64>(2));
     0
 }
 
-#[tracepoint]
-pub fn page_fault_kernel(ctx: TracePointContext) -> u32 {
-    stash_error_code(&ctx);
+#[raw_tracepoint(tracepoint = "page_fault_kernel")]
+pub fn page_fault_kernel(ctx: RawTracePointContext) -> u32 {
+    stash_error_code(ctx.arg::<u64>(2));
     0
 }
 
@@ -97,15 +89,10 @@ pub fn filemap_map_pages(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn stash_error_code(ctx: &TracePointContext) {
+fn stash_error_code(code: u64) {
     // Deliberately no scope lookup: a per-CPU store is cheaper than a hash
     // lookup, and the perf event checks the thread id anyway.
     let (tid, _) = scope::current_ids();
-    let off = conf!(tp_pf_error_code) as usize;
-    // SAFETY: offset from the tracepoint's format file.
-    let Ok(code) = (unsafe { ctx.read_at::<u64>(off) }) else {
-        return;
-    };
     if let Some(p) = PENDING.get_ptr_mut(0) {
         // SAFETY: per-CPU slot.
         unsafe {
@@ -153,20 +140,12 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
 
     let (error_code, map_pages) = take_pending(tid);
 
-    let mut key = lookup_vma(addr);
-    key.tgid = tgid;
-    let write = matches!(error_code, Some(c) if c & X86_PF_WRITE != 0);
-    let cow = write && key.kind & kind::FILE != 0 && key.kind & kind::SHARED == 0;
-
-    let zero = FaultCounters::default();
-    let c = match get_or_insert(&MAPPING_FAULTS, &key, &zero, errors::MAPPING_FULL) {
-        Some(c) => c,
-        None => match LOST_FAULTS.get_ptr_mut(0) {
-            Some(c) => c,
-            None => return,
-        },
+    let write = error_code & X86_PF_WRITE != 0;
+    let Some((c, k)) = vma_counters(addr, tgid) else {
+        return;
     };
-    // SAFETY: per-CPU value: no other writer on this CPU.
+    let cow = write && k & kind::FILE != 0 && k & kind::SHARED == 0;
+    // SAFETY: per-CPU value or per-CPU cache slot: no other writer on this CPU.
     unsafe {
         if major {
             (*c).major += 1;
@@ -192,14 +171,16 @@ const MAX_CPUS: u32 = 1024;
 /// waiting for I/O) may end on another CPU: then the other CPUs' slots are
 /// searched with `bpf_map_lookup_percpu_elem` — rare, so cheap on average.
 #[inline(always)]
-fn take_pending(tid: u32) -> (Option<u64>, u64) {
-    let (mut error_code, mut map_pages) = (None, 1u64);
+fn take_pending(tid: u32) -> (u64, u64) {
+    // The error code is 0 when nothing was handed over (a plain u64, not an
+    // Option: an Option's uninitialised payload upsets the verifier).
+    let (mut error_code, mut map_pages) = (0u64, 1u64);
     let mut take = |p: *mut Pending| {
         // SAFETY: a slot of PENDING; a racing writer on its own CPU can at
         // worst make us miss this fault's hand-over.
         unsafe {
             if (*p).err_tid == tid {
-                error_code = Some((*p).error_code);
+                error_code = (*p).error_code;
                 (*p).err_tid = 0;
             }
             if (*p).map_tid == tid {
@@ -211,13 +192,13 @@ fn take_pending(tid: u32) -> (Option<u64>, u64) {
         }
     };
     let Some(local) = PENDING.get_ptr_mut(0) else {
-        return (None, 1);
+        return (0, 1);
     };
     // SAFETY: per-CPU slot of this CPU.
     let stale_here = unsafe { (*local).err_tid != tid };
     take(local);
     let nr = conf!(nr_cpus).min(MAX_CPUS);
-    if stale_here && conf!(tp_pf_error_code) != Config::ABSENT {
+    if stale_here && conf!(write_faults) != 0 {
         let key = 0u32;
         let map = &PENDING as *const _ as *mut c_void;
         for cpu in 0..MAX_CPUS {
@@ -297,13 +278,20 @@ extern "C" fn vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
     0
 }
 
-/// The mapping row for `addr` in the current task's mm (tgid left 0).
+/// The counters for the vma containing `addr`, and the vma's [`kind`] bits.
+///
+/// Hot path (same vma as this CPU's last fault, vma layout unchanged): the
+/// counters live in the per-CPU cache slot itself, so a fault costs no hash
+/// lookup at all. When the slot is taken over by another vma its counters
+/// are flushed into `MAPPING_FAULTS`; userspace adds the slots' unflushed
+/// counters when it reads.
 #[inline(always)]
-fn lookup_vma(addr: u64) -> MappingKey {
+fn vma_counters(addr: u64, tgid: u32) -> Option<(*mut FaultCounters, u32)> {
     // A trusted (BTF) task pointer: bpf_find_vma refuses a plain scalar.
     // SAFETY: plain helper call.
     let task_btf = unsafe { bpf_get_current_task_btf() };
     let task = task_btf as u64;
+    let cache = VMA_CACHE.get_ptr_mut(0)?;
     let use_cache = conf!(vma_cache) != 0;
     // Read the sequence *before* the lookup: a change after it then shows
     // up as a mismatch next time instead of caching a stale vma.
@@ -316,17 +304,70 @@ fn lookup_vma(addr: u64) -> MappingKey {
                 seq = s as u64;
             }
         }
-        if seq & 1 == 0 {
-            if let Some(cache) = VMA_CACHE.get_ptr(0) {
-                // SAFETY: per-CPU slot.
-                let cache = unsafe { &*cache };
-                if cache.mm == mm && cache.seq == seq && addr >= cache.start && addr < cache.end {
-                    return cache.key;
-                }
+        // SAFETY: per-CPU slot.
+        unsafe {
+            let k = &(*cache).key;
+            if seq & 1 == 0
+                && (*cache).mm == mm
+                && (*cache).seq == seq
+                && k.tgid == tgid
+                && addr >= k.vm_start
+                && addr < k.vm_end
+            {
+                return Some((&mut (*cache).counters, k.kind));
             }
         }
     }
 
+    let key = find_vma(task_btf, addr, tgid);
+    if use_cache && seq & 1 == 0 && key.kind & kind::UNATTRIBUTED == 0 {
+        flush(cache);
+        // SAFETY: per-CPU slot.
+        unsafe {
+            *cache = VmaCache {
+                mm,
+                seq,
+                key,
+                counters: FaultCounters::default(),
+            };
+            return Some((&mut (*cache).counters, key.kind));
+        }
+    }
+    // Not cacheable: count straight into the map.
+    let zero = FaultCounters::default();
+    let c = match get_or_insert(&MAPPING_FAULTS, &key, &zero, errors::MAPPING_FULL) {
+        Some(c) => c,
+        None => LOST_FAULTS.get_ptr_mut(0)?,
+    };
+    Some((c, key.kind))
+}
+
+/// Moves a cache slot's counters into `MAPPING_FAULTS`.
+#[inline(always)]
+fn flush(cache: *mut VmaCache) {
+    // SAFETY: per-CPU slot.
+    let (key, c) = unsafe { ((*cache).key, (*cache).counters) };
+    if c.minor == 0 && c.major == 0 {
+        return;
+    }
+    let zero = FaultCounters::default();
+    let m = match get_or_insert(&MAPPING_FAULTS, &key, &zero, errors::MAPPING_FULL) {
+        Some(m) => m,
+        None => match LOST_FAULTS.get_ptr_mut(0) {
+            Some(m) => m,
+            None => return,
+        },
+    };
+    // SAFETY: per-CPU value and slot.
+    unsafe {
+        (*m).add(&c);
+        (*cache).counters = zero;
+    }
+}
+
+/// Looks the vma up with `bpf_find_vma` (the costly part).
+#[inline(always)]
+fn find_vma(task_btf: *mut aya_ebpf::bindings::task_struct, addr: u64, tgid: u32) -> MappingKey {
     let mut found = Found {
         ok: 0,
         has_file: 0,
@@ -350,6 +391,7 @@ fn lookup_vma(addr: u64) -> MappingKey {
     if ret != 0 || found.ok == 0 {
         count_error(errors::FIND_VMA_FAILED);
         return MappingKey {
+            tgid,
             kind: kind::UNATTRIBUTED,
             ..MappingKey::default()
         };
@@ -358,8 +400,8 @@ fn lookup_vma(addr: u64) -> MappingKey {
     if found.flags & VM_SHARED != 0 {
         k |= kind::SHARED;
     }
-    let key = MappingKey {
-        tgid: 0,
+    MappingKey {
+        tgid,
         kind: k,
         vm_start: found.start,
         vm_end: found.end,
@@ -367,20 +409,5 @@ fn lookup_vma(addr: u64) -> MappingKey {
         ino: found.ino,
         dev: found.dev as u32,
         _pad: 0,
-    };
-    if use_cache && seq & 1 == 0 {
-        if let Some(cache) = VMA_CACHE.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot.
-            unsafe {
-                *cache = VmaCache {
-                    mm,
-                    seq,
-                    start: found.start,
-                    end: found.end,
-                    key,
-                };
-            }
-        }
     }
-    key
 }

@@ -39,7 +39,7 @@ static CONFIG: Config = Config {
     tp_exit_group_dead: 0,
     tp_newtask_pid: 0,
     tp_newtask_clone_flags: 0,
-    tp_pf_error_code: 0,
+    write_faults: 0,
     nr_cpus: 0,
 };
 

@@ -5,11 +5,11 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use mmtrace_common::{
-    CacheCounters, ExitRecord, FaultCounters, FileKey, MappingKey, PageKey, ScopeEntry, errors,
-    limits,
+    CacheCounters, ExitRecord, FaultCounters, FileKey, MappingKey, PageKey, ScopeEntry, VmaCache,
+    errors, limits,
 };
 
-use crate::faults::{Pending, VmaCache};
+use crate::faults::Pending;
 
 /// Processes in scope, by tgid. Written by userspace (targets) and by
 /// `task_newtask` (children); entries leave when the thread group dies.

@@ -52,7 +52,13 @@ pub fn register_file(key: &FileKey, tgid: u32) -> Option<*mut CacheCounters> {
     }
     // BPF_NOEXIST: only the CPU that wins the insert announces the file.
     if FILE_CACHE.insert(key, &CacheCounters::default(), 1).is_ok() {
-        let n = Notice { kind: notice::NEW_FILE, pid: tgid, dev: key.dev, _pad: 0, ino: key.ino };
+        let n = Notice {
+            kind: notice::NEW_FILE,
+            pid: tgid,
+            dev: key.dev,
+            _pad: 0,
+            ino: key.ino,
+        };
         if NOTICES.output::<Notice>(&n, 0).is_err() {
             count_error(errors::NOTICE_DROPPED);
         }

@@ -360,9 +360,11 @@ async fn trace(
 
     // --- Final report.
     drain_notices(notices.get_mut(), &mut ledger, proc_root);
+    // Detach first: the final read then sees counters that no longer move.
+    tracer.detach();
     let snap = refresh(&mut ledger, &mut tracer, proc_root)?;
     drop(notices);
-    drop(tracer); // detach everything before printing
+    drop(tracer);
     resolve_unknown(&mut ledger, &snap, proc_root);
     update_residency(&mut ledger, &snap);
     let r = ledger.report(&snap);

@@ -8,13 +8,14 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{
-        PerfEvent, TracePoint,
+        PerfEvent, RawTracePoint, TracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::{nr_cpus, online_cpus},
 };
 use mmtrace_common::{
-    CacheCounters, Config, ExitRecord, FaultCounters, FileKey, MappingKey, ScopeEntry, errors,
+    CacheCounters, Config, ExitRecord, FaultCounters, FileKey, MappingKey, ScopeEntry, VmaCache,
+    errors,
 };
 
 use super::maps::{Snapshot, merge_exit, sum_cache, sum_faults};
@@ -62,9 +63,11 @@ const TP_PROGRAMS: &[(&str, &str, &str)] = &[
     ("filemap_map_pages", "filemap", "mm_filemap_map_pages"),
     ("task_newtask", "task", "task_newtask"),
     ("sched_process_exit", "sched", "sched_process_exit"),
-    ("page_fault_user", "exceptions", "page_fault_user"),
-    ("page_fault_kernel", "exceptions", "page_fault_kernel"),
 ];
+
+/// Raw tracepoint programs (program = tracepoint name), attached when the
+/// kernel has them (x86 exceptions).
+const RAW_TP_PROGRAMS: &[&str] = &["page_fault_user", "page_fault_kernel"];
 
 impl Tracer {
     /// Loads the object, fills the scope with `targets` (before attaching, so
@@ -98,9 +101,6 @@ impl Tracer {
             let required = TRACEPOINTS
                 .iter()
                 .any(|(c, e, req)| c == cat && e == tp && *req);
-            if *cat == "exceptions" && !features.write_faults {
-                continue;
-            }
             let p: &mut TracePoint = self
                 .ebpf
                 .program_mut(prog)
@@ -117,6 +117,19 @@ impl Tracer {
                     return Err(e)
                         .with_context(|| format!("attaching {prog} to tracepoint {cat}:{tp}"));
                 }
+            }
+        }
+        if features.write_faults {
+            for prog in RAW_TP_PROGRAMS {
+                let p: &mut RawTracePoint = self
+                    .ebpf
+                    .program_mut(prog)
+                    .with_context(|| format!("program {prog} missing from the eBPF object"))?
+                    .try_into()?;
+                p.load()
+                    .with_context(|| format!("the kernel verifier rejected program {prog}"))?;
+                p.attach(prog)
+                    .with_context(|| format!("attaching {prog} to raw tracepoint {prog}"))?;
             }
         }
         let cpus = online_cpus().map_err(|(p, e)| anyhow!("reading {p}: {e}"))?;
@@ -156,6 +169,23 @@ impl Tracer {
         self.ebpf
             .map_mut(name)
             .with_context(|| format!("map {name} missing from the eBPF object"))
+    }
+
+    /// Detaches and unloads every program; the maps stay readable, so the
+    /// final snapshot is consistent (nothing changes while it is read).
+    pub fn detach(&mut self) {
+        use aya::programs::Program;
+        for (name, p) in self.ebpf.programs_mut() {
+            let r = match p {
+                Program::TracePoint(p) => p.unload(),
+                Program::RawTracePoint(p) => p.unload(),
+                Program::PerfEvent(p) => p.unload(),
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                log::warn!("detaching {name}: {e}");
+            }
+        }
     }
 
     /// The ring buffer of [`mmtrace_common::Notice`]s (take it once).

@@ -122,14 +122,13 @@ pub fn compute(
         }
         Err(_) => c.tp_exit_group_dead = Config::ABSENT,
     }
-    match tracefs::read_format(tracefs_root, "exceptions", "page_fault_user")
-        .and_then(|f| Ok(f.field_sized("error_code", &[8])?.offset))
+    // Raw tracepoints: the arguments are TP_PROTO's, no offsets needed.
+    if tracefs_root
+        .join("events/exceptions/page_fault_user")
+        .is_dir()
     {
-        Ok(o) => {
-            c.tp_pf_error_code = o;
-            feat.write_faults = true;
-        }
-        Err(_) => c.tp_pf_error_code = Config::ABSENT,
+        c.write_faults = 1;
+        feat.write_faults = true;
     }
     Ok((c, feat))
 }

@@ -27,7 +27,7 @@ pub struct TableOptions {
     pub write_faults: bool,
 }
 
-/// Groups digits: 1234567 -> "1,234,567"; past 9 chars: "12.3M".
+/// Groups digits up to 7 characters ("999,999"), then abbreviates: "1.2M", "12.3G".
 pub fn count(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
@@ -37,7 +37,7 @@ pub fn count(n: u64) -> String {
         }
         out.push(ch);
     }
-    if out.len() <= 9 {
+    if out.len() <= 7 {
         return out;
     }
     let (v, unit) = if n >= 1_000_000_000 {
@@ -74,7 +74,7 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<26} {:>9} {:>6} {:>7} {:>6} {:>8} {:>8} {:>8} {:>7} {:>9}",
+        "{:<23} {:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}",
         "FILE",
         "MINFLT",
         "MAJFLT",
@@ -107,16 +107,11 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
         }
     };
     for f in rows {
-        let name = if f.path_known {
-            f.path.clone()
-        } else {
-            format!("?{}", f.path)
-        };
-        let name = if f.deleted {
-            format!("{name} (deleted)")
-        } else {
-            name
-        };
+        // The unknown-path marker and the deleted note survive truncation.
+        let mark = if f.path_known { "" } else { "?" };
+        let note = if f.deleted { " (deleted)" } else { "" };
+        let room = 23 - mark.len() - note.len();
+        let name = format!("{mark}{}{note}", fit_path(&f.path, room));
         let res = match (f.kind, f.resident_pages) {
             (_, Some(p)) => mib(p, ps),
             (_, None) => "-".into(),
@@ -130,8 +125,8 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<26} {:>9} {:>6} {:>7} {:>6} {:>8} {:>8} {:>8} {:>7} {:>9}",
-            fit_path(&name, 26),
+            "{:<23} {:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}",
+            name,
             count(f.minor_faults),
             count(f.major_faults),
             w(f.write_faults),
@@ -147,7 +142,7 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
         let sum = |g: fn(&crate::model::FileRow) -> u64| hidden.iter().map(|f| g(f)).sum::<u64>();
         let _ = writeln!(
             s,
-            "{:<26} {:>9} {:>6} {:>7} {:>6} {:>8} {:>8} {:>8} {:>7} {:>9}",
+            "{:<23} {:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}",
             format!("({} more files)", hidden.len()),
             count(sum(|f| f.minor_faults)),
             count(sum(|f| f.major_faults)),
@@ -164,20 +159,20 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "{:>7} {:<12} {:<4} {:<7} {:<27} {:>9} {:>6} {:>7} {:>6} {:>8}",
+            "{:>7} {:<12} {:<4} {:<7} {:<25} {:>9} {:>6} {:>7} {:>6} {:>8}",
             "PID", "START", "PERM", "KIND", "MAPPING", "MINFLT", "MAJFLT", "WRITE", "COW", "MAPPED"
         );
         for m in r.mappings.iter().take(o.top.max(1)) {
             let _ = writeln!(
                 s,
-                "{:>7} {:<12x} {:<4} {:<7} {:<27} {:>9} {:>6} {:>7} {:>6} {:>8}",
+                "{:>7} {:<12x} {:<4} {:<7} {:<25} {:>9} {:>6} {:>7} {:>6} {:>8}",
                 m.pid,
                 m.start,
                 m.perms
                     .as_deref()
                     .unwrap_or(if m.shared { "???s" } else { "???p" }),
                 format!("{:?}", m.kind).to_lowercase(),
-                fit_path(&m.path, 27),
+                fit_path(&m.path, 25),
                 count(m.minor_faults),
                 count(m.major_faults),
                 w(m.write_faults),
@@ -326,7 +321,8 @@ mod tests {
         assert_eq!(count(0), "0");
         assert_eq!(count(999), "999");
         assert_eq!(count(1000), "1,000");
-        assert_eq!(count(1_234_567), "1,234,567");
+        assert_eq!(count(999_999), "999,999");
+        assert_eq!(count(1_234_567), "1.2M");
         assert_eq!(count(123_456_789), "123.5M");
         assert_eq!(count(12_345_678_901), "12.3G");
         assert_eq!(mib(256, 4096), "1.0");
