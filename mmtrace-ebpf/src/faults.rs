@@ -7,16 +7,15 @@
 //!   `task->min_flt` / `maj_flt`, so the counts match `/proc/<pid>/stat`
 //!   (except GUP faults, which carry no user registers and fire no event).
 //!   The sample's `addr` is the faulting address.
-//! - `exceptions:page_fault_user` / `page_fault_kernel` (x86 only), at fault
-//!   entry, hand the error code (bit 1 = write) to the perf event through the
-//!   per-CPU `PENDING` slot:
-//!     field:unsigned long address; offset:8;  size:8
-//!     field:unsigned long ip;      offset:16; size:8
-//!     field:unsigned long error_code; offset:24; size:8   (Linux 6.18)
+//! - raw tracepoints `page_fault_user` / `page_fault_kernel` (x86 only), at
+//!   fault entry, hand the error code (bit 1 = write) to the perf event
+//!   through the per-CPU `PENDING` slot. `TP_PROTO(unsigned long address,
+//!   struct pt_regs *regs, unsigned long error_code)` (Linux 6.18,
+//!   arch/x86/include/asm/trace/exceptions.h).
 //! - `filemap:mm_filemap_map_pages` (6.12+) hands over the fault-around window
-//!   (`index..=last_index`), so pages mapped per fault can be reported:
-//!     field:unsigned long i_ino; offset:8; field:dev_t s_dev; offset:16;
-//!     field:unsigned long index; offset:24; field:unsigned long last_index; offset:32
+//!   (`index..=last_index`), so pages mapped per fault can be reported. Its
+//!   6.18 `format`: `i_ino` offset 8, `s_dev` offset 16, `index` offset 24,
+//!   `last_index` offset 32 (read from tracefs at start, not from here).
 //!
 //! Attribution: `bpf_find_vma` is the costly part (+55% per fault when called
 //! on every fault, KERNEL-NOTES), so the last vma is cached per CPU together

@@ -324,18 +324,18 @@ async fn trace(
         if deadline.is_some_and(|d| now >= d) {
             break EndReason::Duration;
         }
-        if let (Some(at), Some(i)) = (next_report, interval) {
-            if now >= at {
-                seq += 1;
-                next_report = Some(at + i);
-                update_residency(&mut ledger, &snap);
-                let r = ledger.report(&snap);
-                let el = start.elapsed().as_secs_f64();
-                if let Some(j) = &mut out.json {
-                    j.write(&json::interval(seq, el, &r))?;
-                }
-                out.table(format!("interval {seq} (+{el:.1} s)"), &r);
+        if let (Some(at), Some(i)) = (next_report, interval)
+            && now >= at
+        {
+            seq += 1;
+            next_report = Some(at + i);
+            update_residency(&mut ledger, &snap);
+            let r = ledger.report(&snap);
+            let el = start.elapsed().as_secs_f64();
+            if let Some(j) = &mut out.json {
+                j.write(&json::interval(seq, el, &r))?;
             }
+            out.table(format!("interval {seq} (+{el:.1} s)"), &r);
         }
     };
 

@@ -112,7 +112,7 @@ fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
-fn file_row<'a>(s: &'a Value, ino: u64) -> &'a Value {
+fn file_row(s: &Value, ino: u64) -> &Value {
     s["files"]
         .as_array()
         .unwrap()
@@ -130,7 +130,7 @@ fn anon_row(s: &Value) -> &Value {
         .expect("an anonymous-memory row")
 }
 
-fn process<'a>(s: &'a Value, pid: u64) -> Option<&'a Value> {
+fn process(s: &Value, pid: u64) -> Option<&Value> {
     s["processes"]
         .as_array()
         .unwrap()

@@ -241,6 +241,13 @@ impl Tracer {
             let (k, v) = r.context("reading MAPPING_FAULTS")?;
             s.mappings.insert(k, sum_faults(v.iter().copied()));
         }
+        // Faults still held in the per-CPU vma cache slots (not flushed yet).
+        let m: PerCpuArray<&MapData, VmaCache> = PerCpuArray::try_from(self.map("VMA_CACHE")?)?;
+        for slot in m.get(&0, 0)?.iter() {
+            if slot.counters != FaultCounters::default() {
+                s.mappings.entry(slot.key).or_default().add(&slot.counters);
+            }
+        }
         let m: PerCpuArray<&MapData, FaultCounters> =
             PerCpuArray::try_from(self.map("LOST_FAULTS")?)?;
         s.lost_faults = sum_faults(m.get(&0, 0)?.iter().copied());

@@ -1,0 +1,262 @@
+//! `cargo xtask bench`: tracer overhead per page fault, untraced vs traced runs of mmtrace's own workloads, interleaved in pairs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use crate::util::{Ctx, describe, is_tmpfs, median};
+
+/// Options of `cargo xtask bench`.
+pub struct BenchOpts {
+    /// Untraced/traced pairs per scenario.
+    pub pairs: u32,
+    /// Pages of the minor-fault storm.
+    pub pages: u64,
+    /// Size of the cold-read file in MiB.
+    pub file_mib: u64,
+}
+
+/// One scenario's measurements (ns per fault, per run).
+struct Sample {
+    name: &'static str,
+    untraced: Vec<f64>,
+    traced: Vec<f64>,
+}
+
+impl Sample {
+    fn ratios(&self) -> Vec<f64> {
+        self.untraced
+            .iter()
+            .zip(&self.traced)
+            .map(|(u, t)| t / u)
+            .collect()
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "scenario": self.name,
+            "untraced_ns_per_fault_median": median(&self.untraced),
+            "traced_ns_per_fault_median": median(&self.traced),
+            "slowdown_median": median(&self.ratios()),
+            "pairs": self.untraced.len(),
+            "untraced_ns_per_fault": self.untraced,
+            "traced_ns_per_fault": self.traced,
+            "slowdown": self.ratios(),
+        })
+    }
+}
+
+/// Runs both scenarios against the release binary (already built) and prints the table.
+pub fn bench(ctx: &Ctx, opts: &BenchOpts) -> Result<()> {
+    let target = ctx.target_dir();
+    let bin = target.join("release/mmtrace");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: `cargo xtask build --release` must succeed first",
+            bin.display()
+        );
+    }
+    let out_dir = target.join("bench");
+    let work = out_dir.join("work");
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    if is_tmpfs(&work) {
+        eprintln!(
+            "bench: warning: {} is on tmpfs; the cold-file scenario cannot evict its file and will read it warm \
+             (set CARGO_TARGET_DIR to a disk-backed directory)",
+            work.display()
+        );
+    }
+    let b = Bencher {
+        ctx,
+        bin,
+        report: work.join("report.json"),
+    };
+
+    let mut samples = Vec::new();
+
+    let pages = opts.pages.to_string();
+    eprintln!(
+        "bench: minor-fault storm: {} anonymous pages, {} pairs",
+        opts.pages, opts.pairs
+    );
+    samples.push(b.scenario("minor-fault storm", opts.pairs, |report| {
+        vec![
+            "workload".into(),
+            "anon".into(),
+            "--pages".into(),
+            pages.clone(),
+            "--report".into(),
+            report.display().to_string(),
+        ]
+    })?);
+
+    let file = work.join("cold.dat");
+    let bytes = opts.file_mib << 20;
+    eprintln!(
+        "bench: cold-file mmap read: creating {} ({} MiB)",
+        file.display(),
+        opts.file_mib
+    );
+    b.untraced(&[
+        "workload".into(),
+        "make-file".into(),
+        "--path".into(),
+        file.display().to_string(),
+        "--size".into(),
+        bytes.to_string(),
+    ])?;
+    let cold = b.scenario("cold-file mmap read", opts.pairs, |report| {
+        vec![
+            "workload".into(),
+            "mmap-read".into(),
+            "--path".into(),
+            file.display().to_string(),
+            "--drop-cache".into(),
+            "--report".into(),
+            report.display().to_string(),
+        ]
+    });
+    let _ = std::fs::remove_file(&file);
+    samples.push(cold?);
+
+    print_table(&samples);
+    let results = json!({
+        "binary": b.bin.display().to_string(),
+        "kernel": kernel_release(),
+        "pairs": opts.pairs,
+        "anon_pages": opts.pages,
+        "file_bytes": bytes,
+        "scenarios": samples.iter().map(Sample::to_json).collect::<Vec<_>>(),
+    });
+    let json_path = out_dir.join("results.json");
+    let mut text = serde_json::to_string_pretty(&results)?;
+    text.push('\n');
+    std::fs::write(&json_path, text).with_context(|| format!("writing {}", json_path.display()))?;
+    eprintln!("bench: wrote {}", json_path.display());
+    Ok(())
+}
+
+struct Bencher<'a> {
+    ctx: &'a Ctx,
+    bin: PathBuf,
+    report: PathBuf,
+}
+
+impl Bencher<'_> {
+    /// `pairs` untraced/traced pairs, alternating which of the two goes first.
+    fn scenario(
+        &self,
+        name: &'static str,
+        pairs: u32,
+        workload: impl Fn(&Path) -> Vec<String>,
+    ) -> Result<Sample> {
+        let args = workload(&self.report);
+        let mut s = Sample {
+            name,
+            untraced: Vec::new(),
+            traced: Vec::new(),
+        };
+        for i in 0..pairs {
+            let (u, t) = if i % 2 == 0 {
+                let u = self.measure(false, &args)?;
+                (u, self.measure(true, &args)?)
+            } else {
+                let t = self.measure(true, &args)?;
+                (self.measure(false, &args)?, t)
+            };
+            eprintln!(
+                "bench: {name}: pair {}/{pairs}: untraced {u:.0} ns/fault, traced {t:.0} ns/fault ({:.2}x)",
+                i + 1,
+                t / u
+            );
+            s.untraced.push(u);
+            s.traced.push(t);
+        }
+        Ok(s)
+    }
+
+    /// One run; ns per page from the workload's own report.
+    fn measure(&self, traced: bool, args: &[String]) -> Result<f64> {
+        let _ = std::fs::remove_file(&self.report);
+        if traced {
+            self.traced(args)?;
+        } else {
+            self.untraced(args)?;
+        }
+        let text = std::fs::read_to_string(&self.report)
+            .with_context(|| format!("the workload wrote no report {}", self.report.display()))?;
+        let report: Value = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", self.report.display()))?;
+        let elapsed = report["elapsed_ns"].as_f64().unwrap_or(0.0);
+        let pages = report["pages"].as_f64().unwrap_or(0.0);
+        if elapsed <= 0.0 || pages <= 0.0 {
+            bail!(
+                "report {} lacks elapsed_ns/pages: {report}",
+                self.report.display()
+            );
+        }
+        if let Some(before) = report["resident_before"].as_f64()
+            && before > pages / 100.0
+        {
+            eprintln!(
+                "bench: warning: {before} of {pages} pages were still cached before the cold read"
+            );
+        }
+        Ok(elapsed / pages)
+    }
+
+    /// `mmtrace ARGS`
+    fn untraced(&self, args: &[String]) -> Result<()> {
+        let mut cmd = self.ctx.cmd(&self.bin);
+        cmd.args(args);
+        quiet_run(&mut cmd)
+    }
+
+    /// `[sudo -E] mmtrace --quiet -- mmtrace ARGS`
+    fn traced(&self, args: &[String]) -> Result<()> {
+        let mut cmd = self.ctx.as_root(&self.bin)?;
+        cmd.args(["--quiet", "--"]).arg(&self.bin).args(args);
+        quiet_run(&mut cmd)
+    }
+}
+
+/// Runs a command capturing its output; shows the output only if it fails.
+fn quiet_run(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start `{}`", describe(cmd)))?;
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        bail!("`{}` failed ({})", describe(cmd), out.status);
+    }
+    Ok(())
+}
+
+fn print_table(samples: &[Sample]) {
+    println!(
+        "{:<22} {:>18} {:>18} {:>10} {:>6}",
+        "scenario", "untraced ns/fault", "traced ns/fault", "slowdown", "pairs"
+    );
+    for s in samples {
+        println!(
+            "{:<22} {:>18.1} {:>18.1} {:>9.2}x {:>6}",
+            s.name,
+            median(&s.untraced),
+            median(&s.traced),
+            median(&s.ratios()),
+            s.untraced.len()
+        );
+    }
+    println!(
+        "(medians over pairs; slowdown = median of per-pair traced/untraced; cold-file mmap read is ns per file page)"
+    );
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,206 @@
+//! `cargo xtask setup`: installs what building and running mmtrace needs (bpf-linker on LLVM 22, nightly rust-src, a mounted tracefs); idempotent and fast when all is present.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{Ctx, is_root, run};
+
+/// The LLVM bpf-linker is built against (Debian package `llvm-22-dev`).
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const LLVM_PACKAGE: &str = "llvm-22-dev";
+const LLVM_FEATURE: &str = "llvm-22";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Checks every prerequisite and installs the missing ones.
+pub fn setup(ctx: &Ctx) -> Result<()> {
+    let start = Instant::now();
+    bpf_linker(ctx)?;
+    nightly_rust_src(ctx)?;
+    tracefs(ctx)?;
+    eprintln!(
+        "setup: prerequisites ready ({:.2}s)",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `bpf-linker` on PATH (or in ~/.cargo/bin), built against LLVM 22.
+fn bpf_linker(ctx: &Ctx) -> Result<()> {
+    let mut reinstall = false;
+    if let Some(path) = ctx.which("bpf-linker") {
+        match Command::new(&path).arg("--version").output() {
+            Ok(out) if out.status.success() => {
+                let version = String::from_utf8_lossy(&out.stdout);
+                eprintln!(
+                    "setup: bpf-linker ok: {} ({})",
+                    path.display(),
+                    version.trim()
+                );
+                return Ok(());
+            }
+            _ => {
+                eprintln!(
+                    "setup: {} is installed but does not run (its libLLVM may be gone); reinstalling",
+                    path.display()
+                );
+                reinstall = true;
+            }
+        }
+    } else {
+        eprintln!("setup: bpf-linker not found on PATH or in ~/.cargo/bin; installing it");
+    }
+
+    let llvm_config = Path::new(LLVM_PREFIX).join("bin/llvm-config");
+    if !llvm_config.exists() {
+        eprintln!(
+            "setup: {} missing; installing {LLVM_PACKAGE} with apt-get",
+            llvm_config.display()
+        );
+        apt_get(ctx, &["update"]).context(
+            "`apt-get update` failed: check the network and /etc/apt/sources.list, then re-run `cargo xtask setup`",
+        )?;
+        apt_get(ctx, &["install", "-y", LLVM_PACKAGE]).with_context(|| {
+            format!(
+                "installing {LLVM_PACKAGE} failed: install LLVM 22's development files so that {} exists \
+                 (on older Debian/Ubuntu add the https://apt.llvm.org repository first), then re-run `cargo xtask setup`",
+                llvm_config.display()
+            )
+        })?;
+    }
+
+    // LLVM_PREFIX makes bpf-linker's build link LLVM 22, not the first
+    // llvm-config on PATH (LLVM 14 on Debian 12: "unable to find library -lLLVM").
+    let mut path = std::ffi::OsString::from(Path::new(LLVM_PREFIX).join("bin"));
+    path.push(":");
+    path.push(&ctx.path);
+    let mut install = ctx.cargo();
+    install
+        .env("LLVM_PREFIX", LLVM_PREFIX)
+        .env("PATH", path)
+        .args([
+            "install",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(LLVM_FEATURE);
+    if reinstall {
+        install.arg("--force");
+    }
+    run(&mut install).with_context(|| {
+        format!(
+            "`cargo install bpf-linker` failed: read the compiler error above; it needs {} \
+             and network access to crates.io (re-run `cargo xtask setup` once fixed)",
+            llvm_config.display()
+        )
+    })?;
+    match ctx.which("bpf-linker") {
+        Some(p) => eprintln!("setup: installed {}", p.display()),
+        None => bail!(
+            "bpf-linker was installed but is not on PATH: add cargo's bin directory (~/.cargo/bin) to PATH"
+        ),
+    }
+    Ok(())
+}
+
+/// `apt-get ARGS` as root, non-interactively.
+fn apt_get(ctx: &Ctx, args: &[&str]) -> Result<()> {
+    let mut cmd = ctx.as_root("env").with_context(|| {
+        format!(
+            "installing {LLVM_PACKAGE} needs root: run `sudo apt-get install {LLVM_PACKAGE}` yourself, then re-run `cargo xtask setup`"
+        )
+    })?;
+    cmd.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"])
+        .args(args);
+    run(&mut cmd)
+}
+
+/// The nightly toolchain with `rust-src` (the eBPF crate is built with `-Z build-std=core`).
+fn nightly_rust_src(ctx: &Ctx) -> Result<()> {
+    if ctx.which("rustup").is_none() {
+        bail!(
+            "rustup is not on PATH: install it from https://rustup.rs (the eBPF build needs a nightly toolchain), then re-run `cargo xtask setup`"
+        );
+    }
+    let out = ctx
+        .cmd("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("running `rustup component list`")?;
+    if !out.status.success() {
+        eprintln!("setup: no nightly toolchain; installing it with rust-src");
+        return run(ctx.cmd("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))
+        .context(
+            "installing the nightly toolchain failed: run `rustup toolchain install nightly --component rust-src` yourself, then re-run `cargo xtask setup`",
+        );
+    }
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let has_src = listed
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some("rust-src"));
+    if has_src {
+        eprintln!("setup: nightly rust-src ok");
+        return Ok(());
+    }
+    eprintln!("setup: nightly lacks rust-src; adding it");
+    run(ctx
+        .cmd("rustup")
+        .args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    .context(
+        "adding rust-src failed: run `rustup component add rust-src --toolchain nightly` yourself, then re-run `cargo xtask setup`",
+    )
+}
+
+/// tracefs mounted at /sys/kernel/tracing (the tracer reads tracepoint formats there).
+fn tracefs(ctx: &Ctx) -> Result<()> {
+    if tracefs_mounted() {
+        eprintln!("setup: tracefs ok ({TRACEFS})");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "tracefs is not mounted at {TRACEFS}: run `sudo mount -t tracefs nodev {TRACEFS}` (or `cargo xtask setup` as root)"
+        );
+    }
+    eprintln!("setup: tracefs not mounted; mounting it at {TRACEFS}");
+    run(ctx
+        .cmd("mount")
+        .args(["-t", "tracefs", "nodev", TRACEFS]))
+    .with_context(|| {
+        format!(
+            "mounting tracefs failed: the kernel needs CONFIG_TRACING, and in a container {TRACEFS} must be \
+             mounted by the host (e.g. docker run -v /sys/kernel/tracing:/sys/kernel/tracing)"
+        )
+    })?;
+    if !tracefs_mounted() {
+        bail!(
+            "tracefs was mounted but {TRACEFS}/events is missing: check that the kernel has tracepoints (CONFIG_TRACING)"
+        );
+    }
+    Ok(())
+}
+
+/// Whether tracefs is at TRACEFS. /sys/kernel/tracing is often mode 0700, so
+/// for non-root users the mount table is the answer, not the directory.
+fn tracefs_mounted() -> bool {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return true;
+    }
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
+        mounts.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 2 && f[1] == TRACEFS && f[2] == "tracefs"
+        })
+    })
+}
