@@ -99,7 +99,8 @@ pub struct CacheCounters {
     pub refaulted: u64,
 }
 
-/// Key of the recently-evicted LRU map used to detect refaults.
+/// Key of the recently-evicted LRU map used to detect refaults: `index` is
+/// the page index / 64 (the value is a bitmap of those 64 pages).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PageKey {
@@ -251,7 +252,8 @@ pub mod limits {
     pub const SCOPE: u32 = 16_384;
     pub const MAPPINGS: u32 = 65_536;
     pub const FILES: u32 = 65_536;
-    pub const EVICTED: u32 = 262_144;
+    /// 64 pages per entry: 16 GiB of evicted file pages remembered.
+    pub const EVICTED: u32 = 65_536;
     pub const EXITS: u32 = 16_384;
 }
 

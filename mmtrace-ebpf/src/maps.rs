@@ -32,10 +32,11 @@ pub static LOST_FAULTS: PerCpuArray<FaultCounters> = PerCpuArray::with_max_entri
 pub static FILE_CACHE: PerCpuHashMap<FileKey, CacheCounters> =
     PerCpuHashMap::with_max_entries(limits::FILES, 0);
 
-/// Pages of files of interest evicted during the trace (value: folio order),
-/// checked on every addition to estimate refaults.
+/// Pages of files of interest evicted during the trace, as bitmaps of 64
+/// pages (key index = page index / 64), checked on every addition to
+/// estimate refaults. LRU: the oldest evictions are forgotten first.
 #[map]
-pub static EVICTED: LruHashMap<PageKey, u32> = LruHashMap::with_max_entries(limits::EVICTED, 0);
+pub static EVICTED: LruHashMap<PageKey, u64> = LruHashMap::with_max_entries(limits::EVICTED, 0);
 
 /// Kernel fault counters of exited threads, per tgid.
 #[map]

@@ -99,24 +99,79 @@ fn try_add(ctx: &TracePointContext) -> Result<(), i32> {
             }
         }
     };
-    let page = PageKey {
-        ino: key.ino,
-        index,
-        dev: key.dev,
-        _pad: 0,
-    };
-    let refault = EVICTED.get_ptr(&page).is_some();
-    if refault {
-        let _ = EVICTED.remove(&page);
-    }
+    let refaulted = evicted_pages(&key, index, pages, false);
     // SAFETY: per-CPU value.
     unsafe {
         (*c).added += pages;
-        if refault {
-            (*c).refaulted += pages;
-        }
+        (*c).refaulted += refaulted;
     }
     Ok(())
+}
+
+/// Pages per `EVICTED` entry: one bit each in a u64.
+const CHUNK_PAGES: u64 = 64;
+/// Largest folio handled: 32 chunks = 2048 pages (order 11).
+const MAX_CHUNKS: u64 = 32;
+
+/// Marks (`evict`) or checks-and-clears (`!evict`) the pages
+/// `index..index + pages` in the recently-evicted bitmaps; returns how many
+/// of them were marked before (the refaulted pages when adding).
+///
+/// Page granularity, not folio: a file evicted as order-2 folios may come
+/// back as order-0 pages or one order-4 folio, and must still match. Folios
+/// are naturally aligned, so one covers whole bits of one or more chunks.
+#[inline(always)]
+fn evicted_pages(key: &FileKey, index: u64, pages: u64, evict: bool) -> u64 {
+    let mut found = 0u64;
+    let first = index / CHUNK_PAGES;
+    let last = (index + pages - 1) / CHUNK_PAGES;
+    for i in 0..MAX_CHUNKS {
+        let chunk = first + i;
+        if chunk > last {
+            break;
+        }
+        let lo = if chunk == first {
+            index % CHUNK_PAGES
+        } else {
+            0
+        };
+        let hi = if chunk == last {
+            (index + pages - 1) % CHUNK_PAGES
+        } else {
+            CHUNK_PAGES - 1
+        };
+        let width = hi - lo + 1;
+        let bits = if width >= 64 {
+            u64::MAX
+        } else {
+            ((1u64 << width) - 1) << lo
+        };
+        let page = PageKey {
+            ino: key.ino,
+            index: chunk,
+            dev: key.dev,
+            _pad: 0,
+        };
+        match EVICTED.get_ptr_mut(&page) {
+            Some(b) => {
+                // SAFETY: an LRU map value; a racing CPU can at worst lose a
+                // bit (refaults are labelled an estimate).
+                unsafe {
+                    if evict {
+                        *b |= bits;
+                    } else {
+                        found += (*b & bits).count_ones() as u64;
+                        *b &= !bits;
+                    }
+                }
+            }
+            None if evict => {
+                let _ = EVICTED.insert(&page, &bits, 0);
+            }
+            None => {}
+        }
+    }
+    found
 }
 
 #[inline(always)]
@@ -127,13 +182,7 @@ fn try_delete(ctx: &TracePointContext) -> Result<(), i32> {
     };
     // SAFETY: per-CPU value.
     unsafe { (*c).evicted += pages };
-    let page = PageKey {
-        ino: key.ino,
-        index,
-        dev: key.dev,
-        _pad: 0,
-    };
-    let _ = EVICTED.insert(&page, &(pages as u32), 0);
+    evicted_pages(&key, index, pages, true);
     Ok(())
 }
 

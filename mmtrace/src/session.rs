@@ -126,11 +126,17 @@ pub async fn run(cli: &Cli) -> Result<i32> {
             dir.display().to_string(),
         ];
         eprintln!(
-            "mmtrace: no target given: tracing the built-in demo (mmap a file cold and warm, copy-on-write, anonymous memory)"
+            "mmtrace: no target given: tracing the built-in demo (mmap a file cold and warm, \
+             copy-on-write, anonymous memory); see `mmtrace --help` for real targets"
         );
         demo = Some(dir);
     }
-    let result = trace(cli, json_sink, command, self_pid).await;
+    // The demo shows the live table by default.
+    let mut cli = cli.clone();
+    if demo.is_some() && cli.interval.is_none() {
+        cli.interval = Some(1.0);
+    }
+    let result = trace(&cli, json_sink, command, self_pid).await;
     if let Some(dir) = demo {
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -576,3 +576,37 @@ fn intervals_are_reported_while_running() {
     let n = recs.iter().filter(|r| r["type"] == "interval").count();
     assert!(n >= 2, "{n} interval records");
 }
+
+#[test]
+fn refaults_are_counted_per_page_after_an_eviction() {
+    require_root();
+    let _g = lock();
+    let dir = scratch();
+    let f = make_file(dir.path(), "refault.bin", 16 << 20);
+    let m = env!("CARGO_BIN_EXE_mmtrace");
+    let p = f.to_str().unwrap();
+    let script = format!(
+        "{m} workload evict --path {p} --pause-ms 400 && {m} workload mmap-read --path {p} --report {r}",
+        r = dir.path().join("r.json").display()
+    );
+    let (recs, out) = trace(&[], &["sh".into(), "-c".into(), script]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pages = u(&report(&dir.path().join("r.json"))["pages"]);
+    let row = file_row(summary(&recs), ino(&f));
+    let (evicted, added, refault) = (
+        u(&row["pages_evicted"]),
+        u(&row["pages_added"]),
+        u(&row["refault_pages"]),
+    );
+    assert_eq!(evicted, pages, "{row}");
+    assert!(added.abs_diff(pages) * 100 <= pages, "{row}");
+    assert_eq!(
+        refault,
+        added.min(evicted),
+        "every page added back was evicted before: {row}"
+    );
+}

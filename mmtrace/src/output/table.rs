@@ -2,7 +2,7 @@
 //! busiest files first, counts in pages with MiB where sizes matter.
 use std::fmt::Write as _;
 
-use crate::model::{FileKind, ProcessRow, Report};
+use crate::model::{FileKind, FileRow, ProcessRow, Report};
 
 pub const WIDTH: usize = 100;
 
@@ -86,17 +86,17 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
         "REFLT~",
         "RES MiB"
     );
-    let shown = r
+    // Files of unknown path that took no fault (page-cache traffic only:
+    // metadata, pipes, short-lived scratch files) go to the summary line;
+    // JSON keeps every row.
+    let listed = |f: &&FileRow| {
+        f.kind == FileKind::File && (f.path_known || f.minor_faults + f.major_faults > 0)
+    };
+    let mut rows: Vec<&FileRow> = r.files.iter().filter(listed).take(o.top.max(1)).collect();
+    let hidden: Vec<&FileRow> = r
         .files
         .iter()
-        .filter(|f| f.kind == FileKind::File)
-        .take(o.top.max(1));
-    let mut rows: Vec<_> = shown.collect();
-    let hidden: Vec<_> = r
-        .files
-        .iter()
-        .filter(|f| f.kind == FileKind::File)
-        .skip(rows.len())
+        .filter(|f| f.kind == FileKind::File && !rows.iter().any(|s| std::ptr::eq(*s, *f)))
         .collect();
     rows.extend(r.files.iter().filter(|f| f.kind != FileKind::File));
     let w = |n: u64| {
@@ -139,7 +139,7 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
         );
     }
     if !hidden.is_empty() {
-        let sum = |g: fn(&crate::model::FileRow) -> u64| hidden.iter().map(|f| g(f)).sum::<u64>();
+        let sum = |g: fn(&FileRow) -> u64| hidden.iter().map(|f| g(f)).sum::<u64>();
         let _ = writeln!(
             s,
             "{:<23} {:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}",
