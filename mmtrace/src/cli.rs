@@ -67,6 +67,11 @@ pub struct Cli {
     #[arg(long, default_value_t = mmtrace_common::limits::SCOPE, value_name = "N")]
     pub max_processes: u32,
 
+    /// Measure mmtrace's own cost: enable the kernel's BPF run-time
+    /// statistics and report each program's runs and mean ns per run.
+    #[arg(long)]
+    pub bpf_stats: bool,
+
     /// More diagnostics on stderr (-v, -vv).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

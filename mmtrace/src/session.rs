@@ -228,6 +228,9 @@ async fn trace(
             .fold((0, 0), |a, s| (a.0 + s.minflt, a.1 + s.majflt));
         ledger.add_process(pid, true, Some(&stat), threads);
     }
+    if cli.bpf_stats {
+        tracer.enable_stats()?;
+    }
     let child = match gated {
         Some(g) => Some(g.release()?),
         None => None,
@@ -366,6 +369,7 @@ async fn trace(
 
     // --- Final report.
     drain_notices(notices.get_mut(), &mut ledger, proc_root);
+    let bpf_stats = cli.bpf_stats.then(|| tracer.program_stats());
     // Detach first: the final read then sees counters that no longer move.
     tracer.detach();
     let snap = refresh(&mut ledger, &mut tracer, proc_root)?;
@@ -386,7 +390,13 @@ async fn trace(
         _ => None,
     };
     if let Some(j) = &mut out.json {
-        j.write(&json::summary(el, end, &r, cmd_exit.as_ref()))?;
+        j.write(&json::summary(
+            el,
+            end,
+            &r,
+            cmd_exit.as_ref(),
+            bpf_stats.as_deref(),
+        ))?;
     }
     let why = match end {
         EndReason::TargetExited => "target exited",
@@ -395,6 +405,22 @@ async fn trace(
         EndReason::Error => "error",
     };
     out.table(format!("final report ({el:.1} s, {why})"), &r);
+    if let (Some(stats), false) = (&bpf_stats, cli.quiet) {
+        eprintln!(
+            "{:<22} {:>12} {:>14} {:>10}",
+            "BPF PROGRAM", "RUNS", "TOTAL ns", "ns/RUN"
+        );
+        for p in stats {
+            let per = p
+                .ns_per_run
+                .map(|n| format!("{n:.0}"))
+                .unwrap_or_else(|| "-".into());
+            eprintln!(
+                "{:<22} {:>12} {:>14} {:>10}",
+                p.program, p.run_count, p.run_time_ns, per
+            );
+        }
+    }
     Ok(match exited {
         Some(e) => e.shell_status(),
         None if child.is_some() => 130,

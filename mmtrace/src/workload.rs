@@ -39,6 +39,11 @@ pub enum Workload {
         /// number of pages to map and touch
         #[arg(long)]
         pages: u64,
+        /// map, touch and unmap this many times; with more than one round
+        /// the first is a warm-up and is not timed (its pages may still be
+        /// unbacked by the hypervisor, a large source of noise in VMs)
+        #[arg(long, default_value_t = 1)]
+        rounds: u64,
     },
     /// Map a file shared read-only and read one byte per page.
     MmapRead {
@@ -130,7 +135,7 @@ pub fn run(args: &WorkloadArgs) -> Result<Value> {
     nap(pause);
     // `keep` holds a mapping that must outlive the final pause (evict).
     let (report, keep) = match &args.workload {
-        Workload::Anon { pages } => (anon(*pages)?, None),
+        Workload::Anon { pages, rounds } => (anon(*pages, *rounds)?, None),
         Workload::MmapRead {
             path,
             drop_cache,
@@ -220,19 +225,29 @@ pub fn demo(dir: &Path) -> Result<()> {
 }
 
 /// `anon --pages N`
-fn anon(pages: u64) -> Result<Map<String, Value>> {
+fn anon(pages: u64, rounds: u64) -> Result<Map<String, Value>> {
     ensure!(pages > 0, "--pages must be at least 1");
+    ensure!(rounds > 0, "--rounds must be at least 1");
     let ps = page_size();
     let n = usize::try_from(pages).context("--pages too large")?;
     let len = n.checked_mul(ps).context("--pages too large")?;
-    let map = Mapping::anon(len)?;
-    let start = Instant::now();
-    map.write_pages(n);
-    let elapsed = start.elapsed();
-    let vm_start = map.addr();
-    drop(map);
+    let mut elapsed = Duration::ZERO;
+    let mut vm_start = 0;
+    for round in 0..rounds {
+        let map = Mapping::anon(len)?;
+        let start = Instant::now();
+        map.write_pages(n);
+        if rounds == 1 || round > 0 {
+            elapsed += start.elapsed();
+        }
+        vm_start = map.addr();
+        drop(map);
+    }
+    let timed = if rounds == 1 { 1 } else { rounds - 1 };
     Ok(report_base("anon")
-        .with("pages", pages)
+        .with("pages", pages * rounds)
+        .with("timed_pages", pages * timed)
+        .with("rounds", rounds)
         .with("elapsed_ns", nanos(elapsed))
         .with("vm_start", vm_start))
 }
@@ -706,7 +721,13 @@ mod tests {
             "7",
         ])
         .unwrap();
-        assert!(matches!(cli.args.workload, Workload::Anon { pages: 5 }));
+        assert!(matches!(
+            cli.args.workload,
+            Workload::Anon {
+                pages: 5,
+                rounds: 1
+            }
+        ));
         assert_eq!(cli.args.report.as_deref(), Some(Path::new("r.json")));
         assert_eq!(cli.args.pause_ms, 7);
         let cli = Cli::try_parse_from(["w", "--report", "x", "mmap-read", "--path", "f"]).unwrap();
@@ -758,7 +779,10 @@ mod tests {
     fn anon_reports_pages_and_writes_report() {
         let dir = test_dir();
         let report_path = dir.path().join("anon.json");
-        let mut a = args(Workload::Anon { pages: 64 });
+        let mut a = args(Workload::Anon {
+            pages: 64,
+            rounds: 1,
+        });
         a.report = Some(report_path.clone());
         let report = run(&a).unwrap();
         assert_common(&report, "anon");
@@ -768,7 +792,13 @@ mod tests {
         let written: Value =
             serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
         assert_eq!(written, report);
-        assert!(run(&args(Workload::Anon { pages: 0 })).is_err());
+        assert!(
+            run(&args(Workload::Anon {
+                pages: 0,
+                rounds: 1
+            }))
+            .is_err()
+        );
     }
 
     #[test]

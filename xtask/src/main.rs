@@ -51,8 +51,8 @@ enum Cmd {
         /// untraced/traced pairs per scenario
         #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
         pairs: u32,
-        /// anonymous pages of the minor-fault storm (262144 = 1 GiB)
-        #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..))]
+        /// anonymous pages of the minor-fault storm, per round (65536 = 256 MiB; 4 rounds, 3 timed)
+        #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..))]
         pages: u64,
         /// size of the cold-read file in MiB
         #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
@@ -292,7 +292,7 @@ mod tests {
             cli.cmd,
             Cmd::Bench {
                 pairs: 3,
-                pages: 262_144,
+                pages: 65_536,
                 file_mib: 512
             }
         ));

@@ -49,6 +49,17 @@ impl Default for Capacity {
 pub struct Tracer {
     ebpf: Ebpf,
     nr_cpus: usize,
+    /// Keeps the kernel's BPF run-time statistics on while held.
+    stats: Option<std::os::fd::OwnedFd>,
+}
+
+/// Run-time statistics of one program (kernel BPF stats).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ProgramStats {
+    pub program: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+    pub ns_per_run: Option<f64>,
 }
 
 /// (program, category, tracepoint) for every tracepoint program.
@@ -88,7 +99,11 @@ impl Tracer {
             .load(EBPF_OBJECT)
             .context("loading mmtrace's eBPF object (maps and BTF) into the kernel")?;
         let nr_cpus = nr_cpus().map_err(|(p, e)| anyhow!("reading {p}: {e}"))?;
-        let mut t = Self { ebpf, nr_cpus };
+        let mut t = Self {
+            ebpf,
+            nr_cpus,
+            stats: None,
+        };
         for &(pid, follow) in targets {
             t.add_to_scope(pid, follow)?;
         }
@@ -169,6 +184,34 @@ impl Tracer {
         self.ebpf
             .map_mut(name)
             .with_context(|| format!("map {name} missing from the eBPF object"))
+    }
+
+    /// Turns on the kernel's per-program run-time statistics (BPF_ENABLE_STATS).
+    pub fn enable_stats(&mut self) -> Result<()> {
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("enabling BPF run-time statistics (BPF_ENABLE_STATS)")?;
+        self.stats = Some(fd);
+        Ok(())
+    }
+
+    /// Run count and time of every attached program (read before `detach`).
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        let mut v: Vec<ProgramStats> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                let (n, t) = (info.run_count(), info.run_time().as_nanos() as u64);
+                Some(ProgramStats {
+                    program: name.to_string(),
+                    run_count: n,
+                    run_time_ns: t,
+                    ns_per_run: (n > 0).then(|| t as f64 / n as f64),
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| b.run_time_ns.cmp(&a.run_time_ns));
+        v
     }
 
     /// Detaches and unloads every program; the maps stay readable, so the

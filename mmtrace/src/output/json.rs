@@ -73,8 +73,15 @@ pub fn interval(seq: u64, elapsed_s: f64, r: &Report) -> Value {
     })
 }
 
-pub fn summary(elapsed_s: f64, end: EndReason, r: &Report, command: Option<&CommandExit>) -> Value {
+pub fn summary(
+    elapsed_s: f64,
+    end: EndReason,
+    r: &Report,
+    command: Option<&CommandExit>,
+    bpf_stats: Option<&[crate::collect::loader::ProgramStats]>,
+) -> Value {
     json!({
+        "bpf_stats": bpf_stats,
         "type": "summary",
         "elapsed_s": elapsed_s,
         "end_reason": end,
@@ -139,7 +146,7 @@ mod tests {
 
     #[test]
     fn summary_has_the_documented_fields() {
-        let v = summary(1.5, EndReason::TargetExited, &report(), None);
+        let v = summary(1.5, EndReason::TargetExited, &report(), None, None);
         assert_eq!(v["type"], "summary");
         assert_eq!(v["end_reason"], "target_exited");
         let p = &v["processes"][0];
