@@ -56,6 +56,9 @@ pub enum Workload {
         /// madvise() advice for the mapping
         #[arg(long, value_enum, default_value_t = Advice::Normal)]
         advice: Advice,
+        /// keep the mapping (and so the RSS) through the final --pause-ms
+        #[arg(long)]
+        hold: bool,
     },
     /// Map a file private read-write and write one byte to each of its first K pages (copy-on-write).
     Cow {
@@ -140,7 +143,11 @@ pub fn run(args: &WorkloadArgs) -> Result<Value> {
             path,
             drop_cache,
             advice,
-        } => (mmap_read(path, *drop_cache, *advice)?, None),
+            hold,
+        } => {
+            let (report, map) = mmap_read(path, *drop_cache, *advice)?;
+            (report, hold.then_some(map))
+        }
         Workload::Cow { path, pages } => (cow(path, *pages)?, None),
         Workload::Evict { path } => {
             let (report, mapping) = evict(path, pause)?;
@@ -253,7 +260,11 @@ fn anon(pages: u64, rounds: u64) -> Result<Map<String, Value>> {
 }
 
 /// `mmap-read --path F [--drop-cache] [--advice A]`
-fn mmap_read(path: &Path, drop_first: bool, advice: Advice) -> Result<Map<String, Value>> {
+fn mmap_read(
+    path: &Path,
+    drop_first: bool,
+    advice: Advice,
+) -> Result<(Map<String, Value>, Mapping)> {
     let ps = page_size();
     let file = open(path)?;
     let len = file_len(&file, path)?;
@@ -268,14 +279,14 @@ fn mmap_read(path: &Path, drop_first: bool, advice: Advice) -> Result<Map<String
     map.read_pages(pages);
     let elapsed = start.elapsed();
     let resident_after = map.resident()?;
-    drop(map);
-    Ok(with_file_id(report_base("mmap-read"), path, &file)?
+    let report = with_file_id(report_base("mmap-read"), path, &file)?
         .with("pages", pages)
         .with("elapsed_ns", nanos(elapsed))
         .with("drop_cache", drop_first)
         .with("advice", advice.name())
         .with("resident_before", resident_before)
-        .with("resident_after", resident_after))
+        .with("resident_after", resident_after);
+    Ok((report, map))
 }
 
 /// `cow --path F --pages K`
@@ -736,6 +747,7 @@ mod tests {
             Workload::MmapRead {
                 drop_cache: false,
                 advice: Advice::Normal,
+                hold: false,
                 ..
             }
         ));
@@ -842,6 +854,7 @@ mod tests {
             path: path.clone(),
             drop_cache: true,
             advice: Advice::Normal,
+            hold: false,
         }))
         .unwrap();
         assert_common(&report, "mmap-read");
@@ -854,6 +867,7 @@ mod tests {
             path,
             drop_cache: false,
             advice: Advice::Random,
+            hold: false,
         }))
         .unwrap();
         assert_eq!(u(&warm, "resident_before"), 257);
@@ -868,6 +882,7 @@ mod tests {
             path,
             drop_cache: false,
             advice: Advice::Normal,
+            hold: false,
         }))
         .unwrap_err();
         assert!(format!("{err:#}").contains("empty"), "{err:#}");
