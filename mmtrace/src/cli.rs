@@ -55,13 +55,14 @@ pub struct Cli {
     #[arg(short, long)]
     pub mappings: bool,
 
-    /// Capacity of the per-mapping map (entries).
-    #[arg(long, default_value_t = mmtrace_common::limits::MAPPINGS, value_name = "N")]
-    pub max_mappings: u32,
+    /// Capacity of the per-mapping map (entries) [default: 65536 on up to 8
+    /// CPUs, less on more: its values are per CPU].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_mappings: Option<u32>,
 
-    /// Capacity of the per-file map (entries).
-    #[arg(long, default_value_t = mmtrace_common::limits::FILES, value_name = "N")]
-    pub max_files: u32,
+    /// Capacity of the per-file map (entries) [default: as --max-mappings].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_files: Option<u32>,
 
     /// Capacity of the process scope (entries).
     #[arg(long, default_value_t = mmtrace_common::limits::SCOPE, value_name = "N")]
@@ -111,6 +112,13 @@ fn positive_secs(s: &str) -> Result<f64, String> {
 }
 
 impl Cli {
+    /// Default capacity of a per-CPU map: `limit` entries on up to 8 CPUs,
+    /// scaled down beyond (its memory is entries × value × CPUs), at least 4096.
+    pub fn per_cpu_capacity(limit: u32, nr_cpus: usize) -> u32 {
+        let scaled = limit as u64 * 8 / nr_cpus.max(8) as u64;
+        (scaled as u32).max(4096.min(limit))
+    }
+
     pub fn wants_json(&self) -> bool {
         self.json || self.output.is_some()
     }
@@ -151,6 +159,15 @@ mod tests {
         assert_eq!(c.command, ["python", "-c", "print(1)", "--pid", "3"]);
         assert!(c.pids.is_empty());
         assert!(c.wants_json());
+    }
+
+    #[test]
+    fn per_cpu_maps_shrink_on_big_machines() {
+        assert_eq!(Cli::per_cpu_capacity(65_536, 2), 65_536);
+        assert_eq!(Cli::per_cpu_capacity(65_536, 8), 65_536);
+        assert_eq!(Cli::per_cpu_capacity(65_536, 64), 8_192);
+        assert_eq!(Cli::per_cpu_capacity(65_536, 4096), 4_096);
+        assert!(parse(&["--max-mappings", "0"]).is_err());
     }
 
     #[test]

@@ -191,10 +191,15 @@ async fn trace(
     if let Some(g) = &gated {
         targets.push((g.pid, follow));
     }
+    let nr_cpus = aya::util::nr_cpus().unwrap_or(1);
     let cap = Capacity {
         processes: cli.max_processes,
-        mappings: cli.max_mappings,
-        files: cli.max_files,
+        mappings: cli
+            .max_mappings
+            .unwrap_or_else(|| Cli::per_cpu_capacity(mmtrace_common::limits::MAPPINGS, nr_cpus)),
+        files: cli
+            .max_files
+            .unwrap_or_else(|| Cli::per_cpu_capacity(mmtrace_common::limits::FILES, nr_cpus)),
         ..Capacity::default()
     };
     let mut tracer = match Tracer::load(&config, &features, cap, &targets) {
