@@ -54,10 +54,14 @@ fn bpf_linker(ctx: &Ctx) -> Result<()> {
     }
 
     let llvm_config = Path::new(LLVM_PREFIX).join("bin/llvm-config");
-    if !llvm_config.exists() {
+    // The unversioned libLLVM.so link comes with the -dev package only
+    // (llvm-config alone may be there from the runtime package).
+    let llvm_dev_lib = Path::new(LLVM_PREFIX).join("lib/libLLVM.so");
+    if !llvm_config.exists() || !llvm_dev_lib.exists() {
         eprintln!(
-            "setup: {} missing; installing {LLVM_PACKAGE} with apt-get",
-            llvm_config.display()
+            "setup: {} or {} missing; installing {LLVM_PACKAGE} with apt-get",
+            llvm_config.display(),
+            llvm_dev_lib.display()
         );
         apt_get(ctx, &["update"]).context(
             "`apt-get update` failed: check the network and /etc/apt/sources.list, then re-run `cargo xtask setup`",
