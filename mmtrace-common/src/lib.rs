@@ -97,6 +97,82 @@ pub struct CacheCounters {
     /// Pages re-added after an eviction this trace saw (estimate: bounded by
     /// the size of the `EVICTED` LRU map).
     pub refaulted: u64,
+    /// `evicted` split by [`reason`].
+    pub evicted_by: [u64; reason::COUNT],
+    /// Evicted pages whose owner memcg (`folio->memcg_data`) is in the traced
+    /// cgroup tree (`CGROUPS`); 0 when no cgroup is traced or the owner
+    /// could not be read.
+    pub evicted_owned: u64,
+}
+
+/// Why a page left the page cache, from the context of the eviction.
+pub mod reason {
+    /// Inside `mm_vmscan_memcg_reclaim_begin/end` of this thread: a memory
+    /// cgroup's limit (or memory.high / memory.reclaim) made it reclaim.
+    pub const MEMCG: usize = 0;
+    /// Inside `mm_vmscan_direct_reclaim_begin/end`: global memory shortage.
+    pub const DIRECT: usize = 1;
+    /// The current task is kswapd (`PF_KSWAPD`).
+    pub const KSWAPD: usize = 2;
+    /// Other reclaim (`PF_MEMALLOC` outside the above: proactive, DAMON).
+    pub const OTHER_RECLAIM: usize = 3;
+    /// posix_fadvise(POSIX_FADV_DONTNEED) and similar invalidations.
+    pub const FADVISE: usize = 4;
+    /// truncate(2), ftruncate(2), open(O_TRUNC).
+    pub const TRUNCATE: usize = 5;
+    /// The file was removed (unlink, rename over it, last close or exit).
+    pub const UNLINK: usize = 6;
+    /// A write(2) outside reclaim: writes to /proc/sys/vm/drop_caches
+    /// (also direct-I/O writes invalidating cached pages).
+    pub const DROP_CACHES: usize = 7;
+    /// Anything else (other invalidations).
+    pub const OTHER: usize = 8;
+    pub const COUNT: usize = 9;
+    /// Names, by index (JSON keys).
+    pub const NAMES: [&str; COUNT] = [
+        "memcg_reclaim",
+        "direct_reclaim",
+        "kswapd",
+        "other_reclaim",
+        "fadvise",
+        "truncate",
+        "unlink",
+        "drop_caches",
+        "other",
+    ];
+}
+
+/// Reclaim episodes of traced tasks (a per-CPU value), from the vmscan
+/// begin/end tracepoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReclaimStats {
+    pub memcg_episodes: u64,
+    pub memcg_reclaimed: u64,
+    pub memcg_ns: u64,
+    pub direct_episodes: u64,
+    pub direct_reclaimed: u64,
+    pub direct_ns: u64,
+}
+
+/// A reclaim in progress on a thread (key: tid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReclaimCtx {
+    /// [`reason::MEMCG`] or [`reason::DIRECT`].
+    pub kind: u64,
+    pub start_ns: u64,
+}
+
+/// A cgroup of the traced tree (`CGROUPS` key): (hierarchy, kernfs id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CgroupKey {
+    /// Hierarchy id (`cgroup_root.hierarchy_id`; 0 = cgroup v2).
+    pub hierarchy: u32,
+    pub _pad: u32,
+    /// `kernfs_node.id`: the inode number of the cgroup's directory.
+    pub id: u64,
 }
 
 /// Key of the recently-evicted LRU map used to detect refaults: `index` is
@@ -145,7 +221,7 @@ pub struct ScopeEntry {
 /// `format` files, both read at start by the loader. An offset of
 /// [`Config::ABSENT`] means "this kernel has no such field".
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// mmtrace's own tgid: never traced.
     pub self_tgid: u32,
@@ -190,10 +266,54 @@ pub struct Config {
     pub write_faults: u32,
     /// Number of possible CPUs (bounds the cross-CPU hand-over search).
     pub nr_cpus: u32,
+    /// `task_struct.flags` (PF_KSWAPD, PF_MEMALLOC).
+    pub task_flags: u32,
+    /// filemap:mm_filemap_{add_to,delete_from}_page_cache `pfn`.
+    pub tp_cache_pfn: u32,
+    /// Offset of the syscall number in the user `pt_regs` (x86: `orig_ax`);
+    /// ABSENT: evictions are not classified by syscall.
+    pub regs_syscall_nr: u32,
+    /// vmscan:*_reclaim_end `nr_reclaimed`.
+    pub tp_reclaim_nr: u32,
+    /// cgroup:cgroup_attach_task `dst_root`, `dst_id`, `pid`.
+    pub tp_attach_root: u32,
+    pub tp_attach_id: u32,
+    pub tp_attach_pid: u32,
+    /// Non-zero when a cgroup tree is traced: tasks attached to a cgroup of
+    /// `CGROUPS` join the scope, and leave it when moved out.
+    pub cgroup_mode: u32,
+    /// Owner memcg of an evicted page: address of the kernel's
+    /// `vmemmap_base` variable (0: unknown), `sizeof(struct page)`,
+    /// `page.memcg_data`, `mem_cgroup.css` + `cgroup_subsys_state.cgroup`,
+    /// `cgroup.kn`, `kernfs_node.id`, `cgroup.root`, `cgroup_root.hierarchy_id`.
+    pub vmemmap_base_addr: u64,
+    /// The vmemmap base itself when it is fixed (no KASLR of memory
+    /// regions: `vmemmap_base_addr` is 0).
+    pub vmemmap_base: u64,
+    pub page_size_of: u32,
+    pub page_memcg_data: u32,
+    pub memcg_css_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+    pub cgroup_root: u32,
+    pub root_hierarchy_id: u32,
+    /// The memory hierarchy's id (v1: from /proc/self/cgroup; 0 on v2).
+    pub memcg_hierarchy: u32,
+    /// Eviction reason ([`reason`]) for each syscall number (255: none).
+    pub syscall_reason: [u8; 512],
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::ZERO
+    }
 }
 
 impl Config {
     pub const ABSENT: u32 = u32::MAX;
+    /// All zero.
+    // SAFETY: every field is an integer or an array of integers.
+    pub const ZERO: Config = unsafe { core::mem::zeroed() };
 }
 
 /// Bits of [`ScopeEntry::flags`].
@@ -271,6 +391,9 @@ mod user {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Notice {}
     unsafe impl aya::Pod for VmaCache {}
+    unsafe impl aya::Pod for ReclaimStats {}
+    unsafe impl aya::Pod for ReclaimCtx {}
+    unsafe impl aya::Pod for CgroupKey {}
 }
 
 impl FaultCounters {
@@ -288,6 +411,21 @@ impl CacheCounters {
         self.added += o.added;
         self.evicted += o.evicted;
         self.refaulted += o.refaulted;
+        for (a, b) in self.evicted_by.iter_mut().zip(o.evicted_by.iter()) {
+            *a += b;
+        }
+        self.evicted_owned += o.evicted_owned;
+    }
+}
+
+impl ReclaimStats {
+    pub fn add(&mut self, o: &Self) {
+        self.memcg_episodes += o.memcg_episodes;
+        self.memcg_reclaimed += o.memcg_reclaimed;
+        self.memcg_ns += o.memcg_ns;
+        self.direct_episodes += o.direct_episodes;
+        self.direct_reclaimed += o.direct_reclaimed;
+        self.direct_ns += o.direct_ns;
     }
 }
 
@@ -301,7 +439,9 @@ mod tests {
         assert_eq!(size_of::<MappingKey>(), 48);
         assert_eq!(size_of::<FaultCounters>(), 40);
         assert_eq!(size_of::<FileKey>(), 16);
-        assert_eq!(size_of::<CacheCounters>(), 24);
+        assert_eq!(size_of::<CacheCounters>(), 24 + 8 * reason::COUNT + 8);
+        assert_eq!(size_of::<ReclaimStats>(), 48);
+        assert_eq!(size_of::<CgroupKey>(), 16);
         assert_eq!(size_of::<PageKey>(), 24);
         assert_eq!(size_of::<ExitRecord>(), 48);
         assert_eq!(size_of::<ScopeEntry>(), 8);
@@ -331,20 +471,21 @@ mod tests {
                 pages_mapped: 10
             }
         );
-        let c = CacheCounters {
+        let mut c = CacheCounters {
             added: 1,
             evicted: 2,
             refaulted: 3,
+            evicted_owned: 4,
+            ..Default::default()
         };
+        c.evicted_by[reason::MEMCG] = 5;
         let mut s = c;
         s.add(&c);
         assert_eq!(
-            s,
-            CacheCounters {
-                added: 2,
-                evicted: 4,
-                refaulted: 6
-            }
+            (s.added, s.evicted, s.refaulted, s.evicted_owned),
+            (2, 4, 6, 8)
         );
+        assert_eq!(s.evicted_by[reason::MEMCG], 10);
+        assert_eq!(s.evicted_by.iter().sum::<u64>(), 10);
     }
 }

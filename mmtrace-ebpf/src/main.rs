@@ -20,6 +20,7 @@ mod kread;
 mod maps;
 mod pagecache;
 mod process;
+mod reclaim;
 mod scope;
 
 #[cfg(not(test))]

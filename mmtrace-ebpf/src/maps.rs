@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use mmtrace_common::{
-    CacheCounters, ExitRecord, FaultCounters, FileKey, MappingKey, PageKey, ScopeEntry, VmaCache,
-    errors, limits,
+    CacheCounters, CgroupKey, ExitRecord, FaultCounters, FileKey, MappingKey, PageKey, ReclaimCtx,
+    ReclaimStats, ScopeEntry, VmaCache, errors, limits,
 };
 
 use crate::faults::Pending;
@@ -42,6 +42,19 @@ pub static EVICTED: LruHashMap<PageKey, u64> = LruHashMap::with_max_entries(limi
 #[map]
 pub static EXITS: PerCpuHashMap<u32, ExitRecord> =
     PerCpuHashMap::with_max_entries(limits::EXITS, 0);
+
+/// Reclaim in progress, by thread id (set at `*_reclaim_begin`, removed at
+/// `*_reclaim_end`): the context that names an eviction's reason.
+#[map]
+pub static RECLAIM: HashMap<u32, ReclaimCtx> = HashMap::with_max_entries(8192, 0);
+
+/// Reclaim episodes of traced tasks.
+#[map]
+pub static RECLAIM_STATS: PerCpuArray<ReclaimStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// The traced cgroup tree (with `--cgroup`), written by userspace.
+#[map]
+pub static CGROUPS: HashMap<CgroupKey, u8> = HashMap::with_max_entries(4096, 0);
 
 /// Rare notices for userspace (a new file of interest): never per fault.
 #[map]

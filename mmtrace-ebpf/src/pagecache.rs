@@ -16,12 +16,18 @@
 //! A file is "of interest" once an in-scope process faults on it or adds
 //! pages of it, or userspace finds it in a target's maps / fds. Evictions of
 //! such files are counted whoever evicts them (reclaim often runs elsewhere).
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use mmtrace_common::{CacheCounters, FileKey, Notice, PageKey, errors, notice};
+use aya_ebpf::{
+    helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use mmtrace_common::{
+    CacheCounters, CgroupKey, Config, FileKey, Notice, PageKey, errors, notice, reason,
+};
 
 use crate::{
-    kread::conf,
-    maps::{EVICTED, FILE_CACHE, NOTICES, count_error},
+    kread::{conf, read},
+    maps::{CGROUPS, EVICTED, FILE_CACHE, NOTICES, RECLAIM, count_error},
     scope,
 };
 
@@ -180,10 +186,115 @@ fn try_delete(ctx: &TracePointContext) -> Result<(), i32> {
     let Some(c) = FILE_CACHE.get_ptr_mut(&key) else {
         return Ok(());
     };
-    // SAFETY: per-CPU value.
-    unsafe { (*c).evicted += pages };
+    let why = eviction_reason();
+    // SAFETY: offset from the tracepoint's format file.
+    let pfn = unsafe { ctx.read_at::<u64>(conf!(tp_cache_pfn) as usize) }.unwrap_or(0);
+    let owned = owned_by_traced_cgroup(pfn);
+    // SAFETY: per-CPU value; `why` < reason::COUNT.
+    unsafe {
+        (*c).evicted += pages;
+        if why < reason::COUNT {
+            (*c).evicted_by[why] += pages;
+        }
+        if owned {
+            (*c).evicted_owned += pages;
+        }
+    }
     evicted_pages(&key, index, pages, true);
     Ok(())
+}
+
+const PF_MEMALLOC: u32 = 0x0000_0800;
+const PF_KSWAPD: u32 = 0x0002_0000;
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Why the current context is evicting a page (see `mmtrace_common::reason`):
+/// kswapd, else a reclaim this thread is in, else other reclaim, else the
+/// syscall the thread is in (its user `pt_regs` hold the number).
+#[inline(always)]
+fn eviction_reason() -> usize {
+    let (tid, _) = scope::current_ids();
+    // SAFETY: plain helper call.
+    let task_btf = unsafe { bpf_get_current_task_btf() };
+    let task = task_btf as u64;
+    let flags = read::<u32>(task, conf!(task_flags)).unwrap_or(0);
+    if flags & PF_KSWAPD != 0 {
+        return reason::KSWAPD;
+    }
+    // SAFETY: plain data copy of the value.
+    if let Some(r) = unsafe { RECLAIM.get(&tid) } {
+        return r.kind as usize;
+    }
+    if flags & PF_MEMALLOC != 0 {
+        return reason::OTHER_RECLAIM;
+    }
+    let off = conf!(regs_syscall_nr);
+    if flags & PF_KTHREAD != 0 || off == Config::ABSENT {
+        return reason::OTHER;
+    }
+    // SAFETY: trusted task pointer from bpf_get_current_task_btf.
+    let regs = unsafe { bpf_task_pt_regs(task_btf) } as u64;
+    if regs == 0 {
+        return reason::OTHER;
+    }
+    let nr = read::<u64>(regs, off).unwrap_or(u64::MAX);
+    if nr < 512 {
+        // SAFETY: reading the loader-written table; nr < 512 is in bounds.
+        let r = unsafe {
+            core::ptr::read_volatile(&crate::kread::config().syscall_reason[nr as usize])
+        };
+        if (r as usize) < reason::COUNT {
+            return r as usize;
+        }
+    }
+    reason::OTHER
+}
+
+/// Whether the page at `pfn` is charged to a memcg of the traced cgroup tree
+/// (`folio->memcg_data`, read through the kernel's vmemmap).
+#[inline(always)]
+fn owned_by_traced_cgroup(pfn: u64) -> bool {
+    let base_addr = conf!(vmemmap_base_addr);
+    let mut base = conf!(vmemmap_base);
+    if conf!(cgroup_mode) == 0 || (base_addr == 0 && base == 0) || pfn == 0 {
+        return false;
+    }
+    if base_addr != 0 {
+        match read::<u64>(base_addr, 0) {
+            Some(b) => base = b,
+            None => return false,
+        }
+    }
+    let page = base + pfn * conf!(page_size_of) as u64;
+    // The low bits of memcg_data are flags (objcg/kmem).
+    let Some(memcg) = read::<u64>(page, conf!(page_memcg_data)).map(|m| m & !7) else {
+        return false;
+    };
+    if memcg == 0 {
+        return false;
+    }
+    let Some(cgrp) = read::<u64>(memcg, conf!(memcg_css_cgroup)) else {
+        return false;
+    };
+    let (Some(kn), Some(root)) = (
+        read::<u64>(cgrp, conf!(cgroup_kn)),
+        read::<u64>(cgrp, conf!(cgroup_root)),
+    ) else {
+        return false;
+    };
+    let (Some(id), Some(hierarchy)) = (
+        read::<u64>(kn, conf!(kn_id)),
+        read::<i32>(root, conf!(root_hierarchy_id)),
+    ) else {
+        return false;
+    };
+    CGROUPS
+        .get_ptr(&CgroupKey {
+            hierarchy: hierarchy as u32,
+            _pad: 0,
+            id,
+        })
+        .is_some()
 }
 
 #[inline(always)]

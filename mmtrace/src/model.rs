@@ -61,6 +61,9 @@ pub struct Ledger {
     pub procs: BTreeMap<u32, ProcState>,
     pub paths: HashMap<FileId, PathInfo>,
     pub residency: HashMap<FileId, Residency>,
+    /// Evictions are charged to their owner cgroup (`--cgroup` with a
+    /// readable owner): report `evicted_owned_pages`.
+    pub owner_known: bool,
 }
 
 impl Ledger {
@@ -70,6 +73,7 @@ impl Ledger {
             procs: BTreeMap::new(),
             paths: HashMap::new(),
             residency: HashMap::new(),
+            owner_known: false,
         }
     }
 
@@ -275,6 +279,12 @@ impl Ledger {
             r.pages_added += c.added;
             r.pages_evicted += c.evicted;
             r.refault_pages += c.refaulted;
+            for (name, n) in mmtrace_common::reason::NAMES.iter().zip(c.evicted_by) {
+                *r.evicted_by.entry(name).or_default() += n;
+            }
+            if self.owner_known {
+                *r.evicted_owned_pages.get_or_insert(0) += c.evicted_owned;
+            }
         }
         let mut files: Vec<FileRow> = by_file
             .into_values()
@@ -440,6 +450,11 @@ pub struct FileRow {
     pub pages_evicted: u64,
     /// Estimate: pages re-added after an eviction seen during this trace.
     pub refault_pages: u64,
+    /// `pages_evicted` by reason (every reason present, zeros included).
+    pub evicted_by: BTreeMap<&'static str, u64>,
+    /// Evicted pages charged to a memcg of the traced cgroup tree (null
+    /// unless a cgroup is traced and the owner can be read).
+    pub evicted_owned_pages: Option<u64>,
     pub resident_pages: Option<u64>,
     pub file_pages: Option<u64>,
 }
@@ -717,6 +732,8 @@ mod tests {
                 added: 5000,
                 evicted: 100,
                 refaulted: 50,
+                evicted_by: [60, 0, 0, 0, 40, 0, 0, 0, 0],
+                evicted_owned: 60,
             },
         );
         s.files.insert(
@@ -727,11 +744,14 @@ mod tests {
             },
             CacheCounters {
                 added: 1,
-                evicted: 0,
-                refaulted: 0,
+                ..Default::default()
             },
         );
         let r = l.report(&s);
+        assert_eq!(r.files[0].evicted_by["memcg_reclaim"], 60);
+        assert_eq!(r.files[0].evicted_by["fadvise"], 40);
+        assert_eq!(r.files[0].evicted_by.len(), mmtrace_common::reason::COUNT);
+        assert_eq!(r.files[0].evicted_owned_pages, None, "no cgroup traced");
         let paths: Vec<&str> = r.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             paths,

@@ -14,8 +14,8 @@ use aya::{
     util::{nr_cpus, online_cpus},
 };
 use mmtrace_common::{
-    CacheCounters, Config, ExitRecord, FaultCounters, FileKey, MappingKey, ScopeEntry, VmaCache,
-    errors,
+    CacheCounters, CgroupKey, Config, ExitRecord, FaultCounters, FileKey, MappingKey, ReclaimStats,
+    ScopeEntry, VmaCache, errors,
 };
 
 use super::maps::{Snapshot, merge_exit, sum_cache, sum_faults};
@@ -74,6 +74,23 @@ const TP_PROGRAMS: &[(&str, &str, &str)] = &[
     ("filemap_map_pages", "filemap", "mm_filemap_map_pages"),
     ("task_newtask", "task", "task_newtask"),
     ("sched_process_exit", "sched", "sched_process_exit"),
+    (
+        "memcg_reclaim_begin",
+        "vmscan",
+        "mm_vmscan_memcg_reclaim_begin",
+    ),
+    ("memcg_reclaim_end", "vmscan", "mm_vmscan_memcg_reclaim_end"),
+    (
+        "direct_reclaim_begin",
+        "vmscan",
+        "mm_vmscan_direct_reclaim_begin",
+    ),
+    (
+        "direct_reclaim_end",
+        "vmscan",
+        "mm_vmscan_direct_reclaim_end",
+    ),
+    ("cgroup_attach_task", "cgroup", "cgroup_attach_task"),
 ];
 
 /// Raw tracepoint programs (program = tracepoint name), attached when the
@@ -210,7 +227,7 @@ impl Tracer {
                 })
             })
             .collect();
-        v.sort_by(|a, b| b.run_time_ns.cmp(&a.run_time_ns));
+        v.sort_by_key(|p| std::cmp::Reverse(p.run_time_ns));
         v
     }
 
@@ -251,6 +268,21 @@ impl Tracer {
             HashMap::try_from(self.map_mut("SCOPE")?)?;
         m.insert(pid, ScopeEntry { flags, _pad: 0 }, 0)
             .with_context(|| format!("adding pid {pid} to the scope"))?;
+        Ok(())
+    }
+
+    /// Makes the traced cgroup tree exactly `cgroups` (adds new, drops gone).
+    pub fn set_cgroups(&mut self, cgroups: &[CgroupKey]) -> Result<()> {
+        let mut m: HashMap<&mut MapData, CgroupKey, u8> =
+            HashMap::try_from(self.map_mut("CGROUPS")?)?;
+        let have: Vec<CgroupKey> = m.keys().filter_map(|k| k.ok()).collect();
+        for k in have.iter().filter(|k| !cgroups.contains(k)) {
+            let _ = m.remove(k);
+        }
+        for k in cgroups.iter().filter(|k| !have.contains(k)) {
+            m.insert(k, 1, 0)
+                .with_context(|| format!("adding cgroup {} to the traced tree", k.id))?;
+        }
         Ok(())
     }
 
@@ -313,6 +345,11 @@ impl Tracer {
             scope.insert(k, v);
         }
         s.scope = scope;
+        let m: PerCpuArray<&MapData, ReclaimStats> =
+            PerCpuArray::try_from(self.map("RECLAIM_STATS")?)?;
+        for v in m.get(&0, 0)?.iter() {
+            s.reclaim.add(v);
+        }
         let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map("ERRORS")?)?;
         for i in 0..errors::COUNT {
             s.errors[i as usize] = m.get(&i, 0)?.iter().sum();

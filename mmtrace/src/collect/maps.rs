@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use mmtrace_common::{
-    CacheCounters, ExitRecord, FaultCounters, FileKey, MappingKey, ScopeEntry, errors,
+    CacheCounters, ExitRecord, FaultCounters, FileKey, MappingKey, ReclaimStats, ScopeEntry, errors,
 };
 
 /// Everything the kernel side has counted so far (cumulative since start).
@@ -19,6 +19,8 @@ pub struct Snapshot {
     pub exits: BTreeMap<u32, ExitRecord>,
     /// Processes currently in scope.
     pub scope: BTreeMap<u32, ScopeEntry>,
+    /// Reclaim episodes of traced tasks.
+    pub reclaim: ReclaimStats,
     /// Error counters, indexed by `mmtrace_common::errors`.
     pub errors: [u64; errors::COUNT as usize],
 }

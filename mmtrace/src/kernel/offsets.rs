@@ -30,6 +30,83 @@ pub struct Features {
     pub vma_cache: bool,
     /// `sched_process_exit` has `group_dead` (6.16+).
     pub exit_group_dead: bool,
+    /// Evictions inside syscalls are told apart (x86_64 syscall table).
+    pub eviction_syscalls: bool,
+    /// The owner memcg of an evicted page can be read (vmemmap, BTF).
+    pub eviction_owner: bool,
+}
+
+/// Eviction reason per x86_64 syscall number: what a task was doing when a
+/// page of a file left the page cache in its context (outside reclaim).
+pub fn x86_64_syscall_reasons() -> [u8; 512] {
+    use mmtrace_common::reason as r;
+    let mut t = [u8::MAX; 512];
+    for (nr, why) in [
+        (221, r::FADVISE),   // fadvise64
+        (28, r::FADVISE),    // madvise (MADV_REMOVE and friends)
+        (76, r::TRUNCATE),   // truncate
+        (77, r::TRUNCATE),   // ftruncate
+        (285, r::TRUNCATE),  // fallocate (punch hole)
+        (2, r::TRUNCATE),    // open (O_TRUNC)
+        (85, r::TRUNCATE),   // creat
+        (257, r::TRUNCATE),  // openat (O_TRUNC)
+        (437, r::TRUNCATE),  // openat2 (O_TRUNC)
+        (87, r::UNLINK),     // unlink
+        (263, r::UNLINK),    // unlinkat
+        (82, r::UNLINK),     // rename (over an existing file)
+        (264, r::UNLINK),    // renameat
+        (316, r::UNLINK),    // renameat2
+        (3, r::UNLINK),      // close (last reference to a removed file)
+        (436, r::UNLINK),    // close_range
+        (60, r::UNLINK),     // exit
+        (231, r::UNLINK),    // exit_group
+        (1, r::DROP_CACHES), // write (/proc/sys/vm/drop_caches)
+    ] {
+        t[nr] = why as u8;
+    }
+    t
+}
+
+/// The memory cgroup hierarchy's id: `N` of the `N:memory:` line of
+/// /proc/self/cgroup (cgroup v1), else 0 (cgroup v2's default hierarchy).
+pub fn memcg_hierarchy(proc_self_cgroup: &str) -> u32 {
+    proc_self_cgroup
+        .lines()
+        .find_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let (id, ctrl) = (it.next()?, it.next()?);
+            ctrl.split(',')
+                .any(|c| c == "memory")
+                .then(|| id.parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+/// Where the kernel's `struct page` array starts: the address of the
+/// `vmemmap_base` variable when memory regions are randomised, else the
+/// fixed x86_64 base (4-level paging; 5-level when the CPU has `la57`).
+pub fn vmemmap(kallsyms: &str, cpuinfo: &str) -> (u64, u64) {
+    for l in kallsyms.lines() {
+        let mut it = l.split_whitespace();
+        if let (Some(addr), Some(_), Some("vmemmap_base")) = (it.next(), it.next(), it.next()) {
+            return (u64::from_str_radix(addr, 16).unwrap_or(0), 0);
+        }
+    }
+    if !cfg!(target_arch = "x86_64") {
+        return (0, 0);
+    }
+    let la57 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .is_some_and(|l| l.split_whitespace().any(|f| f == "la57"));
+    (
+        0,
+        if la57 {
+            0xffd4_0000_0000_0000
+        } else {
+            0xffff_ea00_0000_0000
+        },
+    )
 }
 
 /// The tracepoints mmtrace attaches to: (category, event, required).
@@ -40,6 +117,11 @@ pub const TRACEPOINTS: &[(&str, &str, bool)] = &[
     ("filemap", "mm_filemap_map_pages", true),
     ("task", "task_newtask", true),
     ("sched", "sched_process_exit", true),
+    ("vmscan", "mm_vmscan_memcg_reclaim_begin", true),
+    ("vmscan", "mm_vmscan_memcg_reclaim_end", true),
+    ("vmscan", "mm_vmscan_direct_reclaim_begin", true),
+    ("vmscan", "mm_vmscan_direct_reclaim_end", true),
+    ("cgroup", "cgroup_attach_task", true),
     ("exceptions", "page_fault_user", false),
     ("exceptions", "page_fault_kernel", false),
 ];
@@ -130,5 +212,90 @@ pub fn compute(
         c.write_faults = 1;
         feat.write_faults = true;
     }
+    // --- Eviction reasons and owners.
+    c.task_flags = btf.member_offset("task_struct", "flags")?;
+    c.tp_cache_pfn = off(&add, "pfn", &[8])?;
+    c.syscall_reason = [u8::MAX; 512];
+    c.regs_syscall_nr = Config::ABSENT;
+    if cfg!(target_arch = "x86_64")
+        && let Ok(o) = btf.member_offset("pt_regs", "orig_ax")
+    {
+        c.regs_syscall_nr = o;
+        c.syscall_reason = x86_64_syscall_reasons();
+        feat.eviction_syscalls = true;
+    }
+    let memcg_end = tracefs::read_format(tracefs_root, "vmscan", "mm_vmscan_memcg_reclaim_end")?;
+    c.tp_reclaim_nr = off(&memcg_end, "nr_reclaimed", &[8])?;
+    let direct_end = tracefs::read_format(tracefs_root, "vmscan", "mm_vmscan_direct_reclaim_end")?;
+    if off(&direct_end, "nr_reclaimed", &[8])? != c.tp_reclaim_nr {
+        return Err(OffsetsError::Layout(
+            "mm_vmscan_direct_reclaim_end.nr_reclaimed differs from mm_vmscan_memcg_reclaim_end"
+                .into(),
+        ));
+    }
+    let attach = tracefs::read_format(tracefs_root, "cgroup", "cgroup_attach_task")?;
+    c.tp_attach_root = off(&attach, "dst_root", &[4])?;
+    c.tp_attach_id = off(&attach, "dst_id", &[8])?;
+    c.tp_attach_pid = off(&attach, "pid", &[4])?;
+    c.memcg_hierarchy =
+        memcg_hierarchy(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
+    let owner = (|| -> Result<(), BtfError> {
+        c.page_size_of = btf.struct_size("page")?;
+        c.page_memcg_data = btf.member_offset("page", "memcg_data")?;
+        c.memcg_css_cgroup = btf.member_offset("mem_cgroup", "css")?
+            + btf.member_offset("cgroup_subsys_state", "cgroup")?;
+        c.cgroup_kn = btf.member_offset("cgroup", "kn")?;
+        c.kn_id = btf.member_offset("kernfs_node", "id")?;
+        c.cgroup_root = btf.member_offset("cgroup", "root")?;
+        c.root_hierarchy_id = btf.member_offset("cgroup_root", "hierarchy_id")?;
+        Ok(())
+    })();
+    let (addr, base) = vmemmap(
+        &std::fs::read_to_string("/proc/kallsyms").unwrap_or_default(),
+        &std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default(),
+    );
+    (c.vmemmap_base_addr, c.vmemmap_base) = (addr, base);
+    feat.eviction_owner = owner.is_ok() && (addr != 0 || base != 0);
+    if !feat.eviction_owner {
+        (c.vmemmap_base_addr, c.vmemmap_base) = (0, 0);
+    }
     Ok((c, feat))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memcg_hierarchy_from_proc_self_cgroup() {
+        let v1 = "12:pids:/\n4:memory:/user.slice\n1:name=systemd:/\n0::/\n";
+        assert_eq!(memcg_hierarchy(v1), 4);
+        assert_eq!(memcg_hierarchy("7:cpu,memory:/x\n"), 7);
+        assert_eq!(memcg_hierarchy("0::/user.slice\n"), 0);
+        assert_eq!(memcg_hierarchy(""), 0);
+    }
+
+    #[test]
+    fn vmemmap_from_kallsyms_or_the_fixed_base() {
+        let k = "ffffffff81000000 T _stext\nffffffff82e1c0a8 D vmemmap_base\n";
+        assert_eq!(vmemmap(k, ""), (0xffff_ffff_82e1_c0a8, 0));
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(vmemmap("", "flags : fpu vme\n"), (0, 0xffff_ea00_0000_0000));
+            assert_eq!(
+                vmemmap("", "flags : fpu la57\n"),
+                (0, 0xffd4_0000_0000_0000)
+            );
+        }
+    }
+
+    #[test]
+    fn syscall_table_names_the_eviction_syscalls() {
+        use mmtrace_common::reason as r;
+        let t = x86_64_syscall_reasons();
+        assert_eq!(t[221] as usize, r::FADVISE);
+        assert_eq!(t[77] as usize, r::TRUNCATE);
+        assert_eq!(t[263] as usize, r::UNLINK);
+        assert_eq!(t[1] as usize, r::DROP_CACHES);
+        assert_eq!(t[0], u8::MAX, "read evicts nothing");
+    }
 }
