@@ -297,8 +297,6 @@ pub struct Config {
     pub kn_id: u32,
     pub cgroup_root: u32,
     pub root_hierarchy_id: u32,
-    /// The memory hierarchy's id (v1: from /proc/self/cgroup; 0 on v2).
-    pub memcg_hierarchy: u32,
     /// Eviction reason ([`reason`]) for each syscall number (255: none).
     pub syscall_reason: [u8; 512],
 }
@@ -322,6 +320,9 @@ pub mod scope {
     pub const FOLLOW_CHILDREN: u32 = 1 << 0;
     /// Added by the kernel at fork (not a target named by the user).
     pub const CHILD: u32 = 1 << 1;
+    /// Added by the kernel when moved into the traced cgroup tree: it lived
+    /// before, so its kernel counters need a baseline.
+    pub const JOINED: u32 = 1 << 2;
 }
 
 /// Indexes of the per-CPU `ERRORS` array: events that could not be counted

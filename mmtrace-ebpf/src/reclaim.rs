@@ -102,21 +102,20 @@ fn try_attach(ctx: &TracePointContext) -> Result<(), i32> {
             ctx.read_at::<i32>(conf!(tp_attach_pid) as usize)?,
         )
     };
+    // The key carries the hierarchy: a move in another hierarchy (cpu,
+    // pids, ...) never matches.
     let key = CgroupKey {
         hierarchy: root as u32,
         _pad: 0,
         id,
     };
-    if conf!(memcg_hierarchy) != root as u32 {
-        return Ok(()); // another hierarchy (cpu, pids, ...): not ours
-    }
     let pid = pid as u32;
     if CGROUPS.get_ptr(&key).is_some() {
         // `pid` is a thread id: cgroup.procs moves every thread, and the
         // leader's id is the tgid. A non-leader id added here is removed
         // when that thread exits (sched_process_exit).
         let entry = ScopeEntry {
-            flags: sc::FOLLOW_CHILDREN | sc::CHILD,
+            flags: sc::FOLLOW_CHILDREN | sc::JOINED,
             _pad: 0,
         };
         if SCOPE.insert(&pid, &entry, 0).is_err() {

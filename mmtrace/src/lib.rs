@@ -5,6 +5,7 @@
 //! read their maps) → `model` (pure aggregation per process / mapping / file)
 //! → `output` (table, JSON Lines). `procfs`, `devnum` and `residency` are the
 //! userspace views the model joins with; `session` drives a trace.
+pub mod cgroup;
 pub mod cli;
 pub mod collect;
 pub mod devnum;
@@ -16,4 +17,5 @@ pub mod procfs;
 pub mod residency;
 pub mod session;
 pub mod target;
+pub mod verdict;
 pub mod workload;

@@ -67,21 +67,6 @@ pub fn x86_64_syscall_reasons() -> [u8; 512] {
     t
 }
 
-/// The memory cgroup hierarchy's id: `N` of the `N:memory:` line of
-/// /proc/self/cgroup (cgroup v1), else 0 (cgroup v2's default hierarchy).
-pub fn memcg_hierarchy(proc_self_cgroup: &str) -> u32 {
-    proc_self_cgroup
-        .lines()
-        .find_map(|l| {
-            let mut it = l.splitn(3, ':');
-            let (id, ctrl) = (it.next()?, it.next()?);
-            ctrl.split(',')
-                .any(|c| c == "memory")
-                .then(|| id.parse().ok())?
-        })
-        .unwrap_or(0)
-}
-
 /// Where the kernel's `struct page` array starts: the address of the
 /// `vmemmap_base` variable when memory regions are randomised, else the
 /// fixed x86_64 base (4-level paging; 5-level when the CPU has `la57`).
@@ -237,8 +222,6 @@ pub fn compute(
     c.tp_attach_root = off(&attach, "dst_root", &[4])?;
     c.tp_attach_id = off(&attach, "dst_id", &[8])?;
     c.tp_attach_pid = off(&attach, "pid", &[4])?;
-    c.memcg_hierarchy =
-        memcg_hierarchy(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
     let owner = (|| -> Result<(), BtfError> {
         c.page_size_of = btf.struct_size("page")?;
         c.page_memcg_data = btf.member_offset("page", "memcg_data")?;
@@ -265,15 +248,6 @@ pub fn compute(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn memcg_hierarchy_from_proc_self_cgroup() {
-        let v1 = "12:pids:/\n4:memory:/user.slice\n1:name=systemd:/\n0::/\n";
-        assert_eq!(memcg_hierarchy(v1), 4);
-        assert_eq!(memcg_hierarchy("7:cpu,memory:/x\n"), 7);
-        assert_eq!(memcg_hierarchy("0::/user.slice\n"), 0);
-        assert_eq!(memcg_hierarchy(""), 0);
-    }
 
     #[test]
     fn vmemmap_from_kallsyms_or_the_fixed_base() {
