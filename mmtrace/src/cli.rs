@@ -12,39 +12,41 @@ use clap::{Parser, Subcommand};
 ///   sudo mmtrace --json -o trace.jsonl -- ./db
 ///   sudo mmtrace                       run the built-in demo
 #[derive(Parser, Debug, Clone)]
-#[command(
-    name = "mmtrace",
-    version,
-    verbatim_doc_comment,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "mmtrace", version, verbatim_doc_comment)]
 pub struct Cli {
     /// Trace this process (all its threads); repeat for several.
     #[arg(short, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
+
+    /// Trace every process of this cgroup and its descendants, including
+    /// processes that enter later: a cgroup v2 path, a v1 memory-controller
+    /// path, or a name in the memory hierarchy. With `-- COMMAND`, the
+    /// command runs inside it.
+    #[arg(short, long, value_name = "PATH")]
+    pub cgroup: Option<String>,
 
     /// Do not follow children forked after the trace starts.
     #[arg(long)]
     pub no_children: bool,
 
     /// Stop after this many seconds.
-    #[arg(short, long, value_name = "SECS", value_parser = positive_secs)]
+    #[arg(short, long, global = true, value_name = "SECS", value_parser = positive_secs)]
     pub duration: Option<f64>,
 
     /// Print a report every SECS seconds while tracing (like pidstat).
-    #[arg(short, long, value_name = "SECS", value_parser = positive_secs)]
+    #[arg(short, long, global = true, value_name = "SECS", value_parser = positive_secs)]
     pub interval: Option<f64>,
 
     /// Write JSON Lines (metadata, intervals, summary) instead of tables.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 
     /// Write the JSON Lines here instead of stdout (implies --json).
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, global = true, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
     /// Print no table (exit status and JSON only).
-    #[arg(short, long)]
+    #[arg(short, long, global = true)]
     pub quiet: bool,
 
     /// Rows in the file and mapping tables.
@@ -52,7 +54,7 @@ pub struct Cli {
     pub top: usize,
 
     /// Also print the per-mapping table.
-    #[arg(short, long)]
+    #[arg(short, long, global = true)]
     pub mappings: bool,
 
     /// Capacity of the per-mapping map (entries) [default: 65536 on up to 8
@@ -70,11 +72,11 @@ pub struct Cli {
 
     /// Measure mmtrace's own cost: enable the kernel's BPF run-time
     /// statistics and report each program's runs and mean ns per run.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub bpf_stats: bool,
 
     /// More diagnostics on stderr (-v, -vv).
-    #[arg(short, long, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
     /// The command to start and trace (after `--`).
@@ -91,13 +93,10 @@ pub enum Sub {
     /// benchmarks).
     #[command(hide = true)]
     Workload(crate::workload::WorkloadArgs),
-    /// The built-in demo workload (what `mmtrace` traces with no target).
-    #[command(hide = true)]
-    DemoWorkload {
-        /// Directory for the demo's data file.
-        #[arg(long)]
-        dir: PathBuf,
-    },
+    /// The built-in demo: a file read through mmap inside a memory-limited
+    /// cgroup, traced with the live table, then the verdict. What `mmtrace`
+    /// runs when no target is given.
+    Demo(crate::demo::DemoArgs),
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
@@ -183,6 +182,28 @@ mod tests {
         let e = parse(&["--duration", "soon"]).unwrap_err().to_string();
         assert!(e.contains("not a number"), "{e}");
         assert!(parse(&["--pid", "abc"]).is_err());
+    }
+
+    #[test]
+    fn demo_takes_its_own_and_the_global_options() {
+        let c = parse(&[
+            "demo", "--size", "256M", "--limit", "64M", "--json", "-o", "x.jsonl",
+        ])
+        .unwrap();
+        let Some(Sub::Demo(d)) = &c.sub else {
+            panic!("not demo")
+        };
+        assert_eq!((d.size, d.limit), (256 << 20, 64 << 20));
+        assert!(c.wants_json());
+        let c = parse(&["--quiet", "demo", "--mode", "read"]).unwrap();
+        assert!(c.quiet);
+        assert!(parse(&["demo", "--mode", "bogus"]).is_err());
+        assert!(
+            parse(&["--cgroup", "app", "--", "true"])
+                .unwrap()
+                .cgroup
+                .is_some()
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod cgroup;
 pub mod cli;
 pub mod collect;
+pub mod demo;
 pub mod devnum;
 pub mod kernel;
 pub mod model;

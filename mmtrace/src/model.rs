@@ -45,6 +45,9 @@ pub struct ProcState {
     pub alive: bool,
     pub maps: Vec<MapEntry>,
     pub status: Option<ProcStatus>,
+    /// (RssFile, RssAnon) KiB at the first look, and the componentwise peak.
+    pub first_rss: Option<(u64, u64)>,
+    pub peak_rss: Option<(u64, u64)>,
 }
 
 /// Last known path of a file.
@@ -111,7 +114,11 @@ impl Ledger {
             p.comm = s.comm.clone();
             p.last_stat = Some((s.minflt, s.majflt));
         }
-        if status.is_some() {
+        if let Some(st) = &status {
+            let now = (st.rss_file_kib, st.rss_anon_kib);
+            p.first_rss.get_or_insert(now);
+            let peak = p.peak_rss.get_or_insert(now);
+            *peak = (peak.0.max(now.0), peak.1.max(now.1));
             p.status = status;
         }
         if let Some(maps) = maps {

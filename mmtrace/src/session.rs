@@ -12,13 +12,14 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
-use mmtrace_common::{Notice, notice};
+use mmtrace_common::{CgroupKey, Notice, ReclaimStats, notice};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
 };
 
 use crate::{
+    cgroup::{self, Cgroup, MemoryState},
     cli::Cli,
     collect::{
         Snapshot,
@@ -35,6 +36,7 @@ use crate::{
     procfs::{self, ProcError},
     residency,
     target::{self, Exited},
+    verdict::{self, Verdict},
 };
 
 const PROC: &str = "/proc";
@@ -60,6 +62,18 @@ struct Outputs {
 }
 
 impl Outputs {
+    /// One line where the table goes.
+    fn line(&self, text: &str) {
+        match self.table {
+            TableOut::None => {}
+            TableOut::Stdout => {
+                println!("{text}");
+                let _ = std::io::stdout().flush();
+            }
+            TableOut::Stderr => eprintln!("{text}"),
+        }
+    }
+
     fn table(&mut self, title: String, r: &crate::model::Report) {
         self.opts.title = title;
         let text = table::render(r, &self.opts);
@@ -72,19 +86,6 @@ impl Outputs {
             TableOut::Stderr => eprint!("{text}"),
         }
     }
-}
-
-/// A directory for the demo's data file where eviction works (not tmpfs).
-fn demo_dir() -> Result<PathBuf> {
-    let base = ["/var/tmp", "/tmp"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = base.join(format!("mmtrace-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("creating the demo directory {}", dir.display()))?;
-    Ok(dir)
 }
 
 /// Runs mmtrace; returns the process exit status.
@@ -114,33 +115,27 @@ pub async fn run(cli: &Cli) -> Result<i32> {
             bail!("no process with pid {pid} (check it with `ps -p {pid}`)");
         }
     }
-    let mut demo = None;
-    let mut command = cli.command.clone();
-    if cli.pids.is_empty() && command.is_empty() {
-        let dir = demo_dir()?;
-        let exe = std::env::current_exe().context("locating the mmtrace binary for the demo")?;
-        command = vec![
-            exe.display().to_string(),
-            "demo-workload".into(),
-            "--dir".into(),
-            dir.display().to_string(),
-        ];
-        eprintln!(
-            "mmtrace: no target given: tracing the built-in demo (mmap a file cold and warm, \
-             copy-on-write, anonymous memory); see `mmtrace --help` for real targets"
+    if cli.pids.is_empty() && cli.command.is_empty() && cli.cgroup.is_none() {
+        bail!(
+            "nothing to trace: give --pid PID, --cgroup PATH or -- COMMAND (or run `mmtrace demo`)"
         );
-        demo = Some(dir);
     }
-    // The demo shows the live table by default.
-    let mut cli = cli.clone();
-    if demo.is_some() && cli.interval.is_none() {
-        cli.interval = Some(1.0);
+    if !cli.pids.is_empty() && cli.cgroup.is_some() {
+        bail!("give either --pid or --cgroup, not both (a command may run inside --cgroup)");
     }
-    let result = trace(&cli, json_sink, command, self_pid).await;
-    if let Some(dir) = demo {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    result
+    let cgroup = match &cli.cgroup {
+        Some(arg) => Some(resolve_cgroup(arg)?),
+        None => None,
+    };
+    trace(cli, json_sink, cli.command.clone(), self_pid, cgroup).await
+}
+
+/// Resolves `--cgroup` against this machine's cgroup mounts.
+pub fn resolve_cgroup(arg: &str) -> Result<Cgroup> {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let pc = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    Ok(cgroup::resolve(arg, &cgroup::mounts(&mountinfo), &pc)?)
 }
 
 async fn trace(
@@ -148,6 +143,7 @@ async fn trace(
     json_sink: Option<JsonSink>,
     command: Vec<String>,
     self_pid: u32,
+    cgroup: Option<Cgroup>,
 ) -> Result<i32> {
     let cmd_path = match command.first() {
         Some(c) => Some(target::resolve_command(
@@ -172,7 +168,11 @@ async fn trace(
         None => preflight::tracefs_root()?,
     };
     preflight::check_tracepoints(&root)?;
-    let (config, features) = offsets::compute(&btf, &root, self_pid)?;
+    let (mut config, features) = offsets::compute(&btf, &root, self_pid)?;
+    let mut watch = cgroup.map(CgroupWatch::new);
+    if watch.is_some() {
+        config.cgroup_mode = 1;
+    }
     drop(btf);
     if !features.write_faults {
         log::warn!(
@@ -188,6 +188,14 @@ async fn trace(
         None => None,
     };
     let mut targets: Vec<(u32, bool)> = cli.pids.iter().map(|&p| (p, follow)).collect();
+    if let Some(w) = &watch {
+        targets.extend(
+            cgroup::procs(&w.dirs)
+                .into_iter()
+                .filter(|p| *p != self_pid)
+                .map(|p| (p, follow)),
+        );
+    }
     if let Some(g) = &gated {
         targets.push((g.pid, follow));
     }
@@ -215,9 +223,22 @@ async fn trace(
     let ps = page_size();
     let mut ledger = Ledger::new(ps);
     let proc_root = Path::new(PROC);
+    if let Some(w) = &mut watch {
+        tracer.set_cgroups(&w.keys())?;
+        // Owners are memcgs: they match the traced tree only if it is the
+        // memory hierarchy (v1 memory, or v2 with the memory controller).
+        ledger.owner_known = features.eviction_owner && w.cg.has_memory;
+        w.sample();
+    }
     for &(pid, _) in &targets {
         let stat = match procfs::read_stat(proc_root, pid) {
             Ok(s) => s,
+            // A cgroup member may exit between the listing and now.
+            Err(ProcError::NotFound { .. })
+                if watch.is_some() && Some(pid) != gated.as_ref().map(|g| g.pid) =>
+            {
+                continue;
+            }
             Err(ProcError::NotFound { .. }) => {
                 if let Some(g) = gated {
                     g.abort();
@@ -226,15 +247,25 @@ async fn trace(
             }
             Err(e) => return Err(e.into()),
         };
-        let threads = procfs::list_tasks(proc_root, pid)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|t| procfs::read_task_stat(proc_root, pid, t).ok())
-            .fold((0, 0), |a, s| (a.0 + s.minflt, a.1 + s.majflt));
-        ledger.add_process(pid, true, Some(&stat), threads);
+        ledger.add_process(pid, true, Some(&stat), thread_faults(proc_root, pid));
     }
     if cli.bpf_stats {
         tracer.enable_stats()?;
+    }
+    if let (Some(g), Some(w)) = (&gated, &watch) {
+        // The command runs inside the traced cgroup: move it while it waits
+        // at the gate, before its first instruction.
+        let procs = w.cg.path.join("cgroup.procs");
+        if let Err(e) = std::fs::write(&procs, g.pid.to_string()) {
+            let pid = g.pid;
+            if let Some(g) = gated {
+                g.abort();
+            }
+            bail!(
+                "moving the command (pid {pid}) into {}: {e}",
+                procs.display()
+            );
+        }
     }
     let child = match gated {
         Some(g) => Some(g.release()?),
@@ -280,9 +311,19 @@ async fn trace(
         ))?;
     }
     if !cli.quiet {
-        let what = match child {
-            Some(pid) => format!("command {:?} (pid {pid})", command.join(" ")),
-            None => format!(
+        let what = match (child, &watch) {
+            (Some(pid), Some(w)) => format!(
+                "cgroup {} with command {:?} (pid {pid}) inside it",
+                w.cg.path.display(),
+                command.join(" ")
+            ),
+            (None, Some(w)) => format!(
+                "cgroup {} ({} processes)",
+                w.cg.path.display(),
+                targets.len()
+            ),
+            (Some(pid), None) => format!("command {:?} (pid {pid})", command.join(" ")),
+            (None, None) => format!(
                 "pid {}",
                 cli.pids
                     .iter()
@@ -322,15 +363,27 @@ async fn trace(
             _ = sigterm.recv() => break EndReason::Interrupted,
         }
         let snap = refresh(&mut ledger, &mut tracer, proc_root)?;
+        if let Some(w) = &mut watch {
+            if w.gone() {
+                eprintln!(
+                    "mmtrace: cgroup {} was removed; ending the trace",
+                    w.cg.path.display()
+                );
+                break EndReason::CgroupRemoved;
+            }
+            w.rescan(&mut tracer, &mut ledger, &snap, proc_root, self_pid, follow)?;
+            w.sample();
+        }
         if let Some(pid) = child {
             if let Some(e) = target::wait(pid, false).context("waiting for the command")? {
                 exited = Some(e);
                 break EndReason::TargetExited;
             }
-        } else if cli
-            .pids
-            .iter()
-            .all(|&p| !procfs::pid_exists(proc_root, p) || !snap.scope.contains_key(&p))
+        } else if watch.is_none()
+            && cli
+                .pids
+                .iter()
+                .all(|&p| !procfs::pid_exists(proc_root, p) || !snap.scope.contains_key(&p))
         {
             break EndReason::TargetExited;
         }
@@ -347,9 +400,16 @@ async fn trace(
             let r = ledger.report(&snap);
             let el = start.elapsed().as_secs_f64();
             if let Some(j) = &mut out.json {
-                j.write(&json::interval(seq, el, &r))?;
+                let mut v = json::interval(seq, el, &r);
+                if let Some(w) = &watch {
+                    v["cgroup"] = w.to_json(&snap.reclaim, ps);
+                }
+                j.write(&v)?;
             }
             out.table(format!("interval {seq} (+{el:.1} s)"), &r);
+            if let Some(w) = &watch {
+                out.line(&w.line(&snap.reclaim, ps));
+            }
         }
     };
 
@@ -394,22 +454,39 @@ async fn trace(
         }),
         _ => None,
     };
+    if let Some(w) = &mut watch
+        && !w.gone()
+    {
+        w.sample();
+    }
+    let verdicts = verdicts(&ledger, &r, watch.as_ref(), cmd_exit.as_ref(), ps);
     if let Some(j) = &mut out.json {
-        j.write(&json::summary(
-            el,
-            end,
-            &r,
-            cmd_exit.as_ref(),
-            bpf_stats.as_deref(),
-        ))?;
+        for v in &verdicts {
+            let mut rec = serde_json::to_value(v)?;
+            rec["type"] = "verdict".into();
+            j.write(&rec)?;
+        }
+        let mut v = json::summary(el, end, &r, cmd_exit.as_ref(), bpf_stats.as_deref());
+        if let Some(w) = &watch {
+            v["cgroup"] = w.to_json(&snap.reclaim, ps);
+        }
+        v["verdicts"] = serde_json::to_value(&verdicts)?;
+        j.write(&v)?;
     }
     let why = match end {
         EndReason::TargetExited => "target exited",
         EndReason::Interrupted => "interrupted",
         EndReason::Duration => "duration reached",
+        EndReason::CgroupRemoved => "cgroup removed",
         EndReason::Error => "error",
     };
     out.table(format!("final report ({el:.1} s, {why})"), &r);
+    if let Some(w) = &watch {
+        out.line(&w.line(&snap.reclaim, ps));
+    }
+    for v in &verdicts {
+        out.line(&format!("verdict: {}", v.message));
+    }
     if let (Some(stats), false) = (&bpf_stats, cli.quiet) {
         eprintln!(
             "{:<22} {:>12} {:>14} {:>10}",
@@ -452,7 +529,15 @@ fn refresh(ledger: &mut Ledger, tracer: &mut Tracer, root: &Path) -> Result<Snap
             continue;
         }
         if !ledger.procs.contains_key(&pid) {
-            ledger.add_process(pid, false, None, (0, 0));
+            // Born inside the trace: its counters started at zero. Moved into
+            // the traced cgroup: it lived before, so take a baseline now.
+            let joined = snap.scope[&pid].flags & mmtrace_common::scope::JOINED != 0;
+            match procfs::read_stat(root, pid) {
+                Ok(stat) if joined => {
+                    ledger.add_process(pid, false, Some(&stat), thread_faults(root, pid))
+                }
+                _ => ledger.add_process(pid, false, None, (0, 0)),
+            }
         }
         match procfs::read_stat(root, pid) {
             Ok(stat) => {
@@ -534,4 +619,205 @@ fn update_residency(ledger: &mut Ledger, snap: &Snapshot) {
             Err(e) => log::debug!("residency of {}: {e}", p.path),
         }
     }
+}
+
+/// The traced cgroup tree: its directories, the memory samples for the
+/// pressure timeline and the verdict (start, componentwise peak, last).
+struct CgroupWatch {
+    cg: Cgroup,
+    dirs: Vec<(PathBuf, u64)>,
+    start: Option<MemoryState>,
+    peak: Option<MemoryState>,
+    last: Option<MemoryState>,
+}
+
+impl CgroupWatch {
+    fn new(cg: Cgroup) -> Self {
+        let dirs = cgroup::tree(&cg.path);
+        Self {
+            cg,
+            dirs,
+            start: None,
+            peak: None,
+            last: None,
+        }
+    }
+
+    fn keys(&self) -> Vec<CgroupKey> {
+        self.dirs
+            .iter()
+            .map(|(_, id)| CgroupKey {
+                hierarchy: self.cg.hierarchy,
+                _pad: 0,
+                id: *id,
+            })
+            .collect()
+    }
+
+    fn gone(&self) -> bool {
+        !self.cg.path.join("cgroup.procs").exists()
+    }
+
+    fn sample(&mut self) {
+        if !self.cg.has_memory {
+            return;
+        }
+        let Ok(m) = cgroup::memory_state(&self.cg, Path::new("/proc/pressure/memory")) else {
+            return;
+        };
+        if self.start.is_none() {
+            self.start = Some(m.clone());
+        }
+        let peak = self.peak.get_or_insert_with(|| m.clone());
+        peak.usage_bytes = peak.usage_bytes.max(m.usage_bytes);
+        peak.file_bytes = peak.file_bytes.max(m.file_bytes);
+        peak.anon_bytes = peak.anon_bytes.max(m.anon_bytes);
+        peak.shmem_bytes = peak.shmem_bytes.max(m.shmem_bytes);
+        peak.dirty_bytes = peak.dirty_bytes.max(m.dirty_bytes);
+        self.last = Some(m);
+    }
+
+    /// New sub-cgroups join the kernel's set; processes the kernel did not
+    /// see enter (moved before the tree was known) join the scope now.
+    fn rescan(
+        &mut self,
+        tracer: &mut Tracer,
+        ledger: &mut Ledger,
+        snap: &Snapshot,
+        root: &Path,
+        self_pid: u32,
+        follow: bool,
+    ) -> Result<()> {
+        let dirs = cgroup::tree(&self.cg.path);
+        if dirs.len() != self.dirs.len() || dirs.iter().any(|d| !self.dirs.contains(d)) {
+            self.dirs = dirs;
+            tracer.set_cgroups(&self.keys())?;
+        }
+        for pid in cgroup::procs(&self.dirs) {
+            if pid == self_pid || snap.scope.contains_key(&pid) || ledger.procs.contains_key(&pid) {
+                continue;
+            }
+            let Ok(stat) = procfs::read_stat(root, pid) else {
+                continue;
+            };
+            tracer.add_to_scope(pid, follow)?;
+            ledger.add_process(pid, true, Some(&stat), thread_faults(root, pid));
+        }
+        Ok(())
+    }
+
+    fn to_json(&self, reclaim: &ReclaimStats, page_size: u64) -> serde_json::Value {
+        let refaults = match (&self.start, &self.last) {
+            (Some(s), Some(l)) => Some(l.refault_file.saturating_sub(s.refault_file)),
+            _ => None,
+        };
+        serde_json::json!({
+            "path": self.cg.path,
+            "version": self.cg.version,
+            "memory": self.last,
+            "peak": self.peak,
+            "kernel_refault_pages": refaults,
+            "reclaim": {
+                "memcg_episodes": reclaim.memcg_episodes,
+                "memcg_reclaimed_pages": reclaim.memcg_reclaimed,
+                "memcg_seconds": reclaim.memcg_ns as f64 / 1e9,
+                "direct_episodes": reclaim.direct_episodes,
+                "direct_reclaimed_pages": reclaim.direct_reclaimed,
+                "direct_seconds": reclaim.direct_ns as f64 / 1e9,
+            },
+            "page_size": page_size,
+        })
+    }
+
+    /// The pressure line under each table.
+    fn line(&self, reclaim: &ReclaimStats, page_size: u64) -> String {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let mut s = format!("cgroup {}", self.cg.path.display());
+        if let Some(m) = &self.last {
+            let limit = m.limit_bytes.or(m.high_bytes);
+            s.push_str(&format!(": usage {:.0}", mib(m.usage_bytes)));
+            if let Some(l) = limit {
+                s.push_str(&format!(
+                    "/{:.0} MiB ({:.0}%)",
+                    mib(l),
+                    100.0 * m.usage_bytes as f64 / l.max(1) as f64
+                ));
+            } else {
+                s.push_str(" MiB (no limit)");
+            }
+            s.push_str(&format!(
+                ", file {:.0} MiB, anon {:.0} MiB",
+                mib(m.file_bytes),
+                mib(m.anon_bytes)
+            ));
+            if let Some(st) = &self.start {
+                s.push_str(&format!(
+                    ", refaults {}",
+                    m.refault_file.saturating_sub(st.refault_file)
+                ));
+            }
+            if let (Some(p), Some(scope)) = (&m.psi, m.psi_scope) {
+                s.push_str(&format!(", PSI some {:.1}% ({scope})", p.some_avg10));
+            }
+        }
+        let episodes = reclaim.memcg_episodes + reclaim.direct_episodes;
+        if episodes > 0 {
+            s.push_str(&format!(
+                "\n  reclaim: {episodes} episodes, {:.0} MiB reclaimed in {:.2} s",
+                mib((reclaim.memcg_reclaimed + reclaim.direct_reclaimed) * page_size),
+                (reclaim.memcg_ns + reclaim.direct_ns) as f64 / 1e9
+            ));
+        }
+        s
+    }
+}
+
+/// Sum of the kernel's fault counters over a process's live threads.
+fn thread_faults(root: &Path, pid: u32) -> (u64, u64) {
+    procfs::list_tasks(root, pid)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|t| procfs::read_task_stat(root, pid, t).ok())
+        .fold((0, 0), |a, s| (a.0 + s.minflt, a.1 + s.majflt))
+}
+
+/// The verdicts: the traced cgroup's (when it has memory accounting), then
+/// each target process whose RSS was seen.
+fn verdicts(
+    ledger: &Ledger,
+    r: &crate::model::Report,
+    watch: Option<&CgroupWatch>,
+    cmd: Option<&CommandExit>,
+    page_size: u64,
+) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    if let Some(w) = watch
+        && let (Some(s), Some(p), Some(l)) = (&w.start, &w.peak, &w.last)
+    {
+        out.push(verdict::for_cgroup(
+            &w.cg.path.display().to_string(),
+            s,
+            p,
+            l,
+            r,
+            page_size,
+        ));
+    }
+    for (pid, p) in ledger.procs.iter().filter(|(_, p)| p.target) {
+        let (Some(first), Some(peak)) = (&p.first_rss, &p.peak_rss) else {
+            continue;
+        };
+        // Killed (e.g. by the OOM killer) is not "kept running".
+        let killed = cmd.is_some_and(|c| c.pid == *pid && c.signal.is_some());
+        let file = (peak.0 as i64 - first.0 as i64) * 1024;
+        let anon = (peak.1 as i64 - first.1 as i64) * 1024;
+        let under = match watch.and_then(|w| w.start.as_ref()) {
+            Some(s) if s.limit_bytes.is_some() => "under the cgroup's limit",
+            _ => "under memory pressure",
+        };
+        out.push(verdict::for_process(
+            *pid, file, anon, !killed, r, page_size, under,
+        ));
+    }
+    out
 }

@@ -240,7 +240,8 @@ pub fn for_cgroup(
     v
 }
 
-/// The verdict for one process, from its RSS growth (first → peak).
+/// The verdict for one process, from its RSS growth (first → peak) and
+/// the files it mapped. `under` says what forced the reclaim.
 pub fn for_process(
     pid: u32,
     file_growth_bytes: i64,
@@ -248,7 +249,14 @@ pub fn for_process(
     kept_running: bool,
     r: &Report,
     page_size: u64,
+    under: &str,
 ) -> Verdict {
+    let mapped: Vec<FileRow> = r
+        .files
+        .iter()
+        .filter(|f| r.mappings.iter().any(|m| m.pid == pid && m.path == f.path))
+        .cloned()
+        .collect();
     judge(
         "process",
         Some(pid),
@@ -256,10 +264,10 @@ pub fn for_process(
         file_growth_bytes,
         anon_growth_bytes,
         0,
-        &r.files,
+        &mapped,
         page_size,
         kept_running,
-        "under memory pressure",
+        under,
     )
 }
 
@@ -350,7 +358,15 @@ mod tests {
             files: vec![file("/d/x", 0, 0, 10)],
             ..Report::default()
         };
-        let v = for_process(7, 64 << 20, 2 << 20, true, &r, 4096);
+        let v = for_process(
+            7,
+            64 << 20,
+            2 << 20,
+            true,
+            &r,
+            4096,
+            "under memory pressure",
+        );
         assert_eq!(v.kind, Kind::ReclaimableCache);
         assert!(
             v.message.contains("64 MiB of clean page cache"),
@@ -373,7 +389,7 @@ mod tests {
             4096,
         );
         assert_eq!(v.kind, Kind::DirtyOrShmem);
-        let v = for_process(1, 0, 0, true, &r, 4096);
+        let v = for_process(1, 0, 0, true, &r, 4096, "under memory pressure");
         assert_eq!(v.kind, Kind::NoGrowth);
     }
 

@@ -84,6 +84,25 @@ pub enum Workload {
         #[arg(long)]
         child_pages: u64,
     },
+    /// Read a file with read(2) in 1 MiB chunks (no mapping).
+    Read {
+        /// file to read
+        #[arg(long)]
+        path: PathBuf,
+    },
+    /// Allocate and touch anonymous memory in steps, keeping all of it: a
+    /// leak, as a tracer should see one.
+    Leak {
+        /// total bytes to allocate (suffixes K, M, G)
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// number of steps, with --step-ms between them
+        #[arg(long, default_value_t = 8)]
+        steps: u64,
+        /// pause between steps, ms
+        #[arg(long, default_value_t = 100)]
+        step_ms: u64,
+    },
     /// Create (or overwrite) a file of non-zero bytes and fsync it.
     MakeFile {
         /// file to write
@@ -136,7 +155,7 @@ impl Advice {
 pub fn run(args: &WorkloadArgs) -> Result<Value> {
     let pause = Duration::from_millis(args.pause_ms);
     nap(pause);
-    // `keep` holds a mapping that must outlive the final pause (evict).
+    // `keep` holds mappings that must outlive the final pause (evict, leak, --hold).
     let (report, keep) = match &args.workload {
         Workload::Anon { pages, rounds } => (anon(*pages, *rounds)?, None),
         Workload::MmapRead {
@@ -146,18 +165,27 @@ pub fn run(args: &WorkloadArgs) -> Result<Value> {
             hold,
         } => {
             let (report, map) = mmap_read(path, *drop_cache, *advice)?;
-            (report, hold.then_some(map))
+            (report, hold.then(|| vec![map]))
         }
         Workload::Cow { path, pages } => (cow(path, *pages)?, None),
         Workload::Evict { path } => {
             let (report, mapping) = evict(path, pause)?;
-            (report, Some(mapping))
+            (report, Some(vec![mapping]))
         }
         Workload::Fork {
             parent_pages,
             child_pages,
         } => (fork(*parent_pages, *child_pages)?, None),
         Workload::MakeFile { path, size } => (make_file(path, *size)?, None),
+        Workload::Read { path } => (read_file(path)?, None),
+        Workload::Leak {
+            size,
+            steps,
+            step_ms,
+        } => {
+            let (report, maps) = leak(*size, *steps, Duration::from_millis(*step_ms))?;
+            (report, Some(maps))
+        }
         Workload::Sleep { ms } => {
             nap(Duration::from_millis(*ms));
             (report_base("sleep").with("ms", *ms), None)
@@ -172,63 +200,60 @@ pub fn run(args: &WorkloadArgs) -> Result<Value> {
     Ok(report)
 }
 
-/// Writes `<dir>/mmtrace-demo.dat` with `bytes` of non-zero data (fsynced) and returns its path.
+/// `read --path F`: the whole file through read(2), 1 MiB at a time.
+fn read_file(path: &Path) -> Result<Map<String, Value>> {
+    let mut file = open(path)?;
+    let len = file_len(&file, path)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut read = 0usize;
+    let start = Instant::now();
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+    std::hint::black_box(&buf);
+    let elapsed = start.elapsed();
+    Ok(with_file_id(report_base("read"), path, &file)?
+        .with("pages", len.div_ceil(page_size()))
+        .with("bytes_read", read)
+        .with("elapsed_ns", nanos(elapsed)))
+}
+
+/// `leak --size B --steps N`: touches B bytes of anonymous memory in N
+/// steps and keeps it all until the end (the mappings are returned).
+fn leak(size: u64, steps: u64, pause: Duration) -> Result<(Map<String, Value>, Vec<Mapping>)> {
+    ensure!(steps > 0, "--steps must be at least 1");
+    let ps = page_size() as u64;
+    let step = (size / steps).div_ceil(ps) * ps;
+    let mut maps = Vec::new();
+    for _ in 0..steps {
+        let len = usize::try_from(step).context("--size too large")?;
+        let map = Mapping::anon(len)?;
+        map.write_pages(len / ps as usize);
+        maps.push(map);
+        nap(pause);
+    }
+    Ok((
+        report_base("leak")
+            .with("bytes", step * steps)
+            .with("pages", step * steps / ps),
+        maps,
+    ))
+}
+
+/// Writes `<dir>/mmtrace-demo.dat` with `bytes` of non-zero data, fsynced
+/// and dropped from the page cache (so a reader brings every page in again,
+/// charged to its own cgroup), and returns its path.
 pub fn demo_file(dir: &Path, bytes: u64) -> Result<PathBuf> {
     let path = dir.join("mmtrace-demo.dat");
     make_file(&path, bytes)?;
+    drop_cache(&open(&path)?)
+        .with_context(|| format!("dropping the cache of {}", path.display()))?;
     Ok(path)
-}
-
-/// The built-in demo: a 64 MiB file in `dir` read cold (after dropping its
-/// cache) and warm through shared mappings, 256 of its pages written through
-/// a private mapping (copy-on-write), then 32 MiB of anonymous memory
-/// touched; 300 ms between phases. Removes the file afterwards.
-pub fn demo(dir: &Path) -> Result<()> {
-    const FILE_BYTES: u64 = 64 << 20;
-    const COW_PAGES: usize = 256;
-    const ANON_BYTES: usize = 32 << 20;
-    let between = Duration::from_millis(300);
-
-    let path = demo_file(dir, FILE_BYTES)?;
-    let phases = || -> Result<()> {
-        let ps = page_size();
-        let file = open(&path)?;
-        let len = file_len(&file, &path)?;
-        let pages = len.div_ceil(ps);
-
-        nap(between);
-        drop_cache(&file).with_context(|| format!("dropping the cache of {}", path.display()))?;
-        let map = Mapping::file(&file, len, libc::PROT_READ, libc::MAP_SHARED)?;
-        map.advise(libc::MADV_NORMAL)?;
-        map.read_pages(pages);
-        drop(map);
-
-        nap(between);
-        let map = Mapping::file(&file, len, libc::PROT_READ, libc::MAP_SHARED)?;
-        map.read_pages(pages);
-        drop(map);
-
-        nap(between);
-        let map = Mapping::file(
-            &file,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE,
-        )?;
-        map.write_pages(COW_PAGES.min(pages));
-        drop(map);
-
-        nap(between);
-        let map = Mapping::anon(ANON_BYTES)?;
-        map.write_pages(ANON_BYTES / ps);
-        drop(map);
-        nap(between);
-        Ok(())
-    };
-    let result = phases();
-    let removed =
-        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()));
-    result.and(removed)
 }
 
 /// `anon --pages N`
@@ -949,14 +974,5 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(40));
         assert_common(&report, "sleep");
         assert_eq!(u(&report, "ms"), 20);
-    }
-
-    #[test]
-    fn demo_runs_and_cleans_up() {
-        let dir = test_dir();
-        demo(dir.path()).unwrap();
-        assert!(!dir.path().join("mmtrace-demo.dat").exists());
-        let path = demo_file(dir.path(), 5000).unwrap();
-        assert_eq!(std::fs::metadata(path).unwrap().len(), 5000);
     }
 }

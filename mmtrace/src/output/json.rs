@@ -26,6 +26,8 @@ pub enum EndReason {
     TargetExited,
     Interrupted,
     Duration,
+    /// The traced cgroup was removed.
+    CgroupRemoved,
     Error,
 }
 

@@ -1,0 +1,353 @@
+//! Privileged tests of cgroup tracing, eviction reasons and the verdict:
+//! real memory cgroups (v2 with a memory controller where there is one, else
+//! v1), real eBPF programs, real workloads. Serialised.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::Mutex,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn mmtrace() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mmtrace"))
+}
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+fn require_root() {
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests load eBPF programs and create cgroups: run them as root"
+    );
+}
+
+/// A memory cgroup removed (with anything left in it) when dropped.
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new(tag: &str, limit: u64) -> Self {
+        let name = format!("mmtrace-test-{tag}-{}", std::process::id());
+        Self(mmtrace::demo::create_cgroup(&name, limit).expect("creating a memory cgroup"))
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            for p in std::fs::read_to_string(self.0.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+            {
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(p.trim().parse().unwrap_or(0), libc::SIGKILL) };
+            }
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+fn summary(recs: &[Value]) -> &Value {
+    let s = recs.last().expect("records");
+    assert_eq!(s["type"], "summary");
+    s
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "status {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn cgroup_verdict(recs: &[Value]) -> &Value {
+    recs.iter()
+        .find(|r| r["type"] == "verdict" && r["scope"] == "cgroup")
+        .unwrap_or_else(|| panic!("no cgroup verdict in {recs:?}"))
+}
+
+#[test]
+fn demo_under_a_limit_is_reclaimed_cache_not_a_leak() {
+    require_root();
+    let _g = lock();
+    let dir = scratch();
+    let out_path = dir.path().join("demo.jsonl");
+    let (size, limit) = (256u64 << 20, 64u64 << 20);
+    let out = mmtrace()
+        .args(["demo", "--size", "256M", "--limit", "64M", "--quiet", "-o"])
+        .arg(&out_path)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    ok(&out);
+    let recs = records(&out_path);
+    let s = summary(&recs);
+    assert_eq!(
+        s["command"]["exit_code"], 0,
+        "the reader was not OOM-killed: {}",
+        s["command"]
+    );
+    assert!(s["command"]["signal"].is_null());
+    let f = s["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| {
+            f["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("mmtrace-demo.dat"))
+        })
+        .expect("the demo file's row");
+    let ps = 4096;
+    let file_pages = size / ps;
+    // Every page came in once, plus the refaults (readahead pages evicted
+    // before they were read, then read again).
+    let first_time = u(&f["pages_added"]) - u(&f["refault_pages"]);
+    assert!(
+        first_time.abs_diff(file_pages) * 50 <= file_pages,
+        "added {first_time} vs {file_pages} (±2%): {f}"
+    );
+    // Everything above the limit had to be reclaimed by the memcg, 10% slack
+    // for what the cgroup's other memory takes.
+    let memcg = u(&f["evicted_by"]["memcg_reclaim"]);
+    let floor = (size - limit) / ps;
+    assert!(
+        memcg * 10 >= floor * 9,
+        "memcg reclaim evicted {memcg} pages, expected ≥ ~{floor}: {f}"
+    );
+    assert_eq!(
+        u(&f["evicted_owned_pages"]),
+        u(&f["pages_evicted"]),
+        "the pages were the demo cgroup's own"
+    );
+    let v = cgroup_verdict(&recs);
+    assert_eq!(v["kind"], "reclaimable_cache", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("not a leak: the kernel reclaimed"),
+        "{v}"
+    );
+    let reclaim = &s["cgroup"]["reclaim"];
+    assert!(u(&reclaim["memcg_episodes"]) > 0, "{reclaim}");
+    // Cleaned up.
+    assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| {
+        !e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("mmtrace-demo-")
+    }));
+}
+
+#[test]
+fn anonymous_growth_in_a_cgroup_gets_the_leak_verdict() {
+    require_root();
+    let _g = lock();
+    let dir = scratch();
+    let cg = TestCgroup::new("leak", 512 << 20);
+    let out_path = dir.path().join("t.jsonl");
+    let out = mmtrace()
+        .args(["--quiet", "--cgroup", cg.path(), "-o"])
+        .arg(&out_path)
+        .args([
+            "--",
+            env!("CARGO_BIN_EXE_mmtrace"),
+            "workload",
+            "leak",
+            "--size",
+            "128M",
+            "--steps",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    ok(&out);
+    let recs = records(&out_path);
+    let v = cgroup_verdict(&recs);
+    assert_eq!(v["kind"], "anonymous_growth", "{v}");
+    assert!(u(&v["anon_growth_bytes"]) >= 100 << 20, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().starts_with("possible leak"),
+        "{v}"
+    );
+}
+
+#[test]
+fn fadvise_and_truncate_evictions_get_their_reasons() {
+    require_root();
+    let _g = lock();
+    let dir = scratch();
+    let m = env!("CARGO_BIN_EXE_mmtrace");
+    let (a, b) = (dir.path().join("a.bin"), dir.path().join("b.bin"));
+    for p in [&a, &b] {
+        let out = mmtrace()
+            .args(["workload", "make-file", "--size", "8M", "--path"])
+            .arg(p)
+            .output()
+            .unwrap();
+        ok(&out);
+    }
+    let rep = dir.path().join("r.json");
+    let script = format!(
+        "{m} workload evict --pause-ms 400 --report {r} --path {a} && cat {b} > /dev/null && sleep 0.4 && truncate -s 0 {b}",
+        r = rep.display(),
+        a = a.display(),
+        b = b.display()
+    );
+    let out_path = dir.path().join("t.jsonl");
+    let out = mmtrace()
+        .args(["--quiet", "-o"])
+        .arg(&out_path)
+        .args(["--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    ok(&out);
+    let recs = records(&out_path);
+    let s = summary(&recs);
+    let row = |p: &Path| {
+        s["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == p.to_str().unwrap())
+            .cloned()
+            .expect("file row")
+    };
+    let (ra, rb) = (row(&a), row(&b));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let evicted = u(&report["resident_before"]) - u(&report["resident_after"]);
+    assert_eq!(u(&ra["evicted_by"]["fadvise"]), evicted, "{ra}");
+    assert_eq!(u(&ra["pages_evicted"]), evicted, "{ra}");
+    assert_eq!(
+        u(&rb["evicted_by"]["truncate"]),
+        u(&rb["pages_evicted"]),
+        "{rb}"
+    );
+    assert!(u(&rb["pages_evicted"]) >= 2048 * 9 / 10, "{rb}");
+}
+
+#[test]
+fn cgroup_scope_counts_joiners_and_never_outsiders() {
+    require_root();
+    let _g = lock();
+    let dir = scratch();
+    let cg = TestCgroup::new("scope", 1 << 30);
+    let out_path = dir.path().join("t.jsonl");
+    let tracer = mmtrace()
+        .args(["--quiet", "--cgroup", cg.path(), "--duration", "4", "-o"])
+        .arg(&out_path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let pages = "20000";
+    let mut joiner = mmtrace()
+        .args(["workload", "anon", "--pages", pages, "--pause-ms", "800"])
+        .spawn()
+        .unwrap();
+    let mut outsider = mmtrace()
+        .args(["workload", "anon", "--pages", pages, "--pause-ms", "800"])
+        .spawn()
+        .unwrap();
+    cg.add(joiner.id());
+    joiner.wait().unwrap();
+    outsider.wait().unwrap();
+    let out = tracer.wait_with_output().unwrap();
+    ok(&out);
+    let recs = records(&out_path);
+    let s = summary(&recs);
+    let procs = s["processes"].as_array().unwrap();
+    let j = procs
+        .iter()
+        .find(|p| p["pid"] == joiner.id())
+        .expect("the process that joined is traced");
+    assert!(u(&j["minor_faults"]) >= 20_000, "{j}");
+    let diff = j["untraced_minor_faults"].as_i64().unwrap();
+    assert!(diff.abs() <= 64, "joined-late baseline: {j}");
+    assert!(
+        procs.iter().all(|p| p["pid"] != outsider.id()),
+        "the outsider was counted"
+    );
+}
+
+#[test]
+fn removing_the_cgroup_ends_the_trace_with_a_final_report() {
+    require_root();
+    let _g = lock();
+    let dir = scratch();
+    let cg = TestCgroup::new("rm", 1 << 30);
+    let out_path = dir.path().join("t.jsonl");
+    let tracer = mmtrace()
+        .args(["--cgroup", cg.path(), "--duration", "30", "-o"])
+        .arg(&out_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    std::fs::remove_dir(&cg.0).unwrap();
+    let out = tracer.wait_with_output().unwrap();
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was removed"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("final report"));
+    let recs = records(&out_path);
+    assert_eq!(summary(&recs)["end_reason"], "cgroup_removed");
+}
+
+#[test]
+fn bad_cgroup_arguments_get_one_clear_sentence() {
+    require_root();
+    let _g = lock();
+    for (args, needle) in [
+        (
+            vec!["--cgroup", "no-such-cgroup-xyz", "--", "true"],
+            "not found",
+        ),
+        (vec!["--cgroup", "/tmp", "--", "true"], "not a cgroup"),
+        (
+            vec!["--pid", "1", "--cgroup", "x"],
+            "either --pid or --cgroup",
+        ),
+    ] {
+        let out = mmtrace().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
