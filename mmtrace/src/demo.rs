@@ -30,6 +30,10 @@ pub struct DemoArgs {
     /// How the reader reads the file.
     #[arg(long, value_enum, default_value_t = Mode::Mmap)]
     pub mode: Mode,
+    /// Seconds the reader should take (it is paced so the live table can
+    /// follow; 0: full speed).
+    #[arg(long, default_value_t = 8)]
+    pub seconds: u64,
     /// Directory for the file [default: /var/tmp; not tmpfs: its pages
     /// could not be evicted].
     #[arg(long)]
@@ -42,6 +46,7 @@ impl Default for DemoArgs {
             size: 1 << 30,
             limit: 256 << 20,
             mode: Mode::Mmap,
+            seconds: 8,
             dir: None,
         }
     }
@@ -193,6 +198,12 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<i32> {
         .into(),
         "--path".into(),
         file.display().to_string(),
+        "--pace-mib-s".into(),
+        match args.seconds {
+            0 => 0,
+            s => ((args.size >> 20) / s).max(1),
+        }
+        .to_string(),
     ];
     if run.interval.is_none() {
         run.interval = Some(1.0);

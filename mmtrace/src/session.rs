@@ -485,7 +485,11 @@ async fn trace(
         out.line(&w.line(&snap.reclaim, ps));
     }
     for v in &verdicts {
-        out.line(&format!("verdict: {}", v.message));
+        let whom = match v.pid {
+            Some(pid) => format!("pid {pid}"),
+            None => "the cgroup".into(),
+        };
+        out.line(&format!("verdict ({whom}): {}", v.message));
     }
     if let (Some(stats), false) = (&bpf_stats, cli.quiet) {
         eprintln!(

@@ -59,6 +59,10 @@ pub enum Workload {
         /// keep the mapping (and so the RSS) through the final --pause-ms
         #[arg(long)]
         hold: bool,
+        /// read at most this many MiB per second (0: as fast as possible),
+        /// so a tracer's live table can follow
+        #[arg(long, default_value_t = 0)]
+        pace_mib_s: u64,
     },
     /// Map a file private read-write and write one byte to each of its first K pages (copy-on-write).
     Cow {
@@ -89,6 +93,9 @@ pub enum Workload {
         /// file to read
         #[arg(long)]
         path: PathBuf,
+        /// read at most this many MiB per second (0: as fast as possible)
+        #[arg(long, default_value_t = 0)]
+        pace_mib_s: u64,
     },
     /// Allocate and touch anonymous memory in steps, keeping all of it: a
     /// leak, as a tracer should see one.
@@ -163,8 +170,9 @@ pub fn run(args: &WorkloadArgs) -> Result<Value> {
             drop_cache,
             advice,
             hold,
+            pace_mib_s,
         } => {
-            let (report, map) = mmap_read(path, *drop_cache, *advice)?;
+            let (report, map) = mmap_read(path, *drop_cache, *advice, *pace_mib_s)?;
             (report, hold.then(|| vec![map]))
         }
         Workload::Cow { path, pages } => (cow(path, *pages)?, None),
@@ -177,7 +185,7 @@ pub fn run(args: &WorkloadArgs) -> Result<Value> {
             child_pages,
         } => (fork(*parent_pages, *child_pages)?, None),
         Workload::MakeFile { path, size } => (make_file(path, *size)?, None),
-        Workload::Read { path } => (read_file(path)?, None),
+        Workload::Read { path, pace_mib_s } => (read_file(path, *pace_mib_s)?, None),
         Workload::Leak {
             size,
             steps,
@@ -201,7 +209,8 @@ pub fn run(args: &WorkloadArgs) -> Result<Value> {
 }
 
 /// `read --path F`: the whole file through read(2), 1 MiB at a time.
-fn read_file(path: &Path) -> Result<Map<String, Value>> {
+fn read_file(path: &Path, pace_mib_s: u64) -> Result<Map<String, Value>> {
+    let pacer = Pacer::new(pace_mib_s);
     let mut file = open(path)?;
     let len = file_len(&file, path)?;
     let mut buf = vec![0u8; CHUNK];
@@ -210,7 +219,10 @@ fn read_file(path: &Path) -> Result<Map<String, Value>> {
     loop {
         match file.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => read += n,
+            Ok(n) => {
+                read += n;
+                pacer.wait(read as u64);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         }
@@ -243,6 +255,32 @@ fn leak(size: u64, steps: u64, pause: Duration) -> Result<(Map<String, Value>, V
             .with("pages", step * steps / ps),
         maps,
     ))
+}
+
+/// Keeps a reader to a number of MiB per second (0: no limit).
+struct Pacer {
+    start: Instant,
+    bytes_per_s: u64,
+}
+
+impl Pacer {
+    fn new(mib_s: u64) -> Self {
+        Self {
+            start: Instant::now(),
+            bytes_per_s: mib_s << 20,
+        }
+    }
+
+    /// Sleeps until `done` bytes are due.
+    fn wait(&self, done: u64) {
+        if self.bytes_per_s == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(done as f64 / self.bytes_per_s as f64);
+        if let Some(ahead) = due.checked_sub(self.start.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
 }
 
 /// Writes `<dir>/mmtrace-demo.dat` with `bytes` of non-zero data, fsynced
@@ -289,6 +327,7 @@ fn mmap_read(
     path: &Path,
     drop_first: bool,
     advice: Advice,
+    pace_mib_s: u64,
 ) -> Result<(Map<String, Value>, Mapping)> {
     let ps = page_size();
     let file = open(path)?;
@@ -301,7 +340,20 @@ fn mmap_read(
     map.advise(advice.raw())?;
     let resident_before = map.resident()?;
     let start = Instant::now();
-    map.read_pages(pages);
+    if pace_mib_s == 0 {
+        map.read_pages(pages);
+    } else {
+        // 1 MiB at a time, waiting to keep to the pace.
+        let pacer = Pacer::new(pace_mib_s);
+        let step = (1 << 20) / ps;
+        let mut done = 0;
+        while done < pages {
+            let next = (done + step).min(pages);
+            map.read_range(done, next);
+            done = next;
+            pacer.wait((done * ps) as u64);
+        }
+    }
     let elapsed = start.elapsed();
     let resident_after = map.resident()?;
     let report = with_file_id(report_base("mmap-read"), path, &file)?
@@ -543,6 +595,19 @@ impl Mapping {
     }
 
     /// One volatile read from each of the first `pages` pages.
+    /// Reads one byte of each page in `from..to`.
+    fn read_range(&self, from: usize, to: usize) -> u64 {
+        let ps = page_size();
+        assert!(to.saturating_mul(ps) <= self.len.next_multiple_of(ps));
+        let mut sum = 0u64;
+        for i in from..to {
+            // SAFETY: the offset is inside the mapping, checked above.
+            let b = unsafe { std::ptr::read_volatile(self.ptr.add(i * ps)) };
+            sum = sum.wrapping_add(u64::from(b));
+        }
+        std::hint::black_box(sum)
+    }
+
     fn read_pages(&self, pages: usize) -> u64 {
         let ps = page_size();
         assert!(pages.saturating_mul(ps) <= self.len.next_multiple_of(ps));
@@ -773,6 +838,7 @@ mod tests {
                 drop_cache: false,
                 advice: Advice::Normal,
                 hold: false,
+                pace_mib_s: 0,
                 ..
             }
         ));
@@ -880,6 +946,7 @@ mod tests {
             drop_cache: true,
             advice: Advice::Normal,
             hold: false,
+            pace_mib_s: 0,
         }))
         .unwrap();
         assert_common(&report, "mmap-read");
@@ -893,6 +960,7 @@ mod tests {
             drop_cache: false,
             advice: Advice::Random,
             hold: false,
+            pace_mib_s: 0,
         }))
         .unwrap();
         assert_eq!(u(&warm, "resident_before"), 257);
@@ -908,6 +976,7 @@ mod tests {
             drop_cache: false,
             advice: Advice::Normal,
             hold: false,
+            pace_mib_s: 0,
         }))
         .unwrap_err();
         assert!(format!("{err:#}").contains("empty"), "{err:#}");

@@ -351,3 +351,51 @@ fn bad_cgroup_arguments_get_one_clear_sentence() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_cgroup_v2_tree_is_traced_too() {
+    require_root();
+    let _g = lock();
+    // cgroup v2 here has no memory controller: scope only, no memory state.
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let v2 = mmtrace::cgroup::mounts(&mi)
+        .into_iter()
+        .find(|m| m.version == mmtrace::cgroup::Version::V2)
+        .expect("a cgroup2 mount");
+    let cg = TestCgroup(
+        v2.point
+            .join(format!("mmtrace-test-v2-{}", std::process::id())),
+    );
+    std::fs::create_dir(&cg.0).unwrap();
+    let dir = scratch();
+    let out_path = dir.path().join("t.jsonl");
+    let out = mmtrace()
+        .args(["--quiet", "--cgroup", cg.path(), "-o"])
+        .arg(&out_path)
+        .args([
+            "--",
+            env!("CARGO_BIN_EXE_mmtrace"),
+            "workload",
+            "fork",
+            "--parent-pages",
+            "1000",
+            "--child-pages",
+            "3000",
+        ])
+        .output()
+        .unwrap();
+    ok(&out);
+    let recs = records(&out_path);
+    let s = summary(&recs);
+    let anon = s["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "anon")
+        .unwrap();
+    assert!(
+        u(&anon["minor_faults"]) >= 4000,
+        "parent and forked child both counted: {anon}"
+    );
+    assert_eq!(s["cgroup"]["version"], "v2");
+}

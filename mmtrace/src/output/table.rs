@@ -63,6 +63,16 @@ pub fn fit_path(p: &str, width: usize) -> String {
     format!("…{tail}")
 }
 
+/// Cuts a line at `width` characters.
+fn fit_path_end(line: &str, width: usize) -> String {
+    if line.chars().count() <= width {
+        return line.to_string();
+    }
+    let mut out: String = line.chars().take(width - 1).collect();
+    out.push('…');
+    out
+}
+
 pub fn render(r: &Report, o: &TableOptions) -> String {
     let mut s = String::new();
     let ps = o.page_size.max(1);
@@ -154,6 +164,35 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
             count(sum(|f| f.refault_pages)),
             ""
         );
+    }
+    // Why pages left: one line per file with evictions, busiest first.
+    let evicting: Vec<&FileRow> = r
+        .files
+        .iter()
+        .filter(|f| f.kind == FileKind::File && f.pages_evicted > 0)
+        .take(o.top.clamp(1, 5))
+        .collect();
+    if !evicting.is_empty() {
+        let _ = writeln!(
+            s,
+            "EVICTED BY REASON (pages; owner: charged to the traced cgroup)"
+        );
+        for f in evicting {
+            let mut reasons: Vec<String> = mmtrace_common::reason::NAMES
+                .iter()
+                .filter_map(|k| {
+                    f.evicted_by
+                        .get(k)
+                        .filter(|n| **n > 0)
+                        .map(|n| format!("{k} {}", count(*n)))
+                })
+                .collect();
+            if let Some(owned) = f.evicted_owned_pages {
+                reasons.push(format!("owner {}", count(owned)));
+            }
+            let line = format!("  {}: {}", fit_path(&f.path, 30), reasons.join(", "));
+            let _ = writeln!(s, "{}", fit_path_end(&line, WIDTH));
+        }
     }
     if o.mappings && !r.mappings.is_empty() {
         let _ = writeln!(s);
@@ -251,6 +290,12 @@ mod tests {
                 major_faults: 99_999,
                 pages_added: 1_000_000,
                 resident_pages: Some(262_144),
+                pages_evicted: 5,
+                evicted_by: mmtrace_common::reason::NAMES
+                    .iter()
+                    .map(|n| (*n, 123_456_789))
+                    .collect(),
+                evicted_owned_pages: Some(1),
                 ..FileRow::default()
             });
         }
@@ -314,6 +359,8 @@ mod tests {
         assert!(out.contains("?…"), "unknown paths are marked");
         assert!(out.contains("[anon]"));
         assert!(out.contains("faults could not be attributed"));
+        assert!(out.contains("EVICTED BY REASON"));
+        assert!(out.contains("memcg_reclaim 123.5M"));
     }
 
     #[test]
