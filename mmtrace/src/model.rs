@@ -122,50 +122,15 @@ impl Ledger {
             p.status = status;
         }
         if let Some(maps) = maps {
-            for m in maps.iter().filter(|m| m.is_file()) {
-                if let Some(path) = &m.path {
-                    self.paths.insert(
-                        (m.dev.to_kernel(), m.ino),
-                        PathInfo {
-                            path: path.clone(),
-                            deleted: m.deleted,
-                        },
-                    );
-                }
-            }
             p.maps = maps;
         }
-        for f in fds {
-            self.paths
-                .entry((f.dev.to_kernel(), f.ino))
-                .or_insert_with(|| PathInfo {
-                    path: f.path.clone(),
-                    deleted: false,
-                });
-        }
+        learn(&mut self.paths, &p.maps, fds, true);
     }
 
     /// Learns file paths from a process's maps and fds without touching its
     /// counters (used on notices and for the final look-up of unknown files).
     pub fn learn_paths(&mut self, maps: &[MapEntry], fds: &[OpenFile]) {
-        for m in maps.iter().filter(|m| m.is_file()) {
-            if let Some(path) = &m.path {
-                self.paths
-                    .entry((m.dev.to_kernel(), m.ino))
-                    .or_insert_with(|| PathInfo {
-                        path: path.clone(),
-                        deleted: m.deleted,
-                    });
-            }
-        }
-        for f in fds {
-            self.paths
-                .entry((f.dev.to_kernel(), f.ino))
-                .or_insert_with(|| PathInfo {
-                    path: f.path.clone(),
-                    deleted: false,
-                });
-        }
+        learn(&mut self.paths, maps, fds, false);
     }
 
     /// Whether the path of `id` is known.
@@ -398,6 +363,39 @@ impl Ledger {
             cow_faults: c.cow,
             pages_mapped: c.pages_mapped,
         }
+    }
+}
+
+/// Records the paths of mapped and open files. A path from the maps
+/// replaces an older one when `refresh` (the file may have been deleted or
+/// renamed since); fds only fill in unknown files.
+fn learn(
+    paths: &mut HashMap<FileId, PathInfo>,
+    maps: &[MapEntry],
+    fds: &[OpenFile],
+    refresh: bool,
+) {
+    for m in maps.iter().filter(|m| m.is_file()) {
+        if let Some(path) = &m.path {
+            let info = PathInfo {
+                path: path.clone(),
+                deleted: m.deleted,
+            };
+            let id = (m.dev.to_kernel(), m.ino);
+            if refresh {
+                paths.insert(id, info);
+            } else {
+                paths.entry(id).or_insert(info);
+            }
+        }
+    }
+    for f in fds {
+        paths
+            .entry((f.dev.to_kernel(), f.ino))
+            .or_insert_with(|| PathInfo {
+                path: f.path.clone(),
+                deleted: false,
+            });
     }
 }
 

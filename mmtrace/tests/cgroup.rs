@@ -3,35 +3,14 @@
 //! v1), real eBPF programs, real workloads. Serialised.
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
-    sync::Mutex,
+    process::Stdio,
     time::Duration,
 };
 
+use common::*;
 use serde_json::Value;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn mmtrace() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mmtrace"))
-}
-
-fn scratch() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
-}
-
-fn require_root() {
-    // SAFETY: geteuid cannot fail.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "these tests load eBPF programs and create cgroups: run them as root"
-    );
-}
+mod common;
 
 /// A memory cgroup removed (with anything left in it) when dropped.
 struct TestCgroup(PathBuf);
@@ -65,33 +44,6 @@ impl Drop for TestCgroup {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-fn records(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-        .collect()
-}
-
-fn summary(recs: &[Value]) -> &Value {
-    let s = recs.last().expect("records");
-    assert_eq!(s["type"], "summary");
-    s
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "status {:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn cgroup_verdict(recs: &[Value]) -> &Value {
@@ -194,6 +146,9 @@ fn anonymous_growth_in_a_cgroup_gets_the_leak_verdict() {
             "128M",
             "--steps",
             "4",
+            // keep the memory long enough for the 200 ms samples to see its peak
+            "--pause-ms",
+            "600",
         ])
         .output()
         .unwrap();
@@ -224,8 +179,19 @@ fn fadvise_and_truncate_evictions_get_their_reasons() {
         ok(&out);
     }
     let rep = dir.path().join("r.json");
+    // b leaves the cache first, so cat's reading adds it back (making it a
+    // file of interest) before truncate evicts it.
+    {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(&b).unwrap();
+        // SAFETY: valid fd.
+        assert_eq!(
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) },
+            0
+        );
+    }
     let script = format!(
-        "{m} workload evict --pause-ms 400 --report {r} --path {a} && cat {b} > /dev/null && sleep 0.4 && truncate -s 0 {b}",
+        "{m} workload evict --pause-ms 600 --report {r} --path {a} && cat {b} > /dev/null && sleep 0.4 && truncate -s 0 {b}",
         r = rep.display(),
         a = a.display(),
         b = b.display()

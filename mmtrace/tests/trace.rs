@@ -5,36 +5,13 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
-    sync::Mutex,
     time::Duration,
 };
 
+use common::*;
 use serde_json::Value;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn mmtrace() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mmtrace"))
-}
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn require_root() {
-    // SAFETY: geteuid cannot fail.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "these tests load eBPF programs: run them as root (cargo xtask test does)"
-    );
-}
-
-/// A scratch directory on the target's disk (page cache can be dropped
-/// there, unlike tmpfs).
-fn scratch() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
-}
+mod common;
 
 fn workload(args: &[&str]) -> Vec<String> {
     let mut v = vec![
@@ -53,11 +30,7 @@ fn make_file(dir: &Path, name: &str, bytes: u64) -> PathBuf {
         .args(["--size", &bytes.to_string()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     p
 }
 
@@ -98,18 +71,8 @@ fn trace(extra: &[&str], cmd: &[String]) -> (Vec<Value>, Output) {
     (recs, out)
 }
 
-fn summary(recs: &[Value]) -> &Value {
-    let s = recs.last().expect("at least one record");
-    assert_eq!(s["type"], "summary", "last record is the summary");
-    s
-}
-
 fn report(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
 fn file_row(s: &Value, ino: u64) -> &Value {
@@ -155,11 +118,7 @@ fn a_anonymous_pages_are_counted_exactly_and_reconcile_with_the_kernel() {
             rep.to_str().unwrap(),
         ]),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert_eq!(recs[0]["type"], "meta");
     let s = summary(&recs);
     let anon = anon_row(s);
@@ -205,11 +164,7 @@ fn b_cold_file_read_through_mmap_adds_every_page_under_its_path() {
             rep.to_str().unwrap(),
         ]),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let s = summary(&recs);
     let r = report(&rep);
     let pages = u(&r["pages"]);
@@ -253,11 +208,7 @@ fn c_warm_file_takes_minor_faults_only_and_adds_nothing() {
         &[],
         &workload(&["mmap-read", "--path", f.to_str().unwrap()]),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let row = file_row(summary(&recs), ino(&f));
     assert_eq!(u(&row["major_faults"]), 0, "{row}");
     assert_eq!(u(&row["pages_added"]), 0, "{row}");
@@ -286,11 +237,7 @@ fn d_private_writes_are_copy_on_write_faults_on_the_file_row() {
             &k.to_string(),
         ]),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let row = file_row(summary(&recs), ino(&f));
     assert_eq!(u(&row["cow_faults"]), k, "{row}");
     assert_eq!(u(&row["write_faults"]), k, "{row}");
@@ -315,11 +262,7 @@ fn e_fadvise_eviction_counts_every_resident_page() {
             rep.to_str().unwrap(),
         ]),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let r = report(&rep);
     let before = u(&r["resident_before"]);
     assert!(before > 0);
@@ -353,11 +296,7 @@ fn f_children_are_followed_unless_told_not_to_and_outsiders_never_count() {
         rep.to_str().unwrap(),
     ]);
     let (recs, out) = trace(&[], &cmd);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let s = summary(&recs).clone();
     let r = report(&rep);
     let child = process(&s, u(&r["child_pid"])).expect("the forked child is traced");
@@ -376,11 +315,7 @@ fn f_children_are_followed_unless_told_not_to_and_outsiders_never_count() {
         rep2.to_str().unwrap(),
     ]);
     let (recs, out) = trace(&["--no-children"], &cmd);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let s2 = summary(&recs);
     let r2 = report(&rep2);
     assert!(
@@ -435,16 +370,8 @@ fn f_pid_mode_traces_a_running_process_until_it_exits() {
         .output()
         .unwrap();
     target.wait().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let recs: Vec<Value> = std::fs::read_to_string(&out_path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    ok(&out);
+    let recs = records(&out_path);
     let s = summary(&recs);
     assert_eq!(s["end_reason"], "target_exited");
     let p = process(s, target.id() as u64).unwrap();
@@ -528,11 +455,7 @@ fn g_a_pid_gone_before_attach_and_an_interrupt_are_handled() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
-    let recs: Vec<Value> = std::fs::read_to_string(&out_path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs = records(&out_path);
     let s = summary(&recs);
     assert_eq!(s["end_reason"], "interrupted");
     // sleep got SIGTERM from mmtrace: 128 + 15.
@@ -590,11 +513,7 @@ fn refaults_are_counted_per_page_after_an_eviction() {
         r = dir.path().join("r.json").display()
     );
     let (recs, out) = trace(&[], &["sh".into(), "-c".into(), script]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let pages = u(&report(&dir.path().join("r.json"))["pages"]);
     let row = file_row(summary(&recs), ino(&f));
     let (evicted, added, refault) = (

@@ -45,6 +45,22 @@ impl Default for Capacity {
     }
 }
 
+/// Program types mmtrace loads (aya gives each its own `load`).
+trait Loadable {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+macro_rules! loadable {
+    ($($t:ty),*) => {$(
+        impl Loadable for $t {
+            fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+                self.load()
+            }
+        }
+    )*};
+}
+loadable!(TracePoint, RawTracePoint, PerfEvent);
+
 /// The loaded and attached programs.
 pub struct Tracer {
     ebpf: Ebpf,
@@ -128,19 +144,28 @@ impl Tracer {
         Ok(t)
     }
 
+    /// The program `name`, loaded into the kernel (verifier errors name it).
+    fn loaded<'a, T>(&'a mut self, name: &str) -> Result<&'a mut T>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+        T: Loadable + 'a,
+    {
+        let p: &mut T = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the eBPF object"))?
+            .try_into()?;
+        p.load_program()
+            .with_context(|| format!("the kernel verifier rejected program {name}"))?;
+        Ok(p)
+    }
+
     fn attach(&mut self, features: &Features) -> Result<()> {
         for (prog, cat, tp) in TP_PROGRAMS {
             let required = TRACEPOINTS
                 .iter()
                 .any(|(c, e, req)| c == cat && e == tp && *req);
-            let p: &mut TracePoint = self
-                .ebpf
-                .program_mut(prog)
-                .with_context(|| format!("program {prog} missing from the eBPF object"))?
-                .try_into()?;
-            p.load()
-                .with_context(|| format!("the kernel verifier rejected program {prog}"))?;
-            match p.attach(cat, tp) {
+            match self.loaded::<TracePoint>(prog)?.attach(cat, tp) {
                 Ok(_) => {}
                 Err(e) if !required => {
                     log::warn!("optional tracepoint {cat}:{tp} not attached: {e}")
@@ -153,14 +178,8 @@ impl Tracer {
         }
         if features.write_faults {
             for prog in RAW_TP_PROGRAMS {
-                let p: &mut RawTracePoint = self
-                    .ebpf
-                    .program_mut(prog)
-                    .with_context(|| format!("program {prog} missing from the eBPF object"))?
-                    .try_into()?;
-                p.load()
-                    .with_context(|| format!("the kernel verifier rejected program {prog}"))?;
-                p.attach(prog)
+                self.loaded::<RawTracePoint>(prog)?
+                    .attach(prog)
                     .with_context(|| format!("attaching {prog} to raw tracepoint {prog}"))?;
             }
         }
@@ -169,13 +188,7 @@ impl Tracer {
             ("page_faults_min", SoftwareEvent::PageFaultsMin),
             ("page_faults_maj", SoftwareEvent::PageFaultsMaj),
         ] {
-            let p: &mut PerfEvent = self
-                .ebpf
-                .program_mut(prog)
-                .with_context(|| format!("program {prog} missing from the eBPF object"))?
-                .try_into()?;
-            p.load()
-                .with_context(|| format!("the kernel verifier rejected program {prog}"))?;
+            let p = self.loaded::<PerfEvent>(prog)?;
             for &cpu in &cpus {
                 p.attach(
                     PerfEventConfig::Software(ev),

@@ -1,0 +1,65 @@
+//! Helpers shared by the privileged test binaries.
+#![allow(dead_code, reason = "each test binary uses its own subset")]
+
+use std::{
+    path::Path,
+    process::{Command, Output},
+    sync::{Mutex, MutexGuard},
+};
+
+use serde_json::Value;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Serialises the tests of one binary: page-cache and cgroup experiments
+/// must not overlap.
+pub fn lock() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn mmtrace() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mmtrace"))
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests load eBPF programs (and create cgroups): run them as root (cargo xtask test does)"
+    );
+}
+
+/// A scratch directory on the target's disk (page cache can be dropped
+/// there, unlike tmpfs).
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+/// The JSON Lines records of a trace.
+pub fn records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+pub fn summary(recs: &[Value]) -> &Value {
+    let s = recs.last().expect("at least one record");
+    assert_eq!(s["type"], "summary", "the last record is the summary");
+    s
+}
+
+pub fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+pub fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "status {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
