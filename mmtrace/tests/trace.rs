@@ -285,17 +285,20 @@ fn f_children_are_followed_unless_told_not_to_and_outsiders_never_count() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    // The parent touches 1000 pages, its forked child 3000.
+    let fork = |rep: &Path| {
+        workload(&[
+            "fork",
+            "--parent-pages",
+            "1000",
+            "--child-pages",
+            "3000",
+            "--report",
+            rep.to_str().unwrap(),
+        ])
+    };
     let rep = dir.path().join("r.json");
-    let cmd = workload(&[
-        "fork",
-        "--parent-pages",
-        "1000",
-        "--child-pages",
-        "3000",
-        "--report",
-        rep.to_str().unwrap(),
-    ]);
-    let (recs, out) = trace(&[], &cmd);
+    let (recs, out) = trace(&[], &fork(&rep));
     ok(&out);
     let s = summary(&recs).clone();
     let r = report(&rep);
@@ -305,16 +308,7 @@ fn f_children_are_followed_unless_told_not_to_and_outsiders_never_count() {
     assert!(u(&parent["minor_faults"]) >= 1000);
 
     let rep2 = dir.path().join("r2.json");
-    let cmd = workload(&[
-        "fork",
-        "--parent-pages",
-        "1000",
-        "--child-pages",
-        "3000",
-        "--report",
-        rep2.to_str().unwrap(),
-    ]);
-    let (recs, out) = trace(&["--no-children"], &cmd);
+    let (recs, out) = trace(&["--no-children"], &fork(&rep2));
     ok(&out);
     let s2 = summary(&recs);
     let r2 = report(&rep2);
