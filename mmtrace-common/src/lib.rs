@@ -94,9 +94,13 @@ pub struct FileKey {
 pub struct CacheCounters {
     pub added: u64,
     pub evicted: u64,
-    /// Pages re-added after an eviction this trace saw (estimate: bounded by
-    /// the size of the `EVICTED` LRU map).
+    /// Pages re-added after a *reclaim* eviction this trace saw (what the
+    /// kernel calls a refault: only reclaim leaves shadow entries). An
+    /// estimate bounded by the size of the `EVICTED` LRU map.
     pub refaulted: u64,
+    /// Pages re-added after an invalidation (fadvise, truncate, ...) this
+    /// trace saw: a re-read, not a refault (no shadow entry was left).
+    pub readded: u64,
     /// `evicted` split by [`reason`].
     pub evicted_by: [u64; reason::COUNT],
     /// Evicted pages whose owner memcg (`folio->memcg_data`) is in the traced
@@ -107,14 +111,15 @@ pub struct CacheCounters {
 
 /// Why a page left the page cache, from the context of the eviction.
 pub mod reason {
-    /// Inside `mm_vmscan_memcg_reclaim_begin/end` of this thread: a memory
-    /// cgroup's limit (or memory.high / memory.reclaim) made it reclaim.
+    /// Inside `mm_vmscan_memcg_reclaim_begin/end` of this thread, charged by
+    /// an allocation: a memory cgroup's limit or memory.high.
     pub const MEMCG: usize = 0;
     /// Inside `mm_vmscan_direct_reclaim_begin/end`: global memory shortage.
     pub const DIRECT: usize = 1;
     /// The current task is kswapd (`PF_KSWAPD`).
     pub const KSWAPD: usize = 2;
-    /// Other reclaim (`PF_MEMALLOC` outside the above: proactive, DAMON).
+    /// Other reclaim (`PF_MEMALLOC` outside the above, by a task not named
+    /// below): see the reclaimers by command name.
     pub const OTHER_RECLAIM: usize = 3;
     /// posix_fadvise(POSIX_FADV_DONTNEED) and similar invalidations.
     pub const FADVISE: usize = 4;
@@ -127,7 +132,17 @@ pub mod reason {
     pub const DROP_CACHES: usize = 7;
     /// Anything else (other invalidations).
     pub const OTHER: usize = 8;
-    pub const COUNT: usize = 9;
+    /// Memcg reclaim asked for by a write to a cgroup file, not by an
+    /// allocation: memory.reclaim (v2), memory.force_empty (v1), or a lowered
+    /// memory.max / memory.high / memory.limit_in_bytes. Proactive.
+    pub const PROACTIVE: usize = 9;
+    /// DAMON's proactive reclaim (`kdamond`).
+    pub const DAMON: usize = 10;
+    /// khugepaged collapsing pages into a huge page.
+    pub const KHUGEPAGED: usize = 11;
+    /// Memory compaction (`kcompactd`).
+    pub const COMPACTION: usize = 12;
+    pub const COUNT: usize = 13;
     /// Names, by index (JSON keys).
     pub const NAMES: [&str; COUNT] = [
         "memcg_reclaim",
@@ -139,7 +154,26 @@ pub mod reason {
         "unlink",
         "drop_caches",
         "other",
+        "proactive",
+        "damon",
+        "khugepaged",
+        "compaction",
     ];
+
+    /// Reclaim: the kernel leaves a shadow entry, so a page that comes back
+    /// is a refault (`workingset_refault_file`).
+    pub const fn is_reclaim(r: usize) -> bool {
+        matches!(
+            r,
+            MEMCG | DIRECT | KSWAPD | OTHER_RECLAIM | PROACTIVE | DAMON
+        )
+    }
+
+    /// Reclaim forced by a shortage (a cgroup limit or global memory), as
+    /// opposed to proactive reclaim or an invalidation.
+    pub const fn is_pressure(r: usize) -> bool {
+        matches!(r, MEMCG | DIRECT | KSWAPD)
+    }
 }
 
 /// Reclaim episodes of traced tasks (a per-CPU value), from the vmscan
@@ -153,13 +187,17 @@ pub struct ReclaimStats {
     pub direct_episodes: u64,
     pub direct_reclaimed: u64,
     pub direct_ns: u64,
+    /// Proactive memcg reclaim ([`reason::PROACTIVE`]) run by traced tasks.
+    pub proactive_episodes: u64,
+    pub proactive_reclaimed: u64,
+    pub proactive_ns: u64,
 }
 
 /// A reclaim in progress on a thread (key: tid).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReclaimCtx {
-    /// [`reason::MEMCG`] or [`reason::DIRECT`].
+    /// [`reason::MEMCG`], [`reason::DIRECT`] or [`reason::PROACTIVE`].
     pub kind: u64,
     pub start_ns: u64,
 }
@@ -173,6 +211,17 @@ pub struct CgroupKey {
     pub _pad: u32,
     /// `kernfs_node.id`: the inode number of the cgroup's directory.
     pub id: u64,
+}
+
+/// Value of the recently-evicted LRU map: one bit per page of a 64-page
+/// chunk, split by how the page left.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvictedBits {
+    /// Evicted by reclaim ([`reason::is_reclaim`]): coming back is a refault.
+    pub reclaimed: u64,
+    /// Invalidated (fadvise, truncate, ...): coming back is a re-read.
+    pub invalidated: u64,
 }
 
 /// Key of the recently-evicted LRU map used to detect refaults: `index` is
@@ -297,6 +346,22 @@ pub struct Config {
     pub kn_id: u32,
     pub cgroup_root: u32,
     pub root_hierarchy_id: u32,
+    /// oom:mark_victim `pid`, `comm` (`__data_loc`), `total_vm`,
+    /// `anon_rss`, `file_rss`, `shmem_rss` (kB), `oom_score_adj`; ABSENT
+    /// pid: the tracepoint is missing.
+    pub tp_oom_pid: u32,
+    pub tp_oom_comm: u32,
+    pub tp_oom_total_vm: u32,
+    pub tp_oom_anon: u32,
+    pub tp_oom_file: u32,
+    pub tp_oom_shmem: u32,
+    pub tp_oom_score_adj: u32,
+    pub _pad_oom: u32,
+    /// Kernel text ranges `[start, end)` of the functions that run memcg
+    /// reclaim for a write to a cgroup file (memory.reclaim, force_empty, a
+    /// lowered limit): a reclaim whose kernel stack passes through one is
+    /// [`reason::PROACTIVE`]. Unused pairs are zero.
+    pub proactive_text: [[u64; 2]; PROACTIVE_RANGES],
     /// Eviction reason ([`reason`]) for each syscall number (255: none).
     pub syscall_reason: [u8; 512],
 }
@@ -306,6 +371,9 @@ impl Default for Config {
         Self::ZERO
     }
 }
+
+/// Number of [`Config::proactive_text`] ranges.
+pub const PROACTIVE_RANGES: usize = 8;
 
 impl Config {
     pub const ABSENT: u32 = u32::MAX;
@@ -340,9 +408,12 @@ pub mod errors {
     pub const EXIT_FULL: u32 = 4;
     /// A kernel read (`bpf_probe_read_kernel`) failed.
     pub const READ_FAILED: u32 = 5;
-    /// The `NOTICES` ring buffer was full: a notice was dropped (only path
-    /// resolution suffers; no counter is affected).
+    /// The `NOTICES` ring buffer was full: a notice was dropped (path
+    /// resolution or an OOM-kill record suffers; no counter is affected).
     pub const NOTICE_DROPPED: u32 = 6;
+    /// `RECLAIMERS` was full: evicted pages of some reclaimer commands are
+    /// counted per file but not per command.
+    pub const RECLAIMER_FULL: u32 = 7;
     pub const COUNT: u32 = 8;
 }
 
@@ -361,12 +432,43 @@ pub struct Notice {
     pub ino: u64,
 }
 
-/// Kinds of [`Notice`].
+/// Kinds of [`Notice`] (and of every `NOTICES` record: the kind is first).
 pub mod notice {
     /// A file became of interest: read the process's maps now, while the
     /// mapping still exists, to learn the file's path.
     pub const NEW_FILE: u32 = 1;
+    /// The OOM killer chose a victim: an [`OomKill`](super::OomKill) record.
+    pub const OOM_KILL: u32 = 2;
 }
+
+/// The OOM killer marked a victim (`oom:mark_victim`), sent through
+/// `NOTICES` for every victim on the host; `in_scope` says whether the
+/// victim was traced.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OomKill {
+    /// [`notice::OOM_KILL`].
+    pub kind: u32,
+    /// The victim's pid (a thread id; the process's id for a single-threaded
+    /// or leader victim).
+    pub pid: u32,
+    /// Non-zero when `pid` was in the traced scope.
+    pub in_scope: u32,
+    pub oom_score_adj: i32,
+    /// The victim's memory at the kill, kB.
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    /// `bpf_ktime_get_ns()` at the kill.
+    pub ktime_ns: u64,
+    pub comm: [u8; 16],
+}
+
+/// Key of `RECLAIMERS`: the command name of a task that evicted pages of a
+/// file of interest outside syscalls and cgroup/global reclaim (kdamond,
+/// khugepaged, kcompactd, kworkers, ...).
+pub type Comm = [u8; 16];
 
 /// Capacity defaults (entries).
 pub mod limits {
@@ -375,6 +477,8 @@ pub mod limits {
     pub const FILES: u32 = 65_536;
     /// 64 pages per entry: 16 GiB of evicted file pages remembered.
     pub const EVICTED: u32 = 65_536;
+    /// Reclaimer command names remembered.
+    pub const RECLAIMERS: u32 = 256;
     pub const EXITS: u32 = 16_384;
 }
 
@@ -395,6 +499,8 @@ mod user {
     unsafe impl aya::Pod for ReclaimStats {}
     unsafe impl aya::Pod for ReclaimCtx {}
     unsafe impl aya::Pod for CgroupKey {}
+    unsafe impl aya::Pod for EvictedBits {}
+    unsafe impl aya::Pod for OomKill {}
 }
 
 impl FaultCounters {
@@ -412,6 +518,7 @@ impl CacheCounters {
         self.added += o.added;
         self.evicted += o.evicted;
         self.refaulted += o.refaulted;
+        self.readded += o.readded;
         for (a, b) in self.evicted_by.iter_mut().zip(o.evicted_by.iter()) {
             *a += b;
         }
@@ -427,6 +534,9 @@ impl ReclaimStats {
         self.direct_episodes += o.direct_episodes;
         self.direct_reclaimed += o.direct_reclaimed;
         self.direct_ns += o.direct_ns;
+        self.proactive_episodes += o.proactive_episodes;
+        self.proactive_reclaimed += o.proactive_reclaimed;
+        self.proactive_ns += o.proactive_ns;
     }
 }
 
@@ -440,8 +550,10 @@ mod tests {
         assert_eq!(size_of::<MappingKey>(), 48);
         assert_eq!(size_of::<FaultCounters>(), 40);
         assert_eq!(size_of::<FileKey>(), 16);
-        assert_eq!(size_of::<CacheCounters>(), 24 + 8 * reason::COUNT + 8);
-        assert_eq!(size_of::<ReclaimStats>(), 48);
+        assert_eq!(size_of::<CacheCounters>(), 32 + 8 * reason::COUNT + 8);
+        assert_eq!(size_of::<ReclaimStats>(), 72);
+        assert_eq!(size_of::<EvictedBits>(), 16);
+        assert_eq!(size_of::<OomKill>(), 16 + 40 + 16);
         assert_eq!(size_of::<CgroupKey>(), 16);
         assert_eq!(size_of::<PageKey>(), 24);
         assert_eq!(size_of::<ExitRecord>(), 48);

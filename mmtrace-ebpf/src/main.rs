@@ -2,7 +2,9 @@
 //! - `faults`: page faults (perf software events, the kernel's own minor/major
 //!   classification) attributed to the faulting vma;
 //! - `pagecache`: page-cache additions / evictions / refaults per file;
-//! - `process`: scope maintenance (children joining, processes exiting).
+//! - `process`: scope maintenance (children joining, processes exiting);
+//! - `reclaim`: reclaim context (why pages leave), cgroup joins;
+//! - `oom`: OOM-killer victims, sent to userspace as they happen.
 //!
 //! Maps live in `maps`, the scope filter in `scope`, kernel reads at run-time
 //! offsets in `kread`. Aggregation happens here: no per-fault record crosses
@@ -18,6 +20,7 @@
 mod faults;
 mod kread;
 mod maps;
+mod oom;
 mod pagecache;
 mod process;
 mod reclaim;

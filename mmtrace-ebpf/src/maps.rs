@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use mmtrace_common::{
-    CacheCounters, CgroupKey, ExitRecord, FaultCounters, FileKey, MappingKey, PageKey, ReclaimCtx,
-    ReclaimStats, ScopeEntry, VmaCache, errors, limits,
+    CacheCounters, CgroupKey, Comm, EvictedBits, ExitRecord, FaultCounters, FileKey, MappingKey,
+    PageKey, ReclaimCtx, ReclaimStats, ScopeEntry, VmaCache, errors, limits,
 };
 
 use crate::faults::Pending;
@@ -33,10 +33,18 @@ pub static FILE_CACHE: PerCpuHashMap<FileKey, CacheCounters> =
     PerCpuHashMap::with_max_entries(limits::FILES, 0);
 
 /// Pages of files of interest evicted during the trace, as bitmaps of 64
-/// pages (key index = page index / 64), checked on every addition to
-/// estimate refaults. LRU: the oldest evictions are forgotten first.
+/// pages (key index = page index / 64) split into reclaimed and invalidated,
+/// checked on every addition to count refaults and re-reads. LRU: the
+/// oldest evictions are forgotten first.
 #[map]
-pub static EVICTED: LruHashMap<PageKey, u64> = LruHashMap::with_max_entries(limits::EVICTED, 0);
+pub static EVICTED: LruHashMap<PageKey, EvictedBits> =
+    LruHashMap::with_max_entries(limits::EVICTED, 0);
+
+/// Pages of files of interest evicted by tasks outside syscalls and
+/// cgroup/global reclaim, by command name (kdamond, khugepaged, kworker..).
+#[map]
+pub static RECLAIMERS: PerCpuHashMap<Comm, u64> =
+    PerCpuHashMap::with_max_entries(limits::RECLAIMERS, 0);
 
 /// Kernel fault counters of exited threads, per tgid.
 #[map]

@@ -13,21 +13,32 @@
 //!     field:unsigned long i_ino; offset:8; field:dev_t s_dev; offset:16
 //! Offsets are read from tracefs at start, not taken from this comment.
 //!
-//! A file is "of interest" once an in-scope process faults on it or adds
-//! pages of it, or userspace finds it in a target's maps / fds. Evictions of
-//! such files are counted whoever evicts them (reclaim often runs elsewhere).
+//! A file is "of interest" once an in-scope process faults on it, adds or
+//! evicts pages of it, once a page of it charged to the traced cgroup is
+//! evicted, or once userspace finds it in a target's maps / fds. Evictions
+//! of such files are counted whoever evicts them (reclaim often runs
+//! elsewhere).
+//!
+//! Refaults mean what the kernel means: a page re-added after a *reclaim*
+//! eviction (reclaim leaves a shadow entry, `workingset_refault_file`
+//! counts it). A page re-added after an invalidation (fadvise, truncate) is
+//! a re-read, counted apart.
 use aya_ebpf::{
-    helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    helpers::{
+        bpf_get_current_comm,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use mmtrace_common::{
-    CacheCounters, CgroupKey, Config, FileKey, Notice, PageKey, errors, notice, reason,
+    CacheCounters, CgroupKey, Comm, Config, EvictedBits, FileKey, Notice, PageKey, errors, notice,
+    reason,
 };
 
 use crate::{
     kread::{conf, read},
-    maps::{CGROUPS, EVICTED, FILE_CACHE, NOTICES, RECLAIM, count_error},
+    maps::{CGROUPS, EVICTED, FILE_CACHE, NOTICES, RECLAIM, RECLAIMERS, count_error},
     scope,
 };
 
@@ -105,13 +116,25 @@ fn try_add(ctx: &TracePointContext) -> Result<(), i32> {
             }
         }
     };
-    let refaulted = evicted_pages(&key, index, pages, false);
+    let (refaulted, readded) = evicted_pages(&key, index, pages, Mark::Added);
     // SAFETY: per-CPU value.
     unsafe {
         (*c).added += pages;
         (*c).refaulted += refaulted;
+        (*c).readded += readded;
     }
     Ok(())
+}
+
+/// What happened to a range of pages, for the recently-evicted bitmaps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// Added back: count and clear the marks.
+    Added,
+    /// Evicted by reclaim.
+    Reclaimed,
+    /// Invalidated (not reclaim).
+    Invalidated,
 }
 
 /// Pages per `EVICTED` entry: one bit each in a u64.
@@ -119,16 +142,16 @@ const CHUNK_PAGES: u64 = 64;
 /// Largest folio handled: 32 chunks = 2048 pages (order 11).
 const MAX_CHUNKS: u64 = 32;
 
-/// Marks (`evict`) or checks-and-clears (`!evict`) the pages
-/// `index..index + pages` in the recently-evicted bitmaps; returns how many
-/// of them were marked before (the refaulted pages when adding).
+/// Marks evicted pages `index..index + pages` in the recently-evicted
+/// bitmaps, or (`Mark::Added`) checks and clears them; returns how many of
+/// them were marked reclaimed and invalidated before (refaults, re-reads).
 ///
 /// Page granularity, not folio: a file evicted as order-2 folios may come
 /// back as order-0 pages or one order-4 folio, and must still match. Folios
 /// are naturally aligned, so one covers whole bits of one or more chunks.
 #[inline(always)]
-fn evicted_pages(key: &FileKey, index: u64, pages: u64, evict: bool) -> u64 {
-    let mut found = 0u64;
+fn evicted_pages(key: &FileKey, index: u64, pages: u64, mark: Mark) -> (u64, u64) {
+    let (mut refaulted, mut readded) = (0u64, 0u64);
     let first = index / CHUNK_PAGES;
     let last = (index + pages - 1) / CHUNK_PAGES;
     for i in 0..MAX_CHUNKS {
@@ -159,37 +182,70 @@ fn evicted_pages(key: &FileKey, index: u64, pages: u64, evict: bool) -> u64 {
             _pad: 0,
         };
         match EVICTED.get_ptr_mut(&page) {
-            Some(b) => {
-                // SAFETY: an LRU map value; a racing CPU can at worst lose a
-                // bit (refaults are labelled an estimate).
-                unsafe {
-                    if evict {
-                        *b |= bits;
-                    } else {
-                        found += (*b & bits).count_ones() as u64;
-                        *b &= !bits;
+            // SAFETY: an LRU map value; a racing CPU can at worst lose a bit
+            // (refaults are labelled an estimate).
+            Some(b) => unsafe {
+                match mark {
+                    Mark::Added => {
+                        refaulted += ((*b).reclaimed & bits).count_ones() as u64;
+                        readded += ((*b).invalidated & bits).count_ones() as u64;
+                        (*b).reclaimed &= !bits;
+                        (*b).invalidated &= !bits;
+                    }
+                    Mark::Reclaimed => {
+                        (*b).reclaimed |= bits;
+                        (*b).invalidated &= !bits;
+                    }
+                    Mark::Invalidated => {
+                        (*b).invalidated |= bits;
+                        (*b).reclaimed &= !bits;
                     }
                 }
+            },
+            None if mark == Mark::Added => {}
+            None => {
+                let v = if mark == Mark::Reclaimed {
+                    EvictedBits {
+                        reclaimed: bits,
+                        invalidated: 0,
+                    }
+                } else {
+                    EvictedBits {
+                        reclaimed: 0,
+                        invalidated: bits,
+                    }
+                };
+                let _ = EVICTED.insert(&page, &v, 0);
             }
-            None if evict => {
-                let _ = EVICTED.insert(&page, &bits, 0);
-            }
-            None => {}
         }
     }
-    found
+    (refaulted, readded)
 }
 
 #[inline(always)]
 fn try_delete(ctx: &TracePointContext) -> Result<(), i32> {
     let (key, index, pages) = read_cache_event(ctx)?;
-    let Some(c) = FILE_CACHE.get_ptr_mut(&key) else {
-        return Ok(());
-    };
-    let why = eviction_reason();
     // SAFETY: offset from the tracepoint's format file.
     let pfn = unsafe { ctx.read_at::<u64>(conf!(tp_cache_pfn) as usize) }.unwrap_or(0);
     let owned = owned_by_traced_cgroup(pfn);
+    // A file not yet of interest becomes one when a task in scope evicts it
+    // (fadvise before the first read) or when the page was charged to the
+    // traced cgroup: every eviction the scope causes or suffers counts, from
+    // the first one.
+    let c = match FILE_CACHE.get_ptr_mut(&key) {
+        Some(c) => c,
+        None => {
+            let (_, tgid) = scope::current_ids();
+            if !owned && !scope::in_scope(tgid) {
+                return Ok(());
+            }
+            match register_file(&key, tgid) {
+                Some(c) => c,
+                None => return Ok(()),
+            }
+        }
+    };
+    let why = eviction_reason(pages);
     // SAFETY: per-CPU value; `why` < reason::COUNT.
     unsafe {
         (*c).evicted += pages;
@@ -200,19 +256,59 @@ fn try_delete(ctx: &TracePointContext) -> Result<(), i32> {
             (*c).evicted_owned += pages;
         }
     }
-    evicted_pages(&key, index, pages, true);
+    let mark = if reason::is_reclaim(why) {
+        Mark::Reclaimed
+    } else {
+        Mark::Invalidated
+    };
+    evicted_pages(&key, index, pages, mark);
     Ok(())
+}
+
+/// The reason named by a kernel thread's command (`kdamond.0`, ...).
+#[inline(always)]
+fn reason_by_comm(comm: &Comm, memalloc: bool) -> usize {
+    if comm.starts_with(b"kdamond") {
+        reason::DAMON
+    } else if comm.starts_with(b"khugepaged") {
+        reason::KHUGEPAGED
+    } else if comm.starts_with(b"kcompactd") {
+        reason::COMPACTION
+    } else if memalloc {
+        reason::OTHER_RECLAIM
+    } else {
+        reason::OTHER
+    }
+}
+
+/// Counts `pages` evicted by the current task under its command name.
+#[inline(always)]
+fn count_reclaimer(comm: &Comm, pages: u64) {
+    if let Some(p) = RECLAIMERS.get_ptr_mut(comm) {
+        // SAFETY: per-CPU value.
+        unsafe { *p += pages };
+        return;
+    }
+    // BPF_NOEXIST: another CPU may have inserted it meanwhile; look again.
+    let _ = RECLAIMERS.insert(comm, &0, 1);
+    match RECLAIMERS.get_ptr_mut(comm) {
+        // SAFETY: per-CPU value.
+        Some(p) => unsafe { *p += pages },
+        None => count_error(errors::RECLAIMER_FULL),
+    }
 }
 
 const PF_MEMALLOC: u32 = 0x0000_0800;
 const PF_KSWAPD: u32 = 0x0002_0000;
 const PF_KTHREAD: u32 = 0x0020_0000;
 
-/// Why the current context is evicting a page (see `mmtrace_common::reason`):
-/// kswapd, else a reclaim this thread is in, else other reclaim, else the
-/// syscall the thread is in (its user `pt_regs` hold the number).
+/// Why the current context is evicting `pages` (see
+/// `mmtrace_common::reason`): kswapd, else a reclaim this thread is in
+/// (memcg, proactive, direct), else a kernel thread or other reclaim named
+/// by its command (also counted in `RECLAIMERS`), else the syscall the
+/// thread is in (its user `pt_regs` hold the number).
 #[inline(always)]
-fn eviction_reason() -> usize {
+fn eviction_reason(pages: u64) -> usize {
     let (tid, _) = scope::current_ids();
     // SAFETY: plain helper call.
     let task_btf = unsafe { bpf_get_current_task_btf() };
@@ -225,11 +321,14 @@ fn eviction_reason() -> usize {
     if let Some(r) = unsafe { RECLAIM.get(&tid) } {
         return r.kind as usize;
     }
-    if flags & PF_MEMALLOC != 0 {
-        return reason::OTHER_RECLAIM;
+    let memalloc = flags & PF_MEMALLOC != 0;
+    if memalloc || flags & PF_KTHREAD != 0 {
+        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        count_reclaimer(&comm, pages);
+        return reason_by_comm(&comm, memalloc);
     }
     let off = conf!(regs_syscall_nr);
-    if flags & PF_KTHREAD != 0 || off == Config::ABSENT {
+    if off == Config::ABSENT {
         return reason::OTHER;
     }
     // SAFETY: trusted task pointer from bpf_get_current_task_btf.

@@ -9,8 +9,15 @@
 //!     field:unsigned long nr_reclaimed; offset:8; size:8
 //!   cgroup:cgroup_attach_task (writer's context)
 //!     field:int dst_root; offset:8; field:u64 dst_id; offset:16; field:int pid; offset:24
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use mmtrace_common::{CgroupKey, ReclaimCtx, ScopeEntry, errors, reason, scope as sc};
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_ktime_get_ns, generated::bpf_get_stack},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use mmtrace_common::{
+    CgroupKey, PROACTIVE_RANGES, ReclaimCtx, ScopeEntry, errors, reason, scope as sc,
+};
 
 use crate::{
     kread::conf,
@@ -19,8 +26,13 @@ use crate::{
 };
 
 #[tracepoint]
-pub fn memcg_reclaim_begin(_ctx: TracePointContext) -> u32 {
-    begin(reason::MEMCG as u64);
+pub fn memcg_reclaim_begin(ctx: TracePointContext) -> u32 {
+    let kind = if requested_by_cgroup_write(&ctx) {
+        reason::PROACTIVE
+    } else {
+        reason::MEMCG
+    };
+    begin(kind as u64);
     0
 }
 
@@ -46,6 +58,57 @@ pub fn direct_reclaim_end(ctx: TracePointContext) -> u32 {
 pub fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
     let _ = try_attach(&ctx);
     0
+}
+
+/// Kernel frames searched for a cgroup-file writer (memory.reclaim sits two
+/// frames above the tracepoint on 6.18).
+const STACK_FRAMES: usize = 8;
+
+/// Whether this memcg reclaim runs for a write to a cgroup file
+/// (memory.reclaim, force_empty, a lowered limit) rather than for an
+/// allocation: one of the configured functions is on the kernel stack.
+/// Reclaim begins are rare (once per reclaim episode), so the stack walk is
+/// affordable here.
+#[inline(always)]
+fn requested_by_cgroup_write(ctx: &TracePointContext) -> bool {
+    let cfg = crate::kread::config();
+    // SAFETY: reading a static written by the loader.
+    let first = unsafe { core::ptr::read_volatile(&cfg.proactive_text[0][0]) };
+    if first == 0 {
+        return false;
+    }
+    let mut stack = [0u64; STACK_FRAMES];
+    // SAFETY: the buffer is STACK_FRAMES u64s; flags 0 = kernel stack.
+    let n = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            stack.as_mut_ptr().cast(),
+            (STACK_FRAMES * 8) as u32,
+            0,
+        )
+    };
+    if n <= 0 {
+        return false;
+    }
+    let frames = (n as usize / 8).min(STACK_FRAMES);
+    for (i, &ip) in stack.iter().enumerate() {
+        if i >= frames {
+            break;
+        }
+        for r in 0..PROACTIVE_RANGES {
+            // SAFETY: reading a static written by the loader; r is in bounds.
+            let (lo, hi) = unsafe {
+                (
+                    core::ptr::read_volatile(&cfg.proactive_text[r][0]),
+                    core::ptr::read_volatile(&cfg.proactive_text[r][1]),
+                )
+            };
+            if lo != 0 && ip >= lo && ip < hi {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 #[inline(always)]
@@ -78,6 +141,10 @@ fn end(ctx: &TracePointContext) {
                 (*s).memcg_episodes += 1;
                 (*s).memcg_reclaimed += reclaimed;
                 (*s).memcg_ns += ns;
+            } else if r.kind == reason::PROACTIVE as u64 {
+                (*s).proactive_episodes += 1;
+                (*s).proactive_reclaimed += reclaimed;
+                (*s).proactive_ns += ns;
             } else {
                 (*s).direct_episodes += 1;
                 (*s).direct_reclaimed += reclaimed;

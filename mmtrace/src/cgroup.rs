@@ -246,6 +246,25 @@ pub fn parse_psi(text: &str) -> Option<Psi> {
     seen.then_some(p)
 }
 
+/// The memory cgroup in a `/proc/<pid>/cgroup` text: the v1 line whose
+/// controllers include `memory`, else the v2 line (`0::/path`).
+pub fn memory_cgroup_of(proc_pid_cgroup: &str) -> Option<String> {
+    let mut v2 = None;
+    for l in proc_pid_cgroup.lines() {
+        let mut it = l.splitn(3, ':');
+        let (Some(id), Some(ctrl), Some(path)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        if ctrl.split(',').any(|c| c == "memory") {
+            return Some(path.to_string());
+        }
+        if id == "0" && ctrl.is_empty() {
+            v2 = Some(path.to_string());
+        }
+    }
+    v2
+}
+
 /// A cgroup's memory state at one moment, in bytes, normalised across v1
 /// and v2 (v1 uses the hierarchical `total_*` counters).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -264,6 +283,12 @@ pub struct MemoryState {
     pub dirty_bytes: u64,
     /// The kernel's refault counter (`workingset_refault_file`), pages.
     pub refault_file: u64,
+    /// OOM kills in the cgroup (v1 `memory.oom_control` `oom_kill`, v2
+    /// `memory.events` `oom_kill`), cumulative; null if unreadable.
+    pub oom_kills: Option<u64>,
+    /// Times usage hit the limit (v1 `memory.failcnt`, v2 `memory.events`
+    /// `max`), cumulative; null if unreadable.
+    pub limit_hits: Option<u64>,
     /// `memory.pressure` (v2) or /proc/pressure/memory (system-wide) when the
     /// cgroup has none.
     pub psi: Option<Psi>,
@@ -310,6 +335,12 @@ pub fn memory_state(cg: &Cgroup, system_psi: &Path) -> Result<MemoryState, Cgrou
             (m.file_bytes, m.anon_bytes, m.shmem_bytes, m.dirty_bytes) =
                 (g("cache"), g("rss"), g("shmem"), g("dirty"));
             m.refault_file = g("workingset_refault_file");
+            m.oom_kills = read("memory.oom_control")
+                .ok()
+                .and_then(|t| stat_map(&t).get("oom_kill").copied());
+            m.limit_hits = read("memory.failcnt")
+                .ok()
+                .and_then(|t| t.trim().parse().ok());
         }
         Version::V2 => {
             m.usage_bytes = read("memory.current")?.trim().parse().unwrap_or(0);
@@ -320,6 +351,9 @@ pub fn memory_state(cg: &Cgroup, system_psi: &Path) -> Result<MemoryState, Cgrou
             (m.file_bytes, m.anon_bytes, m.shmem_bytes, m.dirty_bytes) =
                 (g("file"), g("anon"), g("shmem"), g("file_dirty"));
             m.refault_file = g("workingset_refault_file");
+            let ev = read("memory.events").map(|t| stat_map(&t)).ok();
+            m.oom_kills = ev.as_ref().and_then(|e| e.get("oom_kill").copied());
+            m.limit_hits = ev.as_ref().and_then(|e| e.get("max").copied());
         }
     }
     if let Some(p) = std::fs::read_to_string(cg.path.join("memory.pressure"))
@@ -454,6 +488,17 @@ mod tests {
     }
 
     #[test]
+    fn the_memory_cgroup_of_a_process() {
+        let v1 = "12:pids:/\n4:memory:/mmt-demo\n7:cpu,cpuacct:/\n0::/user.slice\n";
+        assert_eq!(memory_cgroup_of(v1).as_deref(), Some("/mmt-demo"));
+        assert_eq!(
+            memory_cgroup_of("0::/system.slice/x.service\n").as_deref(),
+            Some("/system.slice/x.service")
+        );
+        assert_eq!(memory_cgroup_of(""), None);
+    }
+
+    #[test]
     fn memory_state_v1_and_v2() {
         let d = tempfile::tempdir().unwrap();
         let v1 = d.path().join("v1");
@@ -480,6 +525,19 @@ mod tests {
         );
         assert_eq!((m.shmem_bytes, m.dirty_bytes, m.refault_file), (5, 7, 9));
         assert_eq!(m.psi_scope, Some("system"));
+        assert_eq!(
+            (m.oom_kills, m.limit_hits),
+            (None, None),
+            "unreadable is null"
+        );
+        std::fs::write(
+            cg.path.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        std::fs::write(cg.path.join("memory.failcnt"), "17\n").unwrap();
+        let m = memory_state(&cg, &psi).unwrap();
+        assert_eq!((m.oom_kills, m.limit_hits), (Some(2), Some(17)));
 
         let v2 = d.path().join("v2");
         std::fs::create_dir_all(&v2).unwrap();
@@ -512,5 +570,12 @@ mod tests {
             (20, 10, 3, 4)
         );
         assert_eq!(m.psi_scope, Some("cgroup"));
+        std::fs::write(
+            cg.path.join("memory.events"),
+            "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n",
+        )
+        .unwrap();
+        let m = memory_state(&cg, &psi).unwrap();
+        assert_eq!((m.oom_kills, m.limit_hits), (Some(1), Some(5)));
     }
 }

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod devnum;
 pub mod kernel;
 pub mod model;
+pub mod names;
 pub mod output;
 pub mod preflight;
 pub mod procfs;

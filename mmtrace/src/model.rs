@@ -45,9 +45,50 @@ pub struct ProcState {
     pub alive: bool,
     pub maps: Vec<MapEntry>,
     pub status: Option<ProcStatus>,
-    /// (RssFile, RssAnon) KiB at the first look, and the componentwise peak.
-    pub first_rss: Option<(u64, u64)>,
-    pub peak_rss: Option<(u64, u64)>,
+    /// (RssFile, RssAnon, RssShmem) KiB at the first look, the
+    /// componentwise peak and the last look (sampled every 200 ms).
+    pub first_rss: Option<Rss>,
+    pub peak_rss: Option<Rss>,
+    pub last_rss: Option<Rss>,
+}
+
+/// Resident memory of a process, KiB (`/proc/<pid>/status`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rss {
+    pub file_kib: u64,
+    pub anon_kib: u64,
+    pub shmem_kib: u64,
+}
+
+impl Rss {
+    fn max(self, o: Self) -> Self {
+        Self {
+            file_kib: self.file_kib.max(o.file_kib),
+            anon_kib: self.anon_kib.max(o.anon_kib),
+            shmem_kib: self.shmem_kib.max(o.shmem_kib),
+        }
+    }
+}
+
+/// The OOM killer ended a process (`oom:mark_victim`): a `"type":"oom_kill"`
+/// record, and evidence for the verdict.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct OomKill {
+    pub pid: u32,
+    pub comm: String,
+    /// The victim's memory at the kill, bytes.
+    pub anon_rss_bytes: u64,
+    pub file_rss_bytes: u64,
+    pub shmem_rss_bytes: u64,
+    pub total_vm_bytes: u64,
+    pub oom_score_adj: i32,
+    /// The victim was traced (in scope when it was marked).
+    pub in_scope: bool,
+    /// The victim's memory cgroup (`/proc/<pid>/cgroup`, read when the
+    /// record arrived), null if it was already gone.
+    pub cgroup: Option<String>,
+    /// Seconds since the trace started.
+    pub elapsed_s: f64,
 }
 
 /// Last known path of a file.
@@ -67,6 +108,8 @@ pub struct Ledger {
     /// Evictions are charged to their owner cgroup (`--cgroup` with a
     /// readable owner): report `evicted_owned_pages`.
     pub owner_known: bool,
+    /// OOM kills of traced processes, in order.
+    pub oom_kills: Vec<OomKill>,
 }
 
 impl Ledger {
@@ -77,6 +120,7 @@ impl Ledger {
             paths: HashMap::new(),
             residency: HashMap::new(),
             owner_known: false,
+            oom_kills: Vec::new(),
         }
     }
 
@@ -115,10 +159,14 @@ impl Ledger {
             p.last_stat = Some((s.minflt, s.majflt));
         }
         if let Some(st) = &status {
-            let now = (st.rss_file_kib, st.rss_anon_kib);
+            let now = Rss {
+                file_kib: st.rss_file_kib,
+                anon_kib: st.rss_anon_kib,
+                shmem_kib: st.rss_shmem_kib,
+            };
             p.first_rss.get_or_insert(now);
-            let peak = p.peak_rss.get_or_insert(now);
-            *peak = (peak.0.max(now.0), peak.1.max(now.1));
+            p.peak_rss = Some(p.peak_rss.unwrap_or(now).max(now));
+            p.last_rss = Some(now);
             p.status = status;
         }
         if let Some(maps) = maps {
@@ -200,7 +248,7 @@ impl Ledger {
                 };
                 let comm = match (st, exit) {
                     (Some(s), _) if !s.comm.is_empty() => s.comm.clone(),
-                    (_, Some(e)) => comm_str(&e.comm),
+                    (_, Some(e)) => crate::collect::maps::comm_string(&e.comm),
                     _ => String::new(),
                 };
                 let status = st.and_then(|s| s.status.as_ref()).filter(|_| alive);
@@ -251,6 +299,7 @@ impl Ledger {
             r.pages_added += c.added;
             r.pages_evicted += c.evicted;
             r.refault_pages += c.refaulted;
+            r.readded_pages += c.readded;
             for (name, n) in mmtrace_common::reason::NAMES.iter().zip(c.evicted_by) {
                 *r.evicted_by.entry(name).or_default() += n;
             }
@@ -298,6 +347,11 @@ impl Ledger {
             mappings,
             lost_faults: snap.lost_faults.minor + snap.lost_faults.major,
             errors,
+            reclaimers: snap
+                .reclaimers
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
         }
     }
 
@@ -399,11 +453,6 @@ fn learn(
     }
 }
 
-fn comm_str(c: &[u8; 16]) -> String {
-    let n = c.iter().position(|b| *b == 0).unwrap_or(c.len());
-    String::from_utf8_lossy(&c[..n]).into_owned()
-}
-
 /// One process's line of the report.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ProcessRow {
@@ -453,8 +502,12 @@ pub struct FileRow {
     pub pages_mapped: u64,
     pub pages_added: u64,
     pub pages_evicted: u64,
-    /// Estimate: pages re-added after an eviction seen during this trace.
+    /// Estimate: pages re-added after a reclaim eviction seen during this
+    /// trace (a refault in the kernel's sense).
     pub refault_pages: u64,
+    /// Pages re-added after an invalidation (fadvise, truncate, ...) seen
+    /// during this trace: re-reads, not refaults.
+    pub readded_pages: u64,
     /// `pages_evicted` by reason (every reason present, zeros included).
     pub evicted_by: BTreeMap<&'static str, u64>,
     /// Evicted pages charged to a memcg of the traced cgroup tree (null
@@ -532,6 +585,9 @@ pub struct Report {
     /// Faults of traced processes that found no room in the mapping map.
     pub lost_faults: u64,
     pub errors: Vec<ErrorRow>,
+    /// Pages of files of interest evicted by tasks outside syscalls and
+    /// cgroup/global reclaim, by command name (kdamond.0, khugepaged, ...).
+    pub reclaimers: BTreeMap<String, u64>,
 }
 
 #[cfg(test)]
@@ -737,8 +793,9 @@ mod tests {
                 added: 5000,
                 evicted: 100,
                 refaulted: 50,
-                evicted_by: [60, 0, 0, 0, 40, 0, 0, 0, 0],
+                evicted_by: [60, 0, 0, 0, 40, 0, 0, 0, 0, 0, 0, 0, 0],
                 evicted_owned: 60,
+                readded: 7,
             },
         );
         s.files.insert(
@@ -764,8 +821,13 @@ mod tests {
         );
         let a = &r.files[0];
         assert_eq!(
-            (a.pages_added, a.pages_evicted, a.refault_pages),
-            (5000, 100, 50)
+            (
+                a.pages_added,
+                a.pages_evicted,
+                a.refault_pages,
+                a.readded_pages
+            ),
+            (5000, 100, 50, 7)
         );
         assert_eq!((a.minor_faults, a.major_faults), (10, 1));
         let b = &r.files[1];

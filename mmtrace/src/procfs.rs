@@ -99,9 +99,14 @@ impl MapEntry {
     }
 
     /// Whether the mapping is backed by a file (not anonymous or a special
-    /// `[...]` region).
+    /// `[...]` region). Pseudo-files count: `/memfd:x`, `/dev/zero`,
+    /// `/SYSV…`, `anon_inode:…` have an inode the kernel's events name.
     pub fn is_file(&self) -> bool {
-        self.ino != 0 && self.path.as_deref().is_some_and(|p| p.starts_with('/'))
+        self.ino != 0
+            && self
+                .path
+                .as_deref()
+                .is_some_and(|p| p.starts_with('/') || p.starts_with("anon_inode:"))
     }
 
     /// Length of the mapping in bytes.

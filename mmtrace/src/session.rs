@@ -13,6 +13,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
 use mmtrace_common::{CgroupKey, Notice, ReclaimStats, notice};
+
+use crate::model::OomKill;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -28,6 +30,7 @@ use crate::{
     devnum::Dev,
     kernel::offsets,
     model::Ledger,
+    names::Names,
     output::{
         json::{self, CommandExit, EndReason, JsonSink, Scope},
         table::{self, TableOptions},
@@ -36,7 +39,7 @@ use crate::{
     procfs::{self, ProcError},
     residency,
     target::{self, Exited},
-    verdict::{self, Verdict},
+    verdict::{self, Ending, Evidence, Verdict},
 };
 
 const PROC: &str = "/proc";
@@ -222,6 +225,7 @@ async fn trace(
 
     let ps = page_size();
     let mut ledger = Ledger::new(ps);
+    let mut names = Names::default();
     let proc_root = Path::new(PROC);
     if let Some(w) = &mut watch {
         tracer.set_cgroups(&w.keys())?;
@@ -355,14 +359,15 @@ async fn trace(
             _ = scan.tick() => {}
             guard = notices.readable_mut() => {
                 let mut guard = guard.context("polling the notice ring buffer")?;
-                drain_notices(guard.get_inner_mut(), &mut ledger, proc_root);
+                let kills = drain_notices(guard.get_inner_mut(), &mut ledger, &mut names, proc_root, start);
                 guard.clear_ready();
+                report_oom_kills(&mut out, &kills)?;
                 continue;
             }
             _ = sigint.recv() => break EndReason::Interrupted,
             _ = sigterm.recv() => break EndReason::Interrupted,
         }
-        let snap = refresh(&mut ledger, &mut tracer, proc_root)?;
+        let snap = refresh(&mut ledger, &mut names, &mut tracer, proc_root)?;
         if let Some(w) = &mut watch {
             if w.gone() {
                 eprintln!(
@@ -396,6 +401,7 @@ async fn trace(
         {
             seq += 1;
             next_report = Some(at + i);
+            refresh_names(&mut ledger, &mut names);
             update_residency(&mut ledger, &snap);
             let r = ledger.report(&snap);
             let el = start.elapsed().as_secs_f64();
@@ -433,14 +439,16 @@ async fn trace(
     }
 
     // --- Final report.
-    drain_notices(notices.get_mut(), &mut ledger, proc_root);
+    let kills = drain_notices(notices.get_mut(), &mut ledger, &mut names, proc_root, start);
+    report_oom_kills(&mut out, &kills)?;
     let bpf_stats = cli.bpf_stats.then(|| tracer.program_stats());
     // Detach first: the final read then sees counters that no longer move.
     tracer.detach();
-    let snap = refresh(&mut ledger, &mut tracer, proc_root)?;
+    let snap = refresh(&mut ledger, &mut names, &mut tracer, proc_root)?;
     drop(notices);
     drop(tracer);
     resolve_unknown(&mut ledger, &snap, proc_root);
+    refresh_names(&mut ledger, &mut names);
     update_residency(&mut ledger, &snap);
     let r = ledger.report(&snap);
     let el = start.elapsed().as_secs_f64();
@@ -451,6 +459,7 @@ async fn trace(
             signal: e.signal,
             rusage_minor_faults: e.minflt,
             rusage_major_faults: e.majflt,
+            oom_killed: ledger.oom_kills.iter().any(|k| k.pid == pid),
         }),
         _ => None,
     };
@@ -471,9 +480,12 @@ async fn trace(
             v["cgroup"] = w.to_json(&snap.reclaim, ps);
         }
         v["verdicts"] = serde_json::to_value(&verdicts)?;
+        v["oom_kills"] = serde_json::to_value(&ledger.oom_kills)?;
         j.write(&v)?;
     }
+    let cmd_why = cmd_exit.as_ref().map(CommandExit::describe);
     let why = match end {
+        EndReason::TargetExited if cmd_why.is_some() => cmd_why.as_deref().unwrap_or_default(),
         EndReason::TargetExited => "target exited",
         EndReason::Interrupted => "interrupted",
         EndReason::Duration => "duration reached",
@@ -517,7 +529,12 @@ async fn trace(
 /// Reads the maps, then /proc for every process in scope (new children get
 /// a zero baseline: they were born inside the trace), and registers the
 /// files they map or hold open.
-fn refresh(ledger: &mut Ledger, tracer: &mut Tracer, root: &Path) -> Result<Snapshot> {
+fn refresh(
+    ledger: &mut Ledger,
+    names: &mut Names,
+    tracer: &mut Tracer,
+    root: &Path,
+) -> Result<Snapshot> {
     let snap = tracer.snapshot()?;
     let mut pids: BTreeSet<u32> = snap.scope.keys().copied().collect();
     pids.extend(
@@ -548,6 +565,7 @@ fn refresh(ledger: &mut Ledger, tracer: &mut Tracer, root: &Path) -> Result<Snap
                 let status = procfs::read_status(root, pid).ok();
                 let maps = procfs::read_maps(root, pid).ok();
                 let fds = procfs::read_fd_files(root, pid).unwrap_or_default();
+                take_handles(names, root, pid, maps.as_deref().unwrap_or_default(), &fds);
                 ledger.observe(pid, Some(&stat), status, maps, &fds);
             }
             Err(_) => ledger.mark_gone(pid),
@@ -558,21 +576,89 @@ fn refresh(ledger: &mut Ledger, tracer: &mut Tracer, root: &Path) -> Result<Snap
 }
 
 /// Acts on the kernel's notices: a new file of interest is looked up in the
-/// maps of the process that touched it, while that mapping still exists.
-fn drain_notices(rb: &mut RingBuf<MapData>, ledger: &mut Ledger, root: &Path) {
+/// maps of the process that touched it, while that mapping still exists; an
+/// OOM kill of a traced process is recorded (and returned, to be written).
+fn drain_notices(
+    rb: &mut RingBuf<MapData>,
+    ledger: &mut Ledger,
+    names: &mut Names,
+    root: &Path,
+    start: Instant,
+) -> Vec<OomKill> {
+    let mut kills = Vec::new();
     while let Some(item) = rb.next() {
-        if item.len() < std::mem::size_of::<Notice>() {
+        if item.len() < 4 {
+            continue;
+        }
+        let kind = u32::from_ne_bytes([item[0], item[1], item[2], item[3]]);
+        if kind == notice::OOM_KILL && item.len() >= std::mem::size_of::<mmtrace_common::OomKill>()
+        {
+            // SAFETY: the kernel wrote an OomKill; read_unaligned copes with alignment.
+            let k: mmtrace_common::OomKill =
+                unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if k.in_scope != 0 || ledger.procs.contains_key(&k.pid) {
+                let cg = std::fs::read_to_string(root.join(k.pid.to_string()).join("cgroup"))
+                    .ok()
+                    .and_then(|t| cgroup::memory_cgroup_of(&t));
+                kills.push(oom_kill(&k, cg, start.elapsed().as_secs_f64()));
+            }
+            continue;
+        }
+        if kind != notice::NEW_FILE || item.len() < std::mem::size_of::<Notice>() {
             continue;
         }
         // SAFETY: the kernel wrote a Notice; read_unaligned copes with alignment.
         let n: Notice = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        if n.kind != notice::NEW_FILE || ledger.knows((n.dev, n.ino)) {
+        if ledger.knows((n.dev, n.ino)) {
             continue;
         }
         let maps = procfs::read_maps(root, n.pid).unwrap_or_default();
         let fds = procfs::read_fd_files(root, n.pid).unwrap_or_default();
+        take_handles(names, root, n.pid, &maps, &fds);
         ledger.learn_paths(&maps, &fds);
     }
+    ledger.oom_kills.extend(kills.iter().cloned());
+    kills
+}
+
+/// The userspace form of the kernel's OOM-kill record (kB → bytes).
+fn oom_kill(k: &mmtrace_common::OomKill, cgroup: Option<String>, elapsed_s: f64) -> OomKill {
+    OomKill {
+        pid: k.pid,
+        comm: crate::collect::maps::comm_string(&k.comm),
+        anon_rss_bytes: k.anon_rss_kb * 1024,
+        file_rss_bytes: k.file_rss_kb * 1024,
+        shmem_rss_bytes: k.shmem_rss_kb * 1024,
+        total_vm_bytes: k.total_vm_kb * 1024,
+        oom_score_adj: k.oom_score_adj,
+        in_scope: k.in_scope != 0,
+        cgroup,
+        elapsed_s,
+    }
+}
+
+/// Writes OOM kills as they happen: a JSON record and a line.
+fn report_oom_kills(out: &mut Outputs, kills: &[OomKill]) -> Result<()> {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    for k in kills {
+        if let Some(j) = &mut out.json {
+            j.write(&json::oom_kill(k))?;
+        }
+        out.line(&format!(
+            "mmtrace: the OOM killer ended pid {} ({}) at +{:.1} s: anon {:.0} MiB, file {:.0} MiB, shmem {:.0} MiB at the kill{}",
+            k.pid,
+            k.comm,
+            k.elapsed_s,
+            mib(k.anon_rss_bytes),
+            mib(k.file_rss_bytes),
+            mib(k.shmem_rss_bytes),
+            k.cgroup
+                .as_deref()
+                .map(|c| format!(" (cgroup {c})"))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(())
 }
 
 /// Last resort for files whose path is still unknown (their process was too
@@ -596,6 +682,46 @@ fn resolve_unknown(ledger: &mut Ledger, snap: &Snapshot, root: &Path) {
         let maps = procfs::read_maps(root, pid).unwrap_or_default();
         let fds = procfs::read_fd_files(root, pid).unwrap_or_default();
         ledger.learn_paths(&maps, &fds);
+    }
+}
+
+/// Takes a file handle for every file a process maps or holds open that
+/// has none yet, through its `/proc` link (see `names`).
+fn take_handles(
+    names: &mut Names,
+    root: &Path,
+    pid: u32,
+    maps: &[procfs::MapEntry],
+    fds: &[procfs::OpenFile],
+) {
+    let dir = root.join(pid.to_string());
+    for m in maps.iter().filter(|m| m.is_file()) {
+        let id = (m.dev.to_kernel(), m.ino);
+        if !names.tried(id) {
+            names.learn(
+                id,
+                &dir.join(format!("map_files/{:x}-{:x}", m.start, m.end)),
+            );
+        }
+    }
+    for f in fds {
+        let id = (f.dev.to_kernel(), f.ino);
+        if !names.tried(id) {
+            names.learn(id, &dir.join(format!("fd/{}", f.fd)));
+        }
+    }
+}
+
+/// Every known path becomes the file's name now (after renames), or is
+/// marked deleted.
+fn refresh_names(ledger: &mut Ledger, names: &mut Names) {
+    for (id, info) in ledger.paths.iter_mut() {
+        let now = names.current(*id, info);
+        if now.path.is_empty() {
+            info.deleted = true;
+        } else {
+            *info = now;
+        }
     }
 }
 
@@ -728,6 +854,9 @@ impl CgroupWatch {
                 "direct_episodes": reclaim.direct_episodes,
                 "direct_reclaimed_pages": reclaim.direct_reclaimed,
                 "direct_seconds": reclaim.direct_ns as f64 / 1e9,
+                "proactive_episodes": reclaim.proactive_episodes,
+                "proactive_reclaimed_pages": reclaim.proactive_reclaimed,
+                "proactive_seconds": reclaim.proactive_ns as f64 / 1e9,
             },
             "page_size": page_size,
         })
@@ -785,8 +914,21 @@ fn thread_faults(root: &Path, pid: u32) -> (u64, u64) {
         .fold((0, 0), |a, s| (a.0 + s.minflt, a.1 + s.majflt))
 }
 
+/// How process `pid` ended, from what was seen.
+fn ending_of(ledger: &Ledger, pid: u32, cmd: Option<&CommandExit>) -> Ending {
+    if ledger.oom_kills.iter().any(|k| k.pid == pid) {
+        return Ending::OomKilled;
+    }
+    match cmd.filter(|c| c.pid == pid) {
+        Some(c) if c.signal.is_some() => Ending::Killed,
+        Some(_) => Ending::Exited,
+        None if ledger.procs.get(&pid).is_some_and(|p| p.alive) => Ending::Running,
+        None => Ending::Exited,
+    }
+}
+
 /// The verdicts: the traced cgroup's (when it has memory accounting), then
-/// each target process whose RSS was seen.
+/// each target process whose memory was sampled.
 fn verdicts(
     ledger: &Ledger,
     r: &crate::model::Report,
@@ -795,33 +937,78 @@ fn verdicts(
     page_size: u64,
 ) -> Vec<Verdict> {
     let mut out = Vec::new();
+    let has_limit = watch
+        .and_then(|w| w.start.as_ref())
+        .is_some_and(|s| s.limit_bytes.is_some() || s.high_bytes.is_some());
     if let Some(w) = watch
         && let (Some(s), Some(p), Some(l)) = (&w.start, &w.peak, &w.last)
     {
-        out.push(verdict::for_cgroup(
-            &w.cg.path.display().to_string(),
-            s,
-            p,
-            l,
-            r,
+        let kills: Vec<OomKill> = ledger.oom_kills.clone();
+        let victim_anon = kills.iter().map(|k| k.anon_rss_bytes).max().unwrap_or(0);
+        let anon_growth = (p.anon_bytes as i64 - s.anon_bytes as i64).max(victim_anon as i64);
+        let ending = if !kills.is_empty() {
+            Ending::OomKilled
+        } else if let Some(c) = cmd {
+            ending_of(ledger, c.pid, cmd)
+        } else if ledger.procs.values().any(|p| p.alive) {
+            Ending::Running
+        } else {
+            Ending::Unknown
+        };
+        out.push(verdict::judge(&Evidence {
+            pid: None,
+            cgroup: Some(w.cg.path.display().to_string()),
+            file_growth: p.file_bytes as i64 - s.file_bytes as i64,
+            anon_growth,
+            anon_still_growing: l.anon_bytes + (1 << 20) >= p.anon_bytes
+                && p.anon_bytes > s.anon_bytes,
+            dirty_shmem: l.dirty_bytes + l.shmem_bytes,
+            files: r.files.clone(),
             page_size,
-        ));
+            oom_kills: kills,
+            ending: Some(ending),
+            has_limit,
+            kernel_refault_pages: Some(l.refault_file.saturating_sub(s.refault_file)),
+        }));
     }
     for (pid, p) in ledger.procs.iter().filter(|(_, p)| p.target) {
-        let (Some(first), Some(peak)) = (&p.first_rss, &p.peak_rss) else {
+        let (Some(first), Some(peak), Some(last)) = (p.first_rss, p.peak_rss, p.last_rss) else {
             continue;
         };
-        // Killed (e.g. by the OOM killer) is not "kept running".
-        let killed = cmd.is_some_and(|c| c.pid == *pid && c.signal.is_some());
-        let file = (peak.0 as i64 - first.0 as i64) * 1024;
-        let anon = (peak.1 as i64 - first.1 as i64) * 1024;
-        let under = match watch.and_then(|w| w.start.as_ref()) {
-            Some(s) if s.limit_bytes.is_some() => "under the cgroup's limit",
-            _ => "under memory pressure",
-        };
-        out.push(verdict::for_process(
-            *pid, file, anon, !killed, r, page_size, under,
-        ));
+        let kills: Vec<OomKill> = ledger
+            .oom_kills
+            .iter()
+            .filter(|k| k.pid == *pid)
+            .cloned()
+            .collect();
+        let at_kill = kills
+            .iter()
+            .map(|k| k.anon_rss_bytes / 1024)
+            .max()
+            .unwrap_or(0);
+        let peak_anon = peak.anon_kib.max(at_kill);
+        let files = r
+            .files
+            .iter()
+            .filter(|f| r.mappings.iter().any(|m| m.pid == *pid && m.path == f.path))
+            .cloned()
+            .collect();
+        out.push(verdict::judge(&Evidence {
+            pid: Some(*pid),
+            cgroup: None,
+            file_growth: (peak.file_kib as i64 - first.file_kib as i64) * 1024,
+            anon_growth: (peak_anon as i64 - first.anon_kib as i64) * 1024,
+            anon_still_growing: p.alive
+                && last.anon_kib + 1024 >= peak.anon_kib
+                && peak.anon_kib > first.anon_kib,
+            dirty_shmem: peak.shmem_kib * 1024,
+            files,
+            page_size,
+            oom_kills: kills,
+            ending: Some(ending_of(ledger, *pid, cmd)),
+            has_limit,
+            kernel_refault_pages: None,
+        }));
     }
     out
 }

@@ -14,11 +14,11 @@ use aya::{
     util::{nr_cpus, online_cpus},
 };
 use mmtrace_common::{
-    CacheCounters, CgroupKey, Config, ExitRecord, FaultCounters, FileKey, MappingKey, ReclaimStats,
-    ScopeEntry, VmaCache, errors,
+    CacheCounters, CgroupKey, Comm, Config, ExitRecord, FaultCounters, FileKey, MappingKey,
+    ReclaimStats, ScopeEntry, VmaCache, errors,
 };
 
-use super::maps::{Snapshot, merge_exit, sum_cache, sum_faults};
+use super::maps::{Snapshot, comm_string, merge_exit, sum_cache, sum_faults};
 use crate::kernel::offsets::{Features, TRACEPOINTS};
 
 /// The eBPF object built by build.rs.
@@ -107,6 +107,7 @@ const TP_PROGRAMS: &[(&str, &str, &str)] = &[
         "mm_vmscan_direct_reclaim_end",
     ),
     ("cgroup_attach_task", "cgroup", "cgroup_attach_task"),
+    ("oom_mark_victim", "oom", "mark_victim"),
 ];
 
 /// Raw tracepoint programs (program = tracepoint name), attached when the
@@ -162,6 +163,12 @@ impl Tracer {
 
     fn attach(&mut self, features: &Features) -> Result<()> {
         for (prog, cat, tp) in TP_PROGRAMS {
+            if *prog == "oom_mark_victim" && !features.oom_kills {
+                log::warn!(
+                    "oom:mark_victim is missing or has another layout: OOM kills are seen only in the cgroup's counters"
+                );
+                continue;
+            }
             let required = TRACEPOINTS
                 .iter()
                 .any(|(c, e, req)| c == cat && e == tp && *req);
@@ -362,6 +369,12 @@ impl Tracer {
             PerCpuArray::try_from(self.map("RECLAIM_STATS")?)?;
         for v in m.get(&0, 0)?.iter() {
             s.reclaim.add(v);
+        }
+        let m: PerCpuHashMap<&MapData, Comm, u64> =
+            PerCpuHashMap::try_from(self.map("RECLAIMERS")?)?;
+        for r in m.iter() {
+            let (k, v) = r.context("reading RECLAIMERS")?;
+            s.reclaimers.insert(comm_string(&k), v.iter().sum());
         }
         let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map("ERRORS")?)?;
         for i in 0..errors::COUNT {

@@ -21,8 +21,17 @@ pub struct Snapshot {
     pub scope: BTreeMap<u32, ScopeEntry>,
     /// Reclaim episodes of traced tasks.
     pub reclaim: ReclaimStats,
+    /// Pages of files of interest evicted by tasks outside syscalls and
+    /// cgroup/global reclaim, by command name (kdamond.0, khugepaged, ...).
+    pub reclaimers: BTreeMap<String, u64>,
     /// Error counters, indexed by `mmtrace_common::errors`.
     pub errors: [u64; errors::COUNT as usize],
+}
+
+/// A kernel `comm` (NUL-padded) as text.
+pub fn comm_string(c: &[u8; 16]) -> String {
+    let n = c.iter().position(|b| *b == 0).unwrap_or(c.len());
+    String::from_utf8_lossy(&c[..n]).into_owned()
 }
 
 /// Merges the per-CPU copies of one exit record.
@@ -67,6 +76,8 @@ pub fn error_name(index: u32) -> &'static str {
         errors::FIND_VMA_FAILED => "vma_lookup_failed",
         errors::EXIT_FULL => "exit_map_full",
         errors::READ_FAILED => "kernel_read_failed",
+        errors::NOTICE_DROPPED => "notice_dropped",
+        errors::RECLAIMER_FULL => "reclaimer_map_full",
         _ => "other",
     }
 }
@@ -86,6 +97,10 @@ pub fn error_advice(index: u32) -> &'static str {
         }
         errors::EXIT_FULL => "kernel fault counts of some exited processes were lost",
         errors::READ_FAILED => "some kernel reads failed: attribution may be incomplete",
+        errors::NOTICE_DROPPED => {
+            "the notice ring buffer overflowed: some paths or OOM-kill records were lost"
+        }
+        errors::RECLAIMER_FULL => "some evictions were not counted by reclaimer command name",
         _ => "",
     }
 }
@@ -121,7 +136,7 @@ mod tests {
 
     #[test]
     fn every_error_has_a_name_and_advice() {
-        for i in 0..6 {
+        for i in 0..errors::COUNT {
             assert_ne!(error_name(i), "other");
             assert!(!error_advice(i).is_empty());
         }

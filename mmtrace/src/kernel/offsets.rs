@@ -34,6 +34,57 @@ pub struct Features {
     pub eviction_syscalls: bool,
     /// The owner memcg of an evicted page can be read (vmemmap, BTF).
     pub eviction_owner: bool,
+    /// `oom:mark_victim` exists: OOM kills are reported with the victim's
+    /// memory at the kill.
+    pub oom_kills: bool,
+    /// The kernel functions behind cgroup-file reclaim were found in
+    /// /proc/kallsyms: proactive reclaim is told apart from limit reclaim.
+    pub proactive_reclaim: bool,
+}
+
+/// Kernel functions that run memcg reclaim because a cgroup file was
+/// written, not because an allocation needed memory (Linux 6.18):
+/// memory.reclaim (`user_proactive_reclaim`, `memory_reclaim`), v1
+/// memory.force_empty, and lowered limits (v1 `mem_cgroup_resize_max`, v2
+/// `memory_max_write` / `memory_high_write`).
+pub const PROACTIVE_FUNCTIONS: &[&str] = &[
+    "user_proactive_reclaim",
+    "memory_reclaim",
+    "mem_cgroup_force_empty_write",
+    "mem_cgroup_force_empty",
+    "mem_cgroup_resize_max",
+    "memory_max_write",
+    "memory_high_write",
+];
+
+/// `[start, end)` of each of `names` found in `kallsyms` (end: the next
+/// symbol's address), in the order found; at most `max`. Addresses of 0
+/// (kptr_restrict) give nothing.
+pub fn text_ranges(kallsyms: &str, names: &[&str], max: usize) -> Vec<[u64; 2]> {
+    let mut addrs: Vec<u64> = Vec::new();
+    let mut starts: Vec<u64> = Vec::new();
+    for l in kallsyms.lines() {
+        let mut it = l.split_whitespace();
+        let (Some(a), Some(t), Some(name)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        let Ok(a) = u64::from_str_radix(a, 16) else {
+            continue;
+        };
+        addrs.push(a);
+        if a != 0 && matches!(t, "t" | "T") && names.contains(&name) && !starts.contains(&a) {
+            starts.push(a);
+        }
+    }
+    addrs.sort_unstable();
+    starts
+        .into_iter()
+        .filter_map(|a| {
+            let i = addrs.partition_point(|x| *x <= a);
+            addrs.get(i).map(|end| [a, *end])
+        })
+        .take(max)
+        .collect()
 }
 
 /// Eviction reason per x86_64 syscall number: what a task was doing when a
@@ -107,6 +158,7 @@ pub const TRACEPOINTS: &[(&str, &str, bool)] = &[
     ("vmscan", "mm_vmscan_direct_reclaim_begin", true),
     ("vmscan", "mm_vmscan_direct_reclaim_end", true),
     ("cgroup", "cgroup_attach_task", true),
+    ("oom", "mark_victim", false),
     ("exceptions", "page_fault_user", false),
     ("exceptions", "page_fault_kernel", false),
 ];
@@ -233,10 +285,21 @@ pub fn compute(
         c.root_hierarchy_id = btf.member_offset("cgroup_root", "hierarchy_id")?;
         Ok(())
     })();
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
     let (addr, base) = vmemmap(
-        &std::fs::read_to_string("/proc/kallsyms").unwrap_or_default(),
+        &kallsyms,
         &std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default(),
     );
+    let ranges = text_ranges(
+        &kallsyms,
+        PROACTIVE_FUNCTIONS,
+        mmtrace_common::PROACTIVE_RANGES,
+    );
+    feat.proactive_reclaim = !ranges.is_empty();
+    for (slot, r) in c.proactive_text.iter_mut().zip(ranges) {
+        *slot = r;
+    }
+    oom_offsets(&mut c, &mut feat, tracefs_root);
     (c.vmemmap_base_addr, c.vmemmap_base) = (addr, base);
     feat.eviction_owner = owner.is_ok() && (addr != 0 || base != 0);
     if !feat.eviction_owner {
@@ -245,9 +308,63 @@ pub fn compute(
     Ok((c, feat))
 }
 
+/// `oom:mark_victim` field offsets; without the tracepoint (or with another
+/// layout) OOM kills are seen only through the cgroup's counters.
+fn oom_offsets(c: &mut Config, feat: &mut Features, tracefs_root: &Path) {
+    c.tp_oom_pid = Config::ABSENT;
+    let Ok(f) = tracefs::read_format(tracefs_root, "oom", "mark_victim") else {
+        return;
+    };
+    let all = (|| -> Result<(), TracefsError> {
+        c.tp_oom_pid = off(&f, "pid", &[4])?;
+        c.tp_oom_comm = off(&f, "comm", &[4])?;
+        c.tp_oom_total_vm = off(&f, "total_vm", &[8])?;
+        c.tp_oom_anon = off(&f, "anon_rss", &[8])?;
+        c.tp_oom_file = off(&f, "file_rss", &[8])?;
+        c.tp_oom_shmem = off(&f, "shmem_rss", &[8])?;
+        c.tp_oom_score_adj = off(&f, "oom_score_adj", &[2])?;
+        Ok(())
+    })();
+    feat.oom_kills = all.is_ok() && f.field("comm").is_ok_and(|x| x.is_data_loc());
+    if !feat.oom_kills {
+        c.tp_oom_pid = Config::ABSENT;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_ranges_end_at_the_next_symbol() {
+        let k = "ffffffff81000000 T _stext
+                 ffffffff816a8480 t memory_reclaim
+                 ffffffff816a8400 t before
+                 ffffffff816a8600 t after
+                 ffffffff816a6160 t mem_cgroup_resize_max
+                 ffffffff816a6300 t mem_cgroup_write
+                 ffffffff82000000 D memory_high_write
+";
+        let r = text_ranges(k, PROACTIVE_FUNCTIONS, 8);
+        assert_eq!(
+            r,
+            [
+                [0xffff_ffff_816a_8480, 0xffff_ffff_816a_8600],
+                [0xffff_ffff_816a_6160, 0xffff_ffff_816a_6300]
+            ],
+            "data symbols are not functions"
+        );
+        assert!(
+            text_ranges(
+                &k.replace("ffffffff816a", "000000000000"),
+                &["memory_reclaim"],
+                8
+            )
+            .is_empty(),
+            "hidden addresses (kptr_restrict) give no range"
+        );
+        assert_eq!(text_ranges(k, PROACTIVE_FUNCTIONS, 1).len(), 1);
+    }
 
     #[test]
     fn vmemmap_from_kallsyms_or_the_fixed_base() {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::{kernel::offsets::Features, model::Report};
 
 /// Bumped when a field changes meaning or goes away (additions do not bump).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// What was traced, for the meta record.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -40,6 +40,29 @@ pub struct CommandExit {
     /// From wait4(2): the command plus the descendants it waited for.
     pub rusage_minor_faults: u64,
     pub rusage_major_faults: u64,
+    /// The OOM killer ended it (an `oom_kill` record names it).
+    pub oom_killed: bool,
+}
+
+impl CommandExit {
+    /// How the command ended, for the final report's title.
+    pub fn describe(&self) -> String {
+        match (self.exit_code, self.signal) {
+            (_, Some(9)) if self.oom_killed => {
+                "command killed by the OOM killer (SIGKILL, status 137)".into()
+            }
+            (_, Some(sig)) => format!("command killed by signal {sig} (status {})", 128 + sig),
+            (Some(code), None) => format!("command exited with status {code}"),
+            (None, None) => "command exited".into(),
+        }
+    }
+}
+
+/// An OOM kill record (`"type":"oom_kill"`), written as it happens.
+pub fn oom_kill(k: &crate::model::OomKill) -> Value {
+    let mut v = serde_json::to_value(k).unwrap_or(Value::Null);
+    v["type"] = "oom_kill".into();
+    v
 }
 
 pub fn meta(
@@ -92,6 +115,7 @@ pub fn summary(
         "mappings": r.mappings,
         "lost_faults": r.lost_faults,
         "errors": r.errors,
+        "reclaimers": r.reclaimers,
         "command": command,
     })
 }

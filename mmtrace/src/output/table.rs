@@ -10,7 +10,7 @@ const LEGEND: &[&str] = &[
     "MINFLT/MAJFLT: faults traced. KERNEL: the kernel's own count (/proc/<pid>/stat, or the task",
     "counters at exit). UNTRACED: kernel - traced (GUP faults: O_DIRECT, pinning, execve's argv).",
     "MAPPED: pages mapped by those faults, fault-around included. ADDED/EVICTED: page-cache pages.",
-    "REFLT~: pages re-added after an eviction seen by this trace (estimate). RES: resident now.",
+    "REFLT~: pages re-added after a reclaim this trace saw (refaults; estimate). RES: resident now.",
 ];
 
 /// What the table needs besides the report.
@@ -190,9 +190,24 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
             if let Some(owned) = f.evicted_owned_pages {
                 reasons.push(format!("owner {}", count(owned)));
             }
+            if f.readded_pages > 0 {
+                reasons.push(format!(
+                    "re-read after invalidation {}",
+                    count(f.readded_pages)
+                ));
+            }
             let line = format!("  {}: {}", fit_path(&f.path, 30), reasons.join(", "));
             let _ = writeln!(s, "{}", fit_path_end(&line, WIDTH));
         }
+    }
+    if !r.reclaimers.is_empty() {
+        let who: Vec<String> = r
+            .reclaimers
+            .iter()
+            .map(|(c, n)| format!("{c} {}", count(*n)))
+            .collect();
+        let line = format!("RECLAIMERS (pages, by command): {}", who.join(", "));
+        let _ = writeln!(s, "{}", fit_path_end(&line, WIDTH));
     }
     if o.mappings && !r.mappings.is_empty() {
         let _ = writeln!(s);
@@ -335,6 +350,7 @@ mod tests {
             }],
             lost_faults: 7,
             errors: vec![],
+            ..Report::default()
         }
     }
 

@@ -2,9 +2,10 @@
 #![allow(dead_code, reason = "each test binary uses its own subset")]
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Output},
     sync::{Mutex, MutexGuard},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -62,4 +63,38 @@ pub fn ok(out: &Output) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A memory cgroup removed (with anything left in it) when dropped.
+pub struct TestCgroup(pub PathBuf);
+
+impl TestCgroup {
+    pub fn new(tag: &str, limit: u64) -> Self {
+        let name = format!("mmtrace-test-{tag}-{}", std::process::id());
+        Self(mmtrace::demo::create_cgroup(&name, limit).expect("creating a memory cgroup"))
+    }
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            for p in std::fs::read_to_string(self.0.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+            {
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(p.trim().parse().unwrap_or(0), libc::SIGKILL) };
+            }
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
