@@ -356,7 +356,7 @@ mod tests {
         );
         assert!(
             text_ranges(
-                &k.replace("ffffffff816a", "000000000000"),
+                "0000000000000000 t memory_reclaim\n0000000000000000 t after\n",
                 &["memory_reclaim"],
                 8
             )
