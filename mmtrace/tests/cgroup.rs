@@ -133,12 +133,11 @@ fn fadvise_and_truncate_evictions_get_their_reasons() {
     let m = env!("CARGO_BIN_EXE_mmtrace");
     let (a, b) = (dir.path().join("a.bin"), dir.path().join("b.bin"));
     for p in [&a, &b] {
-        let out = mmtrace()
-            .args(["workload", "make-file", "--size", "8M", "--path"])
-            .arg(p)
-            .output()
-            .unwrap();
-        ok(&out);
+        make_file(
+            dir.path(),
+            p.file_name().unwrap().to_str().unwrap(),
+            8 << 20,
+        );
     }
     let rep = dir.path().join("r.json");
     // b leaves the cache first, so cat's reading adds it back (making it a

@@ -3,7 +3,7 @@
 //! root (`cargo xtask test` runs them under sudo when needed) and are
 //! serialised: page-cache experiments must not overlap.
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output, Stdio},
     time::Duration,
 };
@@ -20,26 +20,6 @@ fn workload(args: &[&str]) -> Vec<String> {
     ];
     v.extend(args.iter().map(|s| s.to_string()));
     v
-}
-
-fn make_file(dir: &Path, name: &str, bytes: u64) -> PathBuf {
-    let p = dir.join(name);
-    let out = mmtrace()
-        .args(["workload", "make-file", "--path"])
-        .arg(&p)
-        .args(["--size", &bytes.to_string()])
-        .output()
-        .unwrap();
-    ok(&out);
-    p
-}
-
-fn drop_cache(p: &Path) {
-    let f = std::fs::File::open(p).unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY: valid fd.
-    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(r, 0);
 }
 
 fn read_all(p: &Path) {

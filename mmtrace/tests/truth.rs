@@ -28,16 +28,6 @@ fn python() -> &'static str {
     }
 }
 
-fn drop_cache(path: &Path) {
-    let f = std::fs::File::open(path).unwrap();
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: plain syscalls on an open fd.
-    unsafe {
-        libc::fdatasync(f.as_raw_fd());
-        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-    }
-}
-
 fn file_row<'a>(s: &'a Value, suffix: &str) -> &'a Value {
     s["files"]
         .as_array()
@@ -133,13 +123,7 @@ fn proactive_reclaim_is_labelled_and_not_called_pressure() {
     require_root();
     let _g = lock();
     let dir = scratch();
-    let data = dir.path().join("warm.dat");
-    let out = mmtrace()
-        .args(["workload", "make-file", "--size", "64M", "--path"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    ok(&out);
+    let data = make_file(dir.path(), "warm.dat", 64 << 20);
     drop_cache(&data);
     let cg = TestCgroup::new("proactive", 4 << 30);
     let out_path = dir.path().join("t.jsonl");
@@ -198,13 +182,7 @@ fn evictions_before_the_first_fault_count_and_rereads_are_not_refaults() {
     require_root();
     let _g = lock();
     let dir = scratch();
-    let data = dir.path().join("fa.dat");
-    let out = mmtrace()
-        .args(["workload", "make-file", "--size", "128M", "--path"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    ok(&out);
+    let data = make_file(dir.path(), "fa.dat", 128 << 20);
     for random in [false, true] {
         let out_path = dir.path().join(format!("fa-{random}.jsonl"));
         let mut cmd = mmtrace();
@@ -254,13 +232,7 @@ fn refaults_match_the_kernels_workingset_counter() {
     require_root();
     let _g = lock();
     let dir = scratch();
-    let data = dir.path().join("re.dat");
-    let out = mmtrace()
-        .args(["workload", "make-file", "--size", "256M", "--path"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    ok(&out);
+    let data = make_file(dir.path(), "re.dat", 256 << 20);
     drop_cache(&data);
     let cg = TestCgroup::new("refault", 64 << 20);
     let out_path = dir.path().join("t.jsonl");

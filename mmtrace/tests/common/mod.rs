@@ -98,3 +98,28 @@ impl Drop for TestCgroup {
         }
     }
 }
+
+/// Writes a file of `bytes` non-zero bytes with `mmtrace workload make-file`.
+pub fn make_file(dir: &Path, name: &str, bytes: u64) -> PathBuf {
+    let p = dir.join(name);
+    let out = mmtrace()
+        .args(["workload", "make-file", "--path"])
+        .arg(&p)
+        .args(["--size", &bytes.to_string()])
+        .output()
+        .unwrap();
+    ok(&out);
+    p
+}
+
+/// Writes back and evicts a file's pages (fdatasync + POSIX_FADV_DONTNEED).
+pub fn drop_cache(p: &Path) {
+    let f = std::fs::File::open(p).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscalls on a valid fd.
+    let r = unsafe {
+        libc::fdatasync(f.as_raw_fd());
+        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED)
+    };
+    assert_eq!(r, 0);
+}
