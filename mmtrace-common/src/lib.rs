@@ -356,7 +356,9 @@ pub struct Config {
     pub tp_oom_file: u32,
     pub tp_oom_shmem: u32,
     pub tp_oom_score_adj: u32,
-    pub _pad_oom: u32,
+    /// Non-zero for `--all`: every process but mmtrace is in scope, without
+    /// `SCOPE` entries (children are not added, nothing fills up).
+    pub scope_all: u32,
     /// Kernel text ranges `[start, end)` of the functions that run memcg
     /// reclaim for a write to a cgroup file (memory.reclaim, force_empty, a
     /// lowered limit): a reclaim whose kernel stack passes through one is

@@ -35,7 +35,7 @@ pub enum CgroupError {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Version {
     V1,
@@ -109,7 +109,7 @@ pub fn hierarchy_id(proc_self_cgroup: &str, controller: Option<&str>) -> u32 {
 }
 
 /// A resolved `--cgroup` target.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Cgroup {
     pub path: PathBuf,
     pub version: Version,
@@ -214,7 +214,7 @@ pub fn procs(dirs: &[(PathBuf, u64)]) -> Vec<u32> {
 }
 
 /// Pressure stall information (the `some`/`full` lines of a `*.pressure` file).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Psi {
     pub some_avg10: f64,
     pub some_total_us: u64,
@@ -267,7 +267,7 @@ pub fn memory_cgroup_of(proc_pid_cgroup: &str) -> Option<String> {
 
 /// A cgroup's memory state at one moment, in bytes, normalised across v1
 /// and v2 (v1 uses the hierarchical `total_*` counters).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct MemoryState {
     pub usage_bytes: u64,
     /// The hard limit (v1 `memory.limit_in_bytes`, v2 `memory.max`); null if unlimited.

@@ -1,7 +1,7 @@
 //! Command-line interface.
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Which file's pages were faulted in, evicted, and keep coming back: per-file
 /// page-fault and page-cache tracing on eBPF.
@@ -14,20 +14,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "mmtrace", version, verbatim_doc_comment)]
 pub struct Cli {
-    /// Trace this process (all its threads); repeat for several.
-    #[arg(short, long = "pid", value_name = "PID")]
-    pub pids: Vec<u32>,
-
-    /// Trace every process of this cgroup and its descendants, including
-    /// processes that enter later: a cgroup v2 path, a v1 memory-controller
-    /// path, or a name in the memory hierarchy. With `-- COMMAND`, the
-    /// command runs inside it.
-    #[arg(short, long, value_name = "PATH")]
-    pub cgroup: Option<String>,
-
-    /// Do not follow children forked after the trace starts.
-    #[arg(long)]
-    pub no_children: bool,
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     /// Stop after this many seconds.
     #[arg(short, long, global = true, value_name = "SECS", value_parser = positive_secs)]
@@ -79,20 +67,80 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
-    /// The command to start and trace (after `--`).
-    #[arg(last = true, value_name = "COMMAND")]
-    pub command: Vec<String>,
+    /// Stream single events as `"type":"event"` JSON records: a comma list
+    /// of faults, minor, major, adds, evictions, oom, all. Aggregation stays
+    /// in the kernel; events go through a ring buffer whose drops are
+    /// counted in every interval record.
+    #[arg(long, global = true, value_name = "KINDS", value_delimiter = ',')]
+    pub events: Vec<String>,
+
+    /// With --events: stream one event in N (per CPU) on busy hosts.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub sample: Option<u32>,
+
+    /// Bytes of the raw event ring buffer (a power of two, at least one
+    /// page) [default: 4 MiB].
+    #[arg(long, global = true, value_name = "BYTES", value_parser = crate::datafile::parse_u32_size)]
+    pub events_buffer: Option<u32>,
 
     #[command(subcommand)]
     pub sub: Option<Sub>,
 }
 
+/// What to trace; `mmtrace` and `mmtrace top` take the same.
+#[derive(Args, Debug, Clone, Default, PartialEq)]
+pub struct TargetArgs {
+    /// Trace this process (all its threads); repeat for several.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Trace every process of this cgroup and its descendants, including
+    /// processes that enter later: a cgroup v2 path, a v1 memory-controller
+    /// path, or a name in the memory hierarchy. With `-- COMMAND`, the
+    /// command runs inside it.
+    #[arg(short, long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+
+    /// Trace every process on the host (as `perf -a`), aggregated per
+    /// cgroup, per process and per file.
+    #[arg(short = 'a', long)]
+    pub all: bool,
+
+    /// Do not follow children forked after the trace starts.
+    #[arg(long)]
+    pub no_children: bool,
+
+    /// The command to start and trace (after `--`).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
 #[derive(Subcommand, Debug, Clone)]
 pub enum Sub {
+    /// A live full-screen view, like top: the per-file table updating every
+    /// second (sort with the column keys), processes, the cgroup's usage
+    /// against its limit, the verdict. `q` quits and prints the final
+    /// report. Without a target: the demo.
+    Top(TargetArgs),
+    /// Print the JSON Schema of the record stream (`--json`).
+    Schema,
+    /// Print the man page (roff) on stdout.
+    #[command(hide = true)]
+    Man,
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run one of mmtrace's own deterministic workloads (used by tests and
     /// benchmarks).
+    /// (Its arguments are parsed by the binary's own workload module: the
+    /// workloads are not part of the library.)
     #[command(hide = true)]
-    Workload(crate::workload::WorkloadArgs),
+    Workload {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
     /// The built-in demo: a file read through mmap inside a memory-limited
     /// cgroup, traced with the live table, then the verdict. What `mmtrace`
     /// runs when no target is given.
@@ -121,6 +169,22 @@ impl Cli {
     pub fn wants_json(&self) -> bool {
         self.json || self.output.is_some()
     }
+
+    /// The man page (roff), from the same definitions as `--help`.
+    pub fn man_page() -> std::io::Result<Vec<u8>> {
+        use clap::CommandFactory as _;
+        let mut out = Vec::new();
+        clap_mangen::Man::new(Self::command()).render(&mut out)?;
+        Ok(out)
+    }
+
+    /// Shell completions for `shell`.
+    pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+        use clap::CommandFactory as _;
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut Self::command(), "mmtrace", &mut out);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -145,18 +209,18 @@ mod tests {
             "10",
         ])
         .unwrap();
-        assert_eq!(c.pids, [42, 43]);
-        assert!(c.no_children);
+        assert_eq!(c.target.pids, [42, 43]);
+        assert!(c.target.no_children);
         assert_eq!(c.interval, Some(0.5));
         assert_eq!(c.duration, Some(10.0));
-        assert!(c.command.is_empty());
+        assert!(c.target.command.is_empty());
     }
 
     #[test]
     fn command_after_double_dash_keeps_its_own_flags() {
         let c = parse(&["--json", "--", "python", "-c", "print(1)", "--pid", "3"]).unwrap();
-        assert_eq!(c.command, ["python", "-c", "print(1)", "--pid", "3"]);
-        assert!(c.pids.is_empty());
+        assert_eq!(c.target.command, ["python", "-c", "print(1)", "--pid", "3"]);
+        assert!(c.target.pids.is_empty());
         assert!(c.wants_json());
     }
 
@@ -201,14 +265,49 @@ mod tests {
         assert!(
             parse(&["--cgroup", "app", "--", "true"])
                 .unwrap()
+                .target
                 .cgroup
                 .is_some()
         );
     }
 
     #[test]
+    fn all_events_and_the_top_view() {
+        let c = parse(&["-a", "--events", "faults,evictions", "--sample", "10"]).unwrap();
+        assert!(c.target.all);
+        assert_eq!(c.events, ["faults", "evictions"]);
+        assert_eq!(c.sample, Some(10));
+        assert!(parse(&["--sample", "0"]).is_err());
+        let c = parse(&["top", "--cgroup", "app", "-i", "2"]).unwrap();
+        let Some(Sub::Top(t)) = &c.sub else {
+            panic!("not top")
+        };
+        assert_eq!(t.cgroup.as_deref(), Some("app"));
+        assert_eq!(c.interval, Some(2.0));
+        let c = parse(&["top", "--", "sleep", "1"]).unwrap();
+        assert!(matches!(&c.sub, Some(Sub::Top(t)) if t.command == ["sleep", "1"]));
+        assert!(parse(&["--events-buffer", "8M"]).unwrap().events_buffer == Some(8 << 20));
+    }
+
+    #[test]
+    fn man_page_and_completions_are_generated() {
+        let man = String::from_utf8(Cli::man_page().unwrap()).unwrap();
+        assert!(
+            man.contains(".TH mmtrace"),
+            "{}",
+            &man[..200.min(man.len())]
+        );
+        assert!(man.contains("\\-\\-cgroup") || man.contains("cgroup"));
+        let bash = String::from_utf8(Cli::completions(clap_complete::Shell::Bash)).unwrap();
+        assert!(bash.contains("--cgroup") && bash.contains("--all"));
+    }
+
+    #[test]
     fn hidden_workload_subcommand() {
         let c = parse(&["workload", "anon", "--pages", "10"]).unwrap();
-        assert!(matches!(c.sub, Some(Sub::Workload(_))));
+        let Some(Sub::Workload { args }) = c.sub else {
+            panic!("not workload")
+        };
+        assert_eq!(args, ["anon", "--pages", "10"]);
     }
 }

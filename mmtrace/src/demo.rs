@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{cgroup, cli::Cli, preflight, session, workload::parse_size};
+use crate::{cgroup, datafile::parse_size, preflight, session, spec::TraceSpec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -134,7 +134,7 @@ pub fn create_cgroup(name: &str, limit: u64) -> Result<PathBuf> {
 }
 
 /// Runs the demo; returns mmtrace's exit status.
-pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<i32> {
+pub async fn run(mut spec: TraceSpec, args: &DemoArgs) -> Result<i32> {
     preflight::check_privileges()?;
     if args.limit >= args.size {
         eprintln!(
@@ -162,7 +162,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<i32> {
         dir.display()
     );
     let (d, size) = (dir.clone(), args.size);
-    let make = tokio::task::spawn_blocking(move || crate::workload::demo_file(&d, size));
+    let make = tokio::task::spawn_blocking(move || crate::datafile::demo_file(&d, size));
     let file = tokio::select! {
         r = make => r.context("the file writer panicked")??,
         _ = sigint.recv() => {
@@ -184,11 +184,10 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<i32> {
     );
 
     let exe = std::env::current_exe().context("locating the mmtrace binary")?;
-    let mut run = cli.clone();
-    run.sub = None;
-    run.pids.clear();
-    run.cgroup = Some(cg.display().to_string());
-    run.command = vec![
+    spec.pids.clear();
+    spec.all = false;
+    spec.cgroup = Some(cg.display().to_string());
+    spec.command = vec![
         exe.display().to_string(),
         "workload".into(),
         match args.mode {
@@ -205,10 +204,10 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<i32> {
         }
         .to_string(),
     ];
-    if run.interval.is_none() {
-        run.interval = Some(1.0);
+    if spec.interval.is_none() {
+        spec.interval = Some(1.0);
     }
-    let code = session::run(&run).await;
+    let code = session::run(&spec).await;
     drop(cleanup);
     code
 }

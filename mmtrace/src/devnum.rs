@@ -84,6 +84,21 @@ impl serde::Serialize for Dev {
     }
 }
 
+/// In JSON a device number is the string `major:minor`.
+impl schemars::JsonSchema for Dev {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Dev".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9]+:[0-9]+$",
+            "description": "Device number `major:minor`, as in /proc/<pid>/maps."
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@
 pub mod cgroup;
 pub mod cli;
 pub mod collect;
+pub mod datafile;
 pub mod demo;
 pub mod devnum;
 pub mod kernel;
@@ -16,8 +17,9 @@ pub mod names;
 pub mod output;
 pub mod preflight;
 pub mod procfs;
+pub mod record;
 pub mod residency;
 pub mod session;
+pub mod spec;
 pub mod target;
 pub mod verdict;
-pub mod workload;

@@ -1,10 +1,18 @@
-//! mmtrace's entry point: parse the command line, run, map errors to one
-//! clear line on stderr and a non-zero status.
+//! mmtrace's entry point: parse the command line into a trace spec, run it
+//! (or the demo, or print the schema / man page / completions), map errors
+//! to one clear line on stderr and a non-zero status.
+use std::io::Write as _;
+
 use clap::Parser as _;
 use mmtrace::{
     cli::{Cli, Sub},
     demo::DemoArgs,
+    spec::{TraceSpec, View},
 };
+
+/// The deterministic workloads the tests, benchmarks and demo run (the
+/// hidden `mmtrace workload` subcommand); not part of the library.
+mod workload;
 
 fn main() {
     let cli = Cli::parse();
@@ -16,41 +24,60 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp(None)
         .init();
-    if let Some(Sub::Workload(args)) = &cli.sub {
-        let code = match mmtrace::workload::run(args) {
-            Ok(_) => 0,
-            Err(e) => {
-                eprintln!("mmtrace workload: {e:#}");
-                1
-            }
-        };
-        std::process::exit(code);
-    }
-    // No target at all: the built-in demo.
-    let demo: Option<DemoArgs> = match &cli.sub {
-        Some(Sub::Demo(args)) => Some(args.clone()),
-        _ if cli.pids.is_empty() && cli.command.is_empty() && cli.cgroup.is_none() => {
-            eprintln!(
-                "mmtrace: no target given: running the built-in demo (see `mmtrace --help` for real targets)"
-            );
-            Some(DemoArgs::default())
-        }
-        _ => None,
-    };
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| match &demo {
-            Some(args) => rt.block_on(mmtrace::demo::run(&cli, args)),
-            None => rt.block_on(mmtrace::session::run(&cli)),
-        });
-    let code = match result {
+    std::process::exit(match dispatch(&cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("mmtrace: error: {e:#}");
             2
         }
+    });
+}
+
+fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
+    let mut spec = TraceSpec::from_cli(cli);
+    let demo = match &cli.sub {
+        Some(Sub::Workload { args }) => return Ok(workload::main(args)),
+        Some(Sub::Schema) => {
+            return print(serde_json::to_string_pretty(&mmtrace::record::schema())? + "\n");
+        }
+        Some(Sub::Man) => return print(String::from_utf8(Cli::man_page()?)?),
+        Some(Sub::Completions { shell }) => {
+            return print(String::from_utf8(Cli::completions(*shell))?);
+        }
+        Some(Sub::Demo(args)) => Some(args.clone()),
+        Some(Sub::Top(target)) => {
+            spec = TraceSpec::from_cli(&Cli {
+                target: target.clone(),
+                ..cli.clone()
+            });
+            spec.view = View::Top;
+            (!spec.has_target()).then(DemoArgs::default)
+        }
+        None if !spec.has_target() => {
+            eprintln!(
+                "mmtrace: no target given: running the built-in demo (see `mmtrace --help` for real targets)"
+            );
+            Some(DemoArgs::default())
+        }
+        None => None,
     };
-    std::process::exit(code);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match &demo {
+        Some(args) => rt.block_on(mmtrace::demo::run(spec, args)),
+        None => {
+            spec.validate()?;
+            rt.block_on(mmtrace::session::run(&spec))
+        }
+    }
+}
+
+/// Writes generated text to stdout (a closed pipe is not an error).
+fn print(text: String) -> anyhow::Result<i32> {
+    match std::io::stdout().write_all(text.as_bytes()) {
+        Ok(()) => Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Err(e) => Err(e.into()),
+    }
 }

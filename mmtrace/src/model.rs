@@ -18,7 +18,7 @@ use crate::{
 pub type FileId = (u32, u64);
 
 /// Where a process's kernel fault counts come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KernelSource {
     /// `/proc/<pid>/stat` fields 10 and 12, read while the process lived.
@@ -50,6 +50,8 @@ pub struct ProcState {
     pub first_rss: Option<Rss>,
     pub peak_rss: Option<Rss>,
     pub last_rss: Option<Rss>,
+    /// Its memory cgroup (`/system.slice/x.service`), read when first seen.
+    pub cgroup: Option<String>,
 }
 
 /// Resident memory of a process, KiB (`/proc/<pid>/status`).
@@ -72,7 +74,7 @@ impl Rss {
 
 /// The OOM killer ended a process (`oom:mark_victim`): a `"type":"oom_kill"`
 /// record, and evidence for the verdict.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct OomKill {
     pub pid: u32,
     pub comm: String,
@@ -186,6 +188,13 @@ impl Ledger {
         self.paths.contains_key(&id)
     }
 
+    /// Records the cgroup a process runs in.
+    pub fn set_cgroup(&mut self, pid: u32, cgroup: Option<String>) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.cgroup = cgroup;
+        }
+    }
+
     pub fn mark_gone(&mut self, pid: u32) {
         if let Some(p) = self.procs.get_mut(&pid) {
             p.alive = false;
@@ -255,6 +264,7 @@ impl Ledger {
                 ProcessRow {
                     pid,
                     comm,
+                    cgroup: st.and_then(|s| s.cgroup.clone()),
                     alive,
                     target: st.is_some_and(|s| s.target),
                     minor_faults: t.minor,
@@ -454,10 +464,13 @@ fn learn(
 }
 
 /// One process's line of the report.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ProcessRow {
     pub pid: u32,
     pub comm: String,
+    /// Its memory cgroup, when known (always under `--all`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     pub alive: bool,
     pub target: bool,
     pub minor_faults: u64,
@@ -476,7 +489,7 @@ pub struct ProcessRow {
     pub rss_shmem_pages: Option<u64>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FileKind {
     #[default]
@@ -486,7 +499,7 @@ pub enum FileKind {
 }
 
 /// One file's line (or the anonymous-memory line) of the report.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct FileRow {
     pub path: String,
     pub path_known: bool,
@@ -539,7 +552,7 @@ impl FileRow {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MappingKind {
     File,
@@ -550,7 +563,7 @@ pub enum MappingKind {
 }
 
 /// One vma's line of the report.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct MappingRow {
     pub pid: u32,
     pub kind: MappingKind,
@@ -569,7 +582,7 @@ pub struct MappingRow {
     pub pages_mapped: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ErrorRow {
     pub name: &'static str,
     pub count: u64,
@@ -577,7 +590,7 @@ pub struct ErrorRow {
 }
 
 /// Everything a report shows, cumulative since the trace started.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Report {
     pub processes: Vec<ProcessRow>,
     pub files: Vec<FileRow>,
@@ -588,6 +601,67 @@ pub struct Report {
     /// Pages of files of interest evicted by tasks outside syscalls and
     /// cgroup/global reclaim, by command name (kdamond.0, khugepaged, ...).
     pub reclaimers: BTreeMap<String, u64>,
+}
+
+/// Processes summed by cgroup, busiest (most faults) first.
+pub fn by_cgroup(processes: &[ProcessRow]) -> Vec<crate::record::CgroupRow> {
+    let mut m: BTreeMap<&str, crate::record::CgroupRow> = BTreeMap::new();
+    for p in processes {
+        let name = p.cgroup.as_deref().unwrap_or("(unknown)");
+        let r = m.entry(name).or_insert_with(|| crate::record::CgroupRow {
+            cgroup: name.to_string(),
+            ..Default::default()
+        });
+        r.processes += 1;
+        r.alive += p.alive as u64;
+        r.minor_faults += p.minor_faults;
+        r.major_faults += p.major_faults;
+        r.rss_file_pages += p.rss_file_pages.unwrap_or(0);
+        r.rss_anon_pages += p.rss_anon_pages.unwrap_or(0);
+    }
+    let mut v: Vec<_> = m.into_values().collect();
+    v.sort_by(|a, b| {
+        (b.minor_faults + b.major_faults)
+            .cmp(&(a.minor_faults + a.major_faults))
+            .then_with(|| a.cgroup.cmp(&b.cgroup))
+    });
+    v
+}
+
+/// Keeps targets and the `top` busiest processes; the rest become one
+/// `others` row (pid 0) whose counters are their sums, so totals still add
+/// up. For host-wide traces, whose records would otherwise grow with the
+/// host.
+pub fn bound_processes(mut rows: Vec<ProcessRow>, top: usize) -> Vec<ProcessRow> {
+    if rows.len() <= top {
+        return rows;
+    }
+    rows.sort_by_key(|p| {
+        (
+            std::cmp::Reverse(p.target),
+            std::cmp::Reverse(p.minor_faults + p.major_faults),
+            p.pid,
+        )
+    });
+    let rest = rows.split_off(top);
+    let sum_opt = |f: fn(&ProcessRow) -> Option<u64>| -> Option<u64> {
+        rest.iter().filter_map(f).reduce(|a, b| a + b)
+    };
+    let others = ProcessRow {
+        pid: 0,
+        comm: format!("others ({} processes)", rest.len()),
+        alive: rest.iter().any(|p| p.alive),
+        minor_faults: rest.iter().map(|p| p.minor_faults).sum(),
+        major_faults: rest.iter().map(|p| p.major_faults).sum(),
+        write_faults: rest.iter().map(|p| p.write_faults).sum(),
+        cow_faults: rest.iter().map(|p| p.cow_faults).sum(),
+        rss_file_pages: sum_opt(|p| p.rss_file_pages),
+        rss_anon_pages: sum_opt(|p| p.rss_anon_pages),
+        rss_shmem_pages: sum_opt(|p| p.rss_shmem_pages),
+        ..Default::default()
+    };
+    rows.push(others);
+    rows
 }
 
 #[cfg(test)]
@@ -893,5 +967,47 @@ mod tests {
         assert_eq!(r.lost_faults, 3);
         assert_eq!(r.errors.len(), 1);
         assert_eq!(r.errors[0].name, "mapping_map_full");
+    }
+
+    fn prow(pid: u32, cg: &str, faults: u64, target: bool) -> ProcessRow {
+        ProcessRow {
+            pid,
+            comm: format!("p{pid}"),
+            cgroup: Some(cg.into()),
+            alive: pid % 2 == 0,
+            target,
+            minor_faults: faults,
+            rss_anon_pages: Some(1),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn processes_sum_by_cgroup_busiest_first() {
+        let rows = [
+            prow(1, "/a", 5, false),
+            prow(2, "/b", 50, false),
+            prow(3, "/a", 10, false),
+        ];
+        let v = by_cgroup(&rows);
+        assert_eq!(v.len(), 2);
+        assert_eq!((v[0].cgroup.as_str(), v[0].minor_faults), ("/b", 50));
+        assert_eq!((v[1].processes, v[1].alive, v[1].minor_faults), (2, 0, 15));
+        assert_eq!(v[1].rss_anon_pages, 2);
+    }
+
+    #[test]
+    fn bounded_processes_keep_targets_and_sum_the_rest() {
+        let rows: Vec<ProcessRow> = (1..=10).map(|i| prow(i, "/a", i as u64, i == 1)).collect();
+        let total: u64 = rows.iter().map(|p| p.minor_faults).sum();
+        let v = bound_processes(rows, 3);
+        assert_eq!(v.len(), 4);
+        assert_eq!(v[0].pid, 1, "the target stays");
+        assert_eq!((v[1].pid, v[2].pid), (10, 9));
+        assert_eq!(v[3].pid, 0);
+        assert_eq!(v[3].comm, "others (7 processes)");
+        assert_eq!(v.iter().map(|p| p.minor_faults).sum::<u64>(), total);
+        assert_eq!(v[3].rss_anon_pages, Some(7));
+        assert_eq!(bound_processes(vec![prow(1, "/a", 1, false)], 3).len(), 1);
     }
 }

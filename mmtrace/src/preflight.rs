@@ -97,14 +97,19 @@ pub fn tracefs_root() -> Result<PathBuf, PreflightError> {
 
 /// Every required tracepoint is there.
 pub fn check_tracepoints(root: &Path) -> Result<(), PreflightError> {
-    for (cat, ev, required) in crate::kernel::offsets::TRACEPOINTS {
-        if *required
-            && !root
-                .join("events")
-                .join(cat)
-                .join(ev)
-                .join("format")
-                .exists()
+    for p in crate::kernel::probes::PROBES
+        .iter()
+        .filter(|p| p.required())
+    {
+        let Some((cat, ev)) = p.tracefs_event() else {
+            continue;
+        };
+        if !root
+            .join("events")
+            .join(cat)
+            .join(ev)
+            .join("format")
+            .exists()
         {
             return Err(PreflightError::MissingTracepoint(cat, ev));
         }
@@ -145,7 +150,10 @@ mod tests {
                 .contains("filemap:mm_filemap_add_to_page_cache"),
             "{e}"
         );
-        for (cat, ev, _) in crate::kernel::offsets::TRACEPOINTS {
+        for (cat, ev) in crate::kernel::probes::PROBES
+            .iter()
+            .filter_map(|p| p.tracefs_event())
+        {
             let d = dir.path().join("events").join(cat).join(ev);
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("format"), "").unwrap();

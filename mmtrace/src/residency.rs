@@ -12,7 +12,7 @@ use std::path::Path;
 use crate::devnum::Dev;
 
 /// Residency of one file, in pages of the system page size.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Residency {
     pub total_pages: u64,
     pub cached_pages: u64,
@@ -22,7 +22,7 @@ pub struct Residency {
 }
 
 /// How residency was measured.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     #[default]

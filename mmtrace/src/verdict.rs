@@ -8,7 +8,11 @@ use std::collections::BTreeMap;
 use mmtrace_common::reason;
 use serde::Serialize;
 
-use crate::model::{FileKind, FileRow, OomKill};
+use crate::{
+    collect::cgroup_watch::CgroupWatch,
+    model::{FileKind, FileRow, Ledger, OomKill},
+    record::CommandExit,
+};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -19,7 +23,7 @@ const ANON_FLOOR: u64 = 16 << 20;
 const ANON_ALWAYS: u64 = 64 << 20;
 
 /// The answer (`kind` in JSON).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// The growth is clean page cache: reclaimable, and maybe reclaimed.
@@ -40,7 +44,7 @@ pub enum Kind {
 }
 
 /// How the traced process (or the cgroup's processes) ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Ending {
     /// Still running when the trace ended.
@@ -83,7 +87,7 @@ pub struct Evidence {
 }
 
 /// A file whose pages keep coming back after reclaim.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Thrashing {
     pub path: String,
     pub refault_pages: u64,
@@ -91,7 +95,7 @@ pub struct Thrashing {
 }
 
 /// One verdict (`"type":"verdict"` in JSON).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Verdict {
     /// `"cgroup"` or `"process"`.
     pub scope: &'static str,
@@ -363,6 +367,105 @@ pub fn judge(e: &Evidence) -> Verdict {
         kernel_refault_pages: e.kernel_refault_pages,
         message,
     }
+}
+
+/// How process `pid` ended, from what was seen.
+fn ending_of(ledger: &Ledger, pid: u32, cmd: Option<&CommandExit>) -> Ending {
+    if ledger.oom_kills.iter().any(|k| k.pid == pid) {
+        return Ending::OomKilled;
+    }
+    match cmd.filter(|c| c.pid == pid) {
+        Some(c) if c.signal.is_some() => Ending::Killed,
+        Some(_) => Ending::Exited,
+        None if ledger.procs.get(&pid).is_some_and(|p| p.alive) => Ending::Running,
+        None => Ending::Exited,
+    }
+}
+
+/// The verdicts of a trace: the traced cgroup's (when it has memory accounting), then
+/// each target process whose memory was sampled.
+pub fn assess(
+    ledger: &Ledger,
+    r: &crate::model::Report,
+    watch: Option<&CgroupWatch>,
+    cmd: Option<&CommandExit>,
+    page_size: u64,
+) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    let has_limit = watch
+        .and_then(|w| w.start.as_ref())
+        .is_some_and(|s| s.limit_bytes.is_some() || s.high_bytes.is_some());
+    if let Some(w) = watch
+        && let (Some(s), Some(p), Some(l)) = (&w.start, &w.peak, &w.last)
+    {
+        let kills: Vec<OomKill> = ledger.oom_kills.clone();
+        let victim_anon = kills.iter().map(|k| k.anon_rss_bytes).max().unwrap_or(0);
+        let anon_growth = (p.anon_bytes as i64 - s.anon_bytes as i64).max(victim_anon as i64);
+        let ending = if !kills.is_empty() {
+            Ending::OomKilled
+        } else if let Some(c) = cmd {
+            ending_of(ledger, c.pid, cmd)
+        } else if ledger.procs.values().any(|p| p.alive) {
+            Ending::Running
+        } else {
+            Ending::Unknown
+        };
+        out.push(judge(&Evidence {
+            pid: None,
+            cgroup: Some(w.cg.path.display().to_string()),
+            file_growth: p.file_bytes as i64 - s.file_bytes as i64,
+            anon_growth,
+            anon_still_growing: l.anon_bytes + (1 << 20) >= p.anon_bytes
+                && p.anon_bytes > s.anon_bytes,
+            dirty_shmem: l.dirty_bytes + l.shmem_bytes,
+            files: r.files.clone(),
+            page_size,
+            oom_kills: kills,
+            ending: Some(ending),
+            has_limit,
+            kernel_refault_pages: Some(l.refault_file.saturating_sub(s.refault_file)),
+        }));
+    }
+    for (pid, p) in ledger.procs.iter().filter(|(_, p)| p.target) {
+        let (Some(first), Some(peak), Some(last)) = (p.first_rss, p.peak_rss, p.last_rss) else {
+            continue;
+        };
+        let kills: Vec<OomKill> = ledger
+            .oom_kills
+            .iter()
+            .filter(|k| k.pid == *pid)
+            .cloned()
+            .collect();
+        let at_kill = kills
+            .iter()
+            .map(|k| k.anon_rss_bytes / 1024)
+            .max()
+            .unwrap_or(0);
+        let peak_anon = peak.anon_kib.max(at_kill);
+        let files = r
+            .files
+            .iter()
+            .filter(|f| r.mappings.iter().any(|m| m.pid == *pid && m.path == f.path))
+            .cloned()
+            .collect();
+        out.push(judge(&Evidence {
+            pid: Some(*pid),
+            cgroup: None,
+            file_growth: (peak.file_kib as i64 - first.file_kib as i64) * 1024,
+            anon_growth: (peak_anon as i64 - first.anon_kib as i64) * 1024,
+            anon_still_growing: p.alive
+                && last.anon_kib + 1024 >= peak.anon_kib
+                && peak.anon_kib > first.anon_kib,
+            dirty_shmem: peak.shmem_kib * 1024,
+            files,
+            page_size,
+            oom_kills: kills,
+            ending: Some(ending_of(ledger, *pid, cmd)),
+            has_limit,
+            kernel_refault_pages: None,
+        }));
+    }
+    out
 }
 
 #[cfg(test)]

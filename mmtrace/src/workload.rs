@@ -6,13 +6,14 @@
 //! `workload`, `pid` and `page_size` plus the workload's own counts.
 
 use std::fs::File;
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
+use mmtrace::datafile::{self, drop_cache, fadvise_dontneed, parse_size};
 use serde_json::{Map, Value};
 
 /// Size of the chunks `make-file` writes and `evict` reads.
@@ -159,6 +160,32 @@ impl Advice {
 
 /// Runs a workload: pauses `pause_ms`, does the work, writes the report (if
 /// `--report`), pauses `pause_ms` again and returns the report.
+/// `mmtrace workload ARGS…`: parses `args`, runs, returns the exit status.
+pub fn main(args: &[String]) -> i32 {
+    #[derive(clap::Parser)]
+    #[command(name = "mmtrace workload")]
+    struct Cli {
+        #[command(flatten)]
+        args: WorkloadArgs,
+    }
+    let cli = match <Cli as clap::Parser>::try_parse_from(
+        std::iter::once("mmtrace workload".to_string()).chain(args.iter().cloned()),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match run(&cli.args) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("mmtrace workload: {e:#}");
+            1
+        }
+    }
+}
+
 pub fn run(args: &WorkloadArgs) -> Result<Value> {
     let pause = Duration::from_millis(args.pause_ms);
     nap(pause);
@@ -281,17 +308,6 @@ impl Pacer {
             std::thread::sleep(ahead);
         }
     }
-}
-
-/// Writes `<dir>/mmtrace-demo.dat` with `bytes` of non-zero data, fsynced
-/// and dropped from the page cache (so a reader brings every page in again,
-/// charged to its own cgroup), and returns its path.
-pub fn demo_file(dir: &Path, bytes: u64) -> Result<PathBuf> {
-    let path = dir.join("mmtrace-demo.dat");
-    make_file(&path, bytes)?;
-    drop_cache(&open(&path)?)
-        .with_context(|| format!("dropping the cache of {}", path.display()))?;
-    Ok(path)
 }
 
 /// `anon --pages N`
@@ -512,41 +528,10 @@ fn wait_child(pid: libc::pid_t) -> Result<libc::c_int> {
 /// `make-file --path F --size BYTES`
 fn make_file(path: &Path, size: u64) -> Result<Map<String, Value>> {
     let ps = page_size() as u64;
-    let chunk: Vec<u8> = (0..CHUNK).map(|i| (i % 251) as u8 + 1).collect();
-    let mut file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        file.write_all(&chunk[..n])
-            .with_context(|| format!("writing {}", path.display()))?;
-        left -= n as u64;
-    }
-    file.sync_all()
-        .with_context(|| format!("fsync {}", path.display()))?;
+    let file = datafile::make_file(path, size)?;
     Ok(with_file_id(report_base("make-file"), path, &file)?
         .with("bytes", size)
         .with("pages", size.div_ceil(ps)))
-}
-
-/// Parses a byte count: a plain number or one with a K/M/G/T suffix
-/// (powers of 1024, optionally followed by `iB` or `B`).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, suffix) = t.split_at(digits);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (e.g. 4096, 64K, 512M, 1G)"))?;
-    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => return Err(format!("`{s}`: unknown size suffix (use K, M, G or T)")),
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 /// An `mmap()`ed region, unmapped on drop.
@@ -669,21 +654,6 @@ fn file_len(file: &File, path: &Path) -> Result<usize> {
         bail!("{} is empty; create it with `make-file`", path.display());
     }
     usize::try_from(len).with_context(|| format!("{} is too large", path.display()))
-}
-
-/// Writes back and then evicts the file's page cache.
-fn drop_cache(file: &File) -> Result<()> {
-    file.sync_data().context("fdatasync")?;
-    fadvise_dontneed(file)
-}
-
-fn fadvise_dontneed(file: &File) -> Result<()> {
-    // SAFETY: plain syscall on an open descriptor.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc)).context("posix_fadvise(DONTNEED)");
-    }
-    Ok(())
 }
 
 fn nap(d: Duration) {

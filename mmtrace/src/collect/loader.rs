@@ -19,7 +19,10 @@ use mmtrace_common::{
 };
 
 use super::maps::{Snapshot, comm_string, merge_exit, sum_cache, sum_faults};
-use crate::kernel::offsets::{Features, TRACEPOINTS};
+use crate::kernel::{
+    offsets::Features,
+    probes::{Hook, PROBES, Probe, ProbeStatus, SoftwareCounter},
+};
 
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mmtrace"));
@@ -61,58 +64,36 @@ macro_rules! loadable {
 }
 loadable!(TracePoint, RawTracePoint, PerfEvent);
 
+/// Why an optional probe cannot be attached on this kernel, known before
+/// trying (its tracepoint is missing or has another layout).
+fn unavailable(p: &Probe, f: &Features) -> Option<&'static str> {
+    match p.program {
+        "oom_mark_victim" if !f.oom_kills => Some("missing, or its layout is not the expected one"),
+        "page_fault_user" | "page_fault_kernel" if !f.write_faults => {
+            Some("the exceptions tracepoints are missing (not x86?)")
+        }
+        _ => None,
+    }
+}
+
 /// The loaded and attached programs.
 pub struct Tracer {
     ebpf: Ebpf,
     nr_cpus: usize,
     /// Keeps the kernel's BPF run-time statistics on while held.
     stats: Option<std::os::fd::OwnedFd>,
+    /// What was attached, row by row of the probe table.
+    probes: Vec<ProbeStatus>,
 }
 
 /// Run-time statistics of one program (kernel BPF stats).
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct ProgramStats {
     pub program: String,
     pub run_count: u64,
     pub run_time_ns: u64,
     pub ns_per_run: Option<f64>,
 }
-
-/// (program, category, tracepoint) for every tracepoint program.
-const TP_PROGRAMS: &[(&str, &str, &str)] = &[
-    ("filemap_add", "filemap", "mm_filemap_add_to_page_cache"),
-    (
-        "filemap_delete",
-        "filemap",
-        "mm_filemap_delete_from_page_cache",
-    ),
-    ("filemap_fault", "filemap", "mm_filemap_fault"),
-    ("filemap_map_pages", "filemap", "mm_filemap_map_pages"),
-    ("task_newtask", "task", "task_newtask"),
-    ("sched_process_exit", "sched", "sched_process_exit"),
-    (
-        "memcg_reclaim_begin",
-        "vmscan",
-        "mm_vmscan_memcg_reclaim_begin",
-    ),
-    ("memcg_reclaim_end", "vmscan", "mm_vmscan_memcg_reclaim_end"),
-    (
-        "direct_reclaim_begin",
-        "vmscan",
-        "mm_vmscan_direct_reclaim_begin",
-    ),
-    (
-        "direct_reclaim_end",
-        "vmscan",
-        "mm_vmscan_direct_reclaim_end",
-    ),
-    ("cgroup_attach_task", "cgroup", "cgroup_attach_task"),
-    ("oom_mark_victim", "oom", "mark_victim"),
-];
-
-/// Raw tracepoint programs (program = tracepoint name), attached when the
-/// kernel has them (x86 exceptions).
-const RAW_TP_PROGRAMS: &[&str] = &["page_fault_user", "page_fault_kernel"];
 
 impl Tracer {
     /// Loads the object, fills the scope with `targets` (before attaching, so
@@ -137,11 +118,12 @@ impl Tracer {
             ebpf,
             nr_cpus,
             stats: None,
+            probes: Vec::new(),
         };
         for &(pid, follow) in targets {
             t.add_to_scope(pid, follow)?;
         }
-        t.attach(features)?;
+        t.probes = t.attach(features)?;
         Ok(t)
     }
 
@@ -161,54 +143,74 @@ impl Tracer {
         Ok(p)
     }
 
-    fn attach(&mut self, features: &Features) -> Result<()> {
-        for (prog, cat, tp) in TP_PROGRAMS {
-            if *prog == "oom_mark_victim" && !features.oom_kills {
-                log::warn!(
-                    "oom:mark_victim is missing or has another layout: OOM kills are seen only in the cgroup's counters"
-                );
-                continue;
-            }
-            let required = TRACEPOINTS
-                .iter()
-                .any(|(c, e, req)| c == cat && e == tp && *req);
-            match self.loaded::<TracePoint>(prog)?.attach(cat, tp) {
-                Ok(_) => {}
-                Err(e) if !required => {
-                    log::warn!("optional tracepoint {cat}:{tp} not attached: {e}")
-                }
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("attaching {prog} to tracepoint {cat}:{tp}"));
-                }
-            }
-        }
-        if features.write_faults {
-            for prog in RAW_TP_PROGRAMS {
-                self.loaded::<RawTracePoint>(prog)?
-                    .attach(prog)
-                    .with_context(|| format!("attaching {prog} to raw tracepoint {prog}"))?;
-            }
-        }
+    /// Attaches every probe of the table; a required one that fails ends
+    /// the load, an optional one is reported with what is lost.
+    fn attach(&mut self, features: &Features) -> Result<Vec<ProbeStatus>> {
         let cpus = online_cpus().map_err(|(p, e)| anyhow!("reading {p}: {e}"))?;
-        for (prog, ev) in [
-            ("page_faults_min", SoftwareEvent::PageFaultsMin),
-            ("page_faults_maj", SoftwareEvent::PageFaultsMaj),
-        ] {
-            let p = self.loaded::<PerfEvent>(prog)?;
-            for &cpu in &cpus {
-                p.attach(
-                    PerfEventConfig::Software(ev),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Period(1),
-                    false,
-                )
-                .with_context(|| {
-                    format!("attaching {prog} to software perf event {ev:?} on CPU {cpu}")
-                })?;
+        let mut out = Vec::with_capacity(PROBES.len());
+        for p in PROBES {
+            let r = match unavailable(p, features) {
+                Some(why) => Err(anyhow!(why)),
+                None => self.attach_one(p, &cpus),
+            };
+            match r {
+                Ok(()) => out.push(ProbeStatus::new(p, Ok(()))),
+                Err(e) if !p.required() => {
+                    let s = ProbeStatus::new(p, Err(format!("{e:#}")));
+                    log::warn!(
+                        "{} not attached: {}",
+                        s.hook,
+                        s.missing.as_deref().unwrap_or("")
+                    );
+                    out.push(s);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    fn attach_one(&mut self, p: &Probe, cpus: &[u32]) -> Result<()> {
+        let prog = p.program;
+        match p.hook {
+            Hook::Tracepoint { category, event } => {
+                self.loaded::<TracePoint>(prog)?
+                    .attach(category, event)
+                    .with_context(|| {
+                        format!("attaching {prog} to tracepoint {category}:{event}")
+                    })?;
+            }
+            Hook::RawTracepoint { event, .. } => {
+                self.loaded::<RawTracePoint>(prog)?
+                    .attach(event)
+                    .with_context(|| format!("attaching {prog} to raw tracepoint {event}"))?;
+            }
+            Hook::PerfSoftware(c) => {
+                let ev = match c {
+                    SoftwareCounter::MinorFaults => SoftwareEvent::PageFaultsMin,
+                    SoftwareCounter::MajorFaults => SoftwareEvent::PageFaultsMaj,
+                };
+                let prog_ref = self.loaded::<PerfEvent>(prog)?;
+                for &cpu in cpus {
+                    prog_ref
+                        .attach(
+                            PerfEventConfig::Software(ev),
+                            PerfEventScope::AllProcessesOneCpu { cpu },
+                            SamplePolicy::Period(1),
+                            false,
+                        )
+                        .with_context(|| {
+                            format!("attaching {prog} to software perf event {ev:?} on CPU {cpu}")
+                        })?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// What was attached (the probe table's rows, with the outcome).
+    pub fn probes(&self) -> &[ProbeStatus] {
+        &self.probes
     }
 
     fn map<'a>(&'a self, name: &str) -> Result<&'a aya::maps::Map> {

@@ -2,4 +2,5 @@
 //! layouts from tracefs. Nothing here is fixed to one kernel version.
 pub mod btf;
 pub mod offsets;
+pub mod probes;
 pub mod tracefs;

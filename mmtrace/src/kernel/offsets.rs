@@ -21,7 +21,7 @@ pub enum OffsetsError {
 }
 
 /// Optional features this kernel does or does not offer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Features {
     /// `exceptions:page_fault_user` exists (x86): write and copy-on-write
     /// faults can be told apart.
@@ -144,24 +144,6 @@ pub fn vmemmap(kallsyms: &str, cpuinfo: &str) -> (u64, u64) {
         },
     )
 }
-
-/// The tracepoints mmtrace attaches to: (category, event, required).
-pub const TRACEPOINTS: &[(&str, &str, bool)] = &[
-    ("filemap", "mm_filemap_add_to_page_cache", true),
-    ("filemap", "mm_filemap_delete_from_page_cache", true),
-    ("filemap", "mm_filemap_fault", true),
-    ("filemap", "mm_filemap_map_pages", true),
-    ("task", "task_newtask", true),
-    ("sched", "sched_process_exit", true),
-    ("vmscan", "mm_vmscan_memcg_reclaim_begin", true),
-    ("vmscan", "mm_vmscan_memcg_reclaim_end", true),
-    ("vmscan", "mm_vmscan_direct_reclaim_begin", true),
-    ("vmscan", "mm_vmscan_direct_reclaim_end", true),
-    ("cgroup", "cgroup_attach_task", true),
-    ("oom", "mark_victim", false),
-    ("exceptions", "page_fault_user", false),
-    ("exceptions", "page_fault_kernel", false),
-];
 
 fn off(f: &Format, name: &str, sizes: &[u32]) -> Result<u32, TracefsError> {
     Ok(f.field_sized(name, sizes)?.offset)

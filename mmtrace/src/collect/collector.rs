@@ -1,0 +1,428 @@
+//! The collector: every tick it reads the kernel's maps, looks at `/proc`
+//! for the processes in scope (new children, paths, RSS), keeps the cgroup
+//! tree in step and samples its memory, and drains the notice ring buffer
+//! (new files, OOM kills). It feeds the model (the [`Ledger`]) and builds
+//! the records from it. Nothing here prints.
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use mmtrace_common::{Notice, notice};
+use tokio::io::unix::AsyncFd;
+
+use super::{Snapshot, cgroup_watch::CgroupWatch, loader::Tracer};
+use crate::{
+    cgroup,
+    devnum::Dev,
+    model::{self, Ledger, OomKill, Report},
+    names::Names,
+    procfs::{self, ProcError},
+    record::{CgroupRecord, CgroupRow},
+    residency,
+};
+
+pub struct Collector {
+    tracer: Tracer,
+    notices: AsyncFd<RingBuf<MapData>>,
+    pub ledger: Ledger,
+    names: Names,
+    pub watch: Option<CgroupWatch>,
+    root: PathBuf,
+    start: Instant,
+    self_pid: u32,
+    follow: bool,
+    /// `--all`: the scope is every process; /proc is read for the ones the
+    /// kernel saw fault (and those already known), not for all of them.
+    all: bool,
+    /// The last map snapshot.
+    pub snap: Snapshot,
+    page_size: u64,
+}
+
+/// What the collector starts from.
+pub struct Setup {
+    pub tracer: Tracer,
+    pub watch: Option<CgroupWatch>,
+    pub page_size: u64,
+    pub self_pid: u32,
+    pub follow: bool,
+    pub all: bool,
+    pub owner_known: bool,
+}
+
+impl Collector {
+    pub fn new(s: Setup) -> Result<Self> {
+        let mut tracer = s.tracer;
+        // SAFETY: the ring buffer's fd lives inside the AsyncFd until it drops.
+        let notices = unsafe { AsyncFd::register(tracer.take_notices()?) }
+            .map_err(|e| anyhow::anyhow!("polling the notice ring buffer: {e}"))?;
+        let mut ledger = Ledger::new(s.page_size);
+        ledger.owner_known = s.owner_known;
+        Ok(Self {
+            tracer,
+            notices,
+            ledger,
+            names: Names::default(),
+            watch: s.watch,
+            root: PathBuf::from("/proc"),
+            start: Instant::now(),
+            self_pid: s.self_pid,
+            follow: s.follow,
+            all: s.all,
+            snap: Snapshot::default(),
+            page_size: s.page_size,
+        })
+    }
+
+    pub fn tracer(&mut self) -> &mut Tracer {
+        &mut self.tracer
+    }
+
+    /// The probe table's outcome on this kernel.
+    pub fn probes(&self) -> &[crate::kernel::probes::ProbeStatus] {
+        self.tracer.probes()
+    }
+
+    pub fn elapsed_s(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Takes the first look at a target. `Ok(false)`: it is gone already.
+    pub fn add_target(&mut self, pid: u32) -> Result<bool, ProcError> {
+        let stat = match procfs::read_stat(&self.root, pid) {
+            Ok(s) => s,
+            Err(ProcError::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let threads = thread_faults(&self.root, pid);
+        self.ledger.add_process(pid, true, Some(&stat), threads);
+        self.note_cgroup(pid);
+        Ok(true)
+    }
+
+    /// Waits until the notice ring buffer has data.
+    pub async fn notices_ready(&mut self) -> Result<()> {
+        let mut guard = self
+            .notices
+            .readable_mut()
+            .await
+            .context("polling the notice ring buffer")?;
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Acts on the kernel's notices: a new file of interest is looked up in
+    /// the maps of the process that touched it, while that mapping still
+    /// exists; an OOM kill of a traced process is recorded and returned.
+    pub fn drain_notices(&mut self) -> Vec<OomKill> {
+        let mut kills = Vec::new();
+        let rb = self.notices.get_mut();
+        while let Some(item) = rb.next() {
+            let Some(kind) = item
+                .get(..4)
+                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            else {
+                continue;
+            };
+            if kind == notice::OOM_KILL
+                && item.len() >= std::mem::size_of::<mmtrace_common::OomKill>()
+            {
+                // SAFETY: the kernel wrote an OomKill; read_unaligned copes with alignment.
+                let k: mmtrace_common::OomKill =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                if k.in_scope != 0 || self.ledger.procs.contains_key(&k.pid) {
+                    let cg =
+                        std::fs::read_to_string(self.root.join(k.pid.to_string()).join("cgroup"))
+                            .ok()
+                            .and_then(|t| cgroup::memory_cgroup_of(&t));
+                    kills.push(oom_kill(&k, cg, self.start.elapsed().as_secs_f64()));
+                }
+                continue;
+            }
+            if kind != notice::NEW_FILE || item.len() < std::mem::size_of::<Notice>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a Notice; read_unaligned copes with alignment.
+            let n: Notice = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            drop(item);
+            if self.ledger.knows((n.dev, n.ino)) {
+                continue;
+            }
+            let maps = procfs::read_maps(&self.root, n.pid).unwrap_or_default();
+            let fds = procfs::read_fd_files(&self.root, n.pid).unwrap_or_default();
+            take_handles(&mut self.names, &self.root, n.pid, &maps, &fds);
+            self.ledger.learn_paths(&maps, &fds);
+        }
+        self.ledger.oom_kills.extend(kills.iter().cloned());
+        kills
+    }
+
+    /// One tick: the maps, then /proc for every process in scope (new
+    /// children get a zero baseline: they were born inside the trace), the
+    /// files they map or hold open, then the cgroup tree and its memory.
+    pub fn refresh(&mut self) -> Result<()> {
+        self.snap = self.tracer.snapshot()?;
+        let mut pids: BTreeSet<u32> = self.snap.scope.keys().copied().collect();
+        if self.all {
+            pids.extend(self.snap.mappings.keys().map(|k| k.tgid));
+            pids.remove(&self.self_pid);
+            pids.remove(&0);
+        }
+        pids.extend(
+            self.ledger
+                .procs
+                .iter()
+                .filter(|(_, p)| p.alive)
+                .map(|(pid, _)| *pid),
+        );
+        for pid in pids {
+            self.refresh_process(pid);
+        }
+        self.tracer.register_files(&self.ledger.known_files())?;
+        if let Some(w) = &mut self.watch {
+            let tracer = &mut self.tracer;
+            w.sync(|keys| tracer.set_cgroups(keys))?;
+            let members = if self.all { Vec::new() } else { w.procs() };
+            w.sample();
+            self.join_members(members)?;
+        }
+        Ok(())
+    }
+
+    fn in_scope(&self, pid: u32) -> bool {
+        self.snap.scope.contains_key(&pid)
+            || (self.all && pid != self.self_pid && procfs::pid_exists(&self.root, pid))
+    }
+
+    fn refresh_process(&mut self, pid: u32) {
+        if !self.in_scope(pid) {
+            self.ledger.mark_gone(pid);
+            return;
+        }
+        let root = self.root.clone();
+        let root = root.as_path();
+        if !self.ledger.procs.contains_key(&pid) {
+            // Born inside the trace: its counters started at zero. Moved
+            // into the traced cgroup, or already running under --all: it
+            // lived before, so take a baseline now.
+            let joined =
+                self.all || self.snap.scope[&pid].flags & mmtrace_common::scope::JOINED != 0;
+            match procfs::read_stat(root, pid) {
+                Ok(stat) if joined => {
+                    self.ledger
+                        .add_process(pid, false, Some(&stat), thread_faults(root, pid))
+                }
+                _ => self.ledger.add_process(pid, false, None, (0, 0)),
+            }
+            self.note_cgroup(pid);
+        }
+        match procfs::read_stat(root, pid) {
+            Ok(stat) => {
+                let status = procfs::read_status(root, pid).ok();
+                let maps = procfs::read_maps(root, pid).ok();
+                let fds = procfs::read_fd_files(root, pid).unwrap_or_default();
+                take_handles(
+                    &mut self.names,
+                    root,
+                    pid,
+                    maps.as_deref().unwrap_or_default(),
+                    &fds,
+                );
+                self.ledger.observe(pid, Some(&stat), status, maps, &fds);
+            }
+            Err(_) => self.ledger.mark_gone(pid),
+        }
+    }
+
+    /// Processes of the cgroup tree the kernel did not see enter (moved
+    /// before the tree was known) join the scope now.
+    fn join_members(&mut self, members: Vec<u32>) -> Result<()> {
+        for pid in members {
+            if pid == self.self_pid
+                || self.snap.scope.contains_key(&pid)
+                || self.ledger.procs.contains_key(&pid)
+            {
+                continue;
+            }
+            let Ok(stat) = procfs::read_stat(&self.root, pid) else {
+                continue;
+            };
+            self.tracer.add_to_scope(pid, self.follow)?;
+            let threads = thread_faults(&self.root, pid);
+            self.ledger.add_process(pid, true, Some(&stat), threads);
+            self.note_cgroup(pid);
+        }
+        Ok(())
+    }
+
+    fn note_cgroup(&mut self, pid: u32) {
+        let cg = std::fs::read_to_string(self.root.join(pid.to_string()).join("cgroup"))
+            .ok()
+            .and_then(|t| cgroup::memory_cgroup_of(&t));
+        self.ledger.set_cgroup(pid, cg);
+    }
+
+    /// Whether every named target is gone (`--pid` traces end then).
+    pub fn targets_gone(&self, pids: &[u32]) -> bool {
+        pids.iter()
+            .all(|&p| !procfs::pid_exists(&self.root, p) || !self.snap.scope.contains_key(&p))
+    }
+
+    /// The report now: names refreshed (renames), residency measured.
+    pub fn report(&mut self) -> Report {
+        refresh_names(&mut self.ledger, &mut self.names);
+        update_residency(&mut self.ledger, &self.snap);
+        self.ledger.report(&self.snap)
+    }
+
+    /// Per-cgroup rows (host-wide traces) and the process rows bounded to
+    /// `top` with an `others` row; other traces keep every row.
+    pub fn shape(&self, mut r: Report, top: usize) -> (Report, Vec<CgroupRow>) {
+        if !self.all {
+            return (r, Vec::new());
+        }
+        let cgroups = model::by_cgroup(&r.processes);
+        r.processes = model::bound_processes(std::mem::take(&mut r.processes), top);
+        (r, cgroups)
+    }
+
+    pub fn cgroup_record(&self) -> Option<CgroupRecord> {
+        self.watch
+            .as_ref()
+            .map(|w| w.record(&self.snap.reclaim, self.page_size))
+    }
+
+    pub fn cgroup_gone(&self) -> bool {
+        self.watch.as_ref().is_some_and(CgroupWatch::gone)
+    }
+
+    /// The end of the trace: the last notices, the programs detached (the
+    /// final read then sees counters that no longer move), the last look at
+    /// /proc and the cgroup, unknown paths looked up host-wide.
+    pub fn finish(&mut self) -> Result<Vec<OomKill>> {
+        let kills = self.drain_notices();
+        self.tracer.detach();
+        self.refresh()?;
+        resolve_unknown(&mut self.ledger, &self.snap, &self.root);
+        Ok(kills)
+    }
+}
+
+/// The userspace form of the kernel's OOM-kill record (kB → bytes).
+fn oom_kill(k: &mmtrace_common::OomKill, cgroup: Option<String>, elapsed_s: f64) -> OomKill {
+    OomKill {
+        pid: k.pid,
+        comm: super::maps::comm_string(&k.comm),
+        anon_rss_bytes: k.anon_rss_kb * 1024,
+        file_rss_bytes: k.file_rss_kb * 1024,
+        shmem_rss_bytes: k.shmem_rss_kb * 1024,
+        total_vm_bytes: k.total_vm_kb * 1024,
+        oom_score_adj: k.oom_score_adj,
+        in_scope: k.in_scope != 0,
+        cgroup,
+        elapsed_s,
+    }
+}
+
+/// Last resort for files whose path is still unknown (their process was too
+/// short-lived): any process on the machine that maps or holds them.
+fn resolve_unknown(ledger: &mut Ledger, snap: &Snapshot, root: &Path) {
+    let unknown = snap
+        .files
+        .keys()
+        .map(|k| (k.dev, k.ino))
+        .chain(
+            snap.mappings
+                .keys()
+                .filter(|k| k.kind & mmtrace_common::kind::FILE != 0)
+                .map(|k| (k.dev, k.ino)),
+        )
+        .any(|id| !ledger.knows(id));
+    if !unknown {
+        return;
+    }
+    for pid in procfs::list_pids(root).unwrap_or_default() {
+        let maps = procfs::read_maps(root, pid).unwrap_or_default();
+        let fds = procfs::read_fd_files(root, pid).unwrap_or_default();
+        ledger.learn_paths(&maps, &fds);
+    }
+}
+
+/// Takes a file handle for every file a process maps or holds open that
+/// has none yet, through its `/proc` link (see `names`).
+fn take_handles(
+    names: &mut Names,
+    root: &Path,
+    pid: u32,
+    maps: &[procfs::MapEntry],
+    fds: &[procfs::OpenFile],
+) {
+    let dir = root.join(pid.to_string());
+    for m in maps.iter().filter(|m| m.is_file()) {
+        let id = (m.dev.to_kernel(), m.ino);
+        if !names.tried(id) {
+            names.learn(
+                id,
+                &dir.join(format!("map_files/{:x}-{:x}", m.start, m.end)),
+            );
+        }
+    }
+    for f in fds {
+        let id = (f.dev.to_kernel(), f.ino);
+        if !names.tried(id) {
+            names.learn(id, &dir.join(format!("fd/{}", f.fd)));
+        }
+    }
+}
+
+/// Every known path becomes the file's name now (after renames), or is
+/// marked deleted.
+fn refresh_names(ledger: &mut Ledger, names: &mut Names) {
+    for (id, info) in ledger.paths.iter_mut() {
+        let now = names.current(*id, info);
+        if now.path.is_empty() {
+            info.deleted = true;
+        } else {
+            *info = now;
+        }
+    }
+}
+
+/// Residency of every reported file (cachestat, or mincore).
+fn update_residency(ledger: &mut Ledger, snap: &Snapshot) {
+    let mut ids: BTreeSet<(u32, u64)> = snap.files.keys().map(|k| (k.dev, k.ino)).collect();
+    ids.extend(
+        snap.mappings
+            .keys()
+            .filter(|k| k.kind & mmtrace_common::kind::FILE != 0)
+            .map(|k| (k.dev, k.ino)),
+    );
+    for id in ids {
+        let Some(p) = ledger.paths.get(&id) else {
+            continue;
+        };
+        if p.deleted {
+            continue;
+        }
+        let expect = (Dev::from_kernel(id.0), id.1);
+        match residency::file_residency(Path::new(&p.path), Some(expect)) {
+            Ok(r) => {
+                ledger.residency.insert(id, r);
+            }
+            Err(e) => log::debug!("residency of {}: {e}", p.path),
+        }
+    }
+}
+
+/// Sum of the kernel's fault counters over a process's live threads.
+pub fn thread_faults(root: &Path, pid: u32) -> (u64, u64) {
+    procfs::list_tasks(root, pid)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|t| procfs::read_task_stat(root, pid, t).ok())
+        .fold((0, 0), |a, s| (a.0 + s.minflt, a.1 + s.majflt))
+}
