@@ -195,6 +195,19 @@ pub fn parse_maps(text: &str) -> Result<Vec<MapEntry>, ProcError> {
         .collect()
 }
 
+/// A `/proc/<pid>/maps` path as the file is really named. The kernel writes
+/// a newline in a mapped file's name as the four characters `\012` and
+/// escapes nothing else (fs/proc/task_mmu.c, Linux 6.x: the path is printed
+/// with `seq_path(m, ..., "\n")`, whose `mangle_path` writes each character
+/// of the set `"\n"` as `\ooo`), so only that sequence is decoded. A name that
+/// really contains the characters `\012` reads the same in `maps` and is
+/// decoded as a newline: the kernel's text cannot tell them apart.
+///
+/// Not applied by [`parse_maps`]: [`MapEntry::path`] keeps the kernel's text.
+pub fn unescape_maps_path(p: &str) -> String {
+    p.replace("\\012", "\n")
+}
+
 /// Reads and parses `root/<pid>/maps`.
 pub fn read_maps(root: &Path, pid: u32) -> Result<Vec<MapEntry>, ProcError> {
     let path = pid_dir(root, pid).join("maps");
@@ -538,6 +551,69 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert_eq!(m[9].perms(), "--xp");
         assert!(m[9].contains(0xffffffffff600fff) && !m[9].contains(0xffffffffff601000));
         assert_eq!(m[9].len(), 0x1000);
+    }
+
+    #[test]
+    fn maps_paths_unescape_the_kernels_newline() {
+        assert_eq!(unescape_maps_path("/tmp/a\\012b"), "/tmp/a\nb");
+        assert_eq!(unescape_maps_path("/tmp/plain"), "/tmp/plain");
+        assert_eq!(unescape_maps_path("\\012\\012"), "\n\n");
+        // Only the newline is escaped by the kernel: other octal-looking
+        // text, tabs and backslashes are the file's own.
+        assert_eq!(
+            unescape_maps_path("/tmp/x\\011\\\\y\t"),
+            "/tmp/x\\011\\\\y\t"
+        );
+        assert_eq!(unescape_maps_path("/tmp/a\\\\012"), "/tmp/a\\\n");
+        assert_eq!(unescape_maps_path("/tmp/\\01"), "/tmp/\\01");
+        // Round trip through the kernel's escaping.
+        let kernel = |s: &str| s.replace('\n', "\\012");
+        for name in [
+            "/tmp/a\nb",
+            "/tmp/\n\n\n",
+            "/tmp/new\nline\tand tab and \"quotes\" \u{fffd}",
+            "/tmp/back\\slash\\\n",
+        ] {
+            assert_eq!(unescape_maps_path(&kernel(name)), name, "{name:?}");
+        }
+    }
+
+    /// The kernel really writes a newline in a mapped file's name as `\012`.
+    #[test]
+    fn maps_of_a_mapped_file_with_a_newline_in_its_name() {
+        use std::os::fd::AsRawFd as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new\nline \\012 \x1b[1m.bin");
+        fs::write(&path, [7u8; 4096]).unwrap();
+        let f = fs::File::open(&path).unwrap();
+        let ino = f.metadata().unwrap().ino();
+        // SAFETY: a fresh private read-only mapping of an open file, unmapped below.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        let text = fs::read_to_string("/proc/self/maps").unwrap();
+        // SAFETY: the mapping made above, no references into it remain.
+        unsafe { libc::munmap(addr, 4096) };
+        let entry = parse_maps(&text)
+            .unwrap()
+            .into_iter()
+            .find(|m| m.ino == ino && m.start == addr as u64)
+            .expect("the mapping is listed");
+        let shown = entry.path.unwrap();
+        assert!(shown.contains("new\\012line"), "{shown:?}");
+        assert!(shown.contains('\x1b'), "other controls come raw: {shown:?}");
+        assert_eq!(
+            unescape_maps_path(&shown),
+            path.to_str().unwrap().replace("\\012 ", "\n ")
+        );
     }
 
     #[test]

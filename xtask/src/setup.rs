@@ -2,11 +2,14 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{Ctx, is_root, run};
+use crate::util::{
+    APT_LOCK_TIMEOUT_S, Ctx, apt_get_args, apt_lock_holder, describe, exit_code, is_root,
+    lock_timeout_message, lock_wait_message, run, status,
+};
 
 /// The LLVM bpf-linker is built against (Debian package `llvm-22-dev`).
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -110,16 +113,64 @@ fn bpf_linker(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// `apt-get ARGS` as root, non-interactively.
+/// `apt-get ARGS` as root, non-interactively, once no other apt or dpkg run
+/// holds the package manager's locks (saying who does, every 10 s), for up
+/// to [`APT_LOCK_TIMEOUT_S`] in all. A run that fails with exit status 100
+/// while a lock is held again (taken between the check and the start; apt
+/// does not wait for the lists lock of `apt-get update`) is retried.
 fn apt_get(ctx: &Ctx, args: &[&str]) -> Result<()> {
     let mut cmd = ctx.as_root("env").with_context(|| {
         format!(
             "installing {LLVM_PACKAGE} needs root: run `sudo apt-get install {LLVM_PACKAGE}` yourself, then re-run `cargo xtask setup`"
         )
     })?;
-    cmd.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"])
-        .args(args);
-    run(&mut cmd)
+    cmd.args(apt_get_args(args));
+    let start = Instant::now();
+    let limit = Duration::from_secs(APT_LOCK_TIMEOUT_S);
+    loop {
+        wait_for_apt_locks(start, limit)?;
+        let st = status(&mut cmd)?;
+        if st.success() {
+            return Ok(());
+        }
+        match apt_lock_holder() {
+            Some(h) if exit_code(st) == 100 && start.elapsed() < limit => eprintln!(
+                "setup: apt-get failed while {} holds {}; trying again once it is released",
+                h.who(),
+                h.lock.display()
+            ),
+            _ => bail!("`{}` failed ({st})", describe(&cmd)),
+        }
+    }
+}
+
+/// Returns once none of the package manager locks (`util::APT_LOCKS`) is held, printing who holds one at
+/// once and then every 10 s; fails when `limit` since `start` has passed.
+fn wait_for_apt_locks(start: Instant, limit: Duration) -> Result<()> {
+    const SAY_EVERY: Duration = Duration::from_secs(10);
+    let mut said: Option<Instant> = None;
+    loop {
+        let Some(h) = apt_lock_holder() else {
+            if said.is_some() {
+                eprintln!(
+                    "setup: the package manager lock is free (waited {} s)",
+                    start.elapsed().as_secs()
+                );
+            }
+            return Ok(());
+        };
+        if start.elapsed() >= limit {
+            bail!(lock_timeout_message(&h, limit.as_secs()));
+        }
+        if said.is_none_or(|t| t.elapsed() >= SAY_EVERY) {
+            eprintln!(
+                "setup: {}",
+                lock_wait_message(&h, start.elapsed().as_secs(), limit.as_secs())
+            );
+            said = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// The nightly toolchain with `rust-src` (the eBPF crate is built with `-Z build-std=core`).
@@ -207,4 +258,33 @@ fn tracefs_mounted() -> bool {
             f.len() > 2 && f[1] == TRACEFS && f[2] == "tracefs"
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real apt path on an install that changes nothing: as root, with
+    /// tmux installed and marked manual. Hold a lock meanwhile to see the
+    /// wait, e.g. `python3 -c 'import fcntl,time; f=open("/var/lib/dpkg/lock-frontend","w");
+    /// fcntl.lockf(f, fcntl.LOCK_EX); time.sleep(25)' &`.
+    #[test]
+    #[ignore = "runs apt-get as root (a no-op install of tmux)"]
+    fn apt_get_of_an_installed_package_waits_for_the_lock_then_succeeds() {
+        let manual = Command::new("apt-mark")
+            .args(["showmanual", "tmux"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "tmux");
+        if !is_root() || !manual {
+            eprintln!("needs root and tmux installed and marked manual: skipped");
+            return;
+        }
+        let ctx = Ctx::new().unwrap();
+        let start = Instant::now();
+        apt_get(&ctx, &["install", "-y", "tmux"]).unwrap();
+        eprintln!(
+            "apt_get returned after {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+    }
 }

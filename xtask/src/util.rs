@@ -221,6 +221,162 @@ pub fn is_tmpfs(path: &Path) -> bool {
     rc == 0 && fs_type == TMPFS_MAGIC
 }
 
+/// The locks apt and dpkg take, in the order apt-get takes them: another
+/// apt or dpkg run (often unattended-upgrades on a fresh machine) holding one
+/// makes apt-get fail at once with exit status 100.
+pub const APT_LOCKS: [&str; 4] = [
+    "/var/lib/dpkg/lock-frontend",
+    "/var/lib/dpkg/lock",
+    "/var/lib/apt/lists/lock",
+    "/var/cache/apt/archives/lock",
+];
+
+/// How long an apt-get run waits for the package manager's locks, seconds.
+pub const APT_LOCK_TIMEOUT_S: u64 = 600;
+
+/// The command line (after `env`) of a non-interactive `apt-get ARGS` that
+/// waits up to [`APT_LOCK_TIMEOUT_S`] for dpkg's locks. apt ≥ 1.9.11 waits
+/// for `lock-frontend` and `lock` itself (older versions ignore the option);
+/// it does not wait for the lists lock of `apt-get update`, which is why
+/// callers also wait with [`apt_lock_holder`] first.
+pub fn apt_get_args(args: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        "DEBIAN_FRONTEND=noninteractive".to_owned(),
+        "apt-get".to_owned(),
+        "-o".to_owned(),
+        format!("DPkg::Lock::Timeout={APT_LOCK_TIMEOUT_S}"),
+    ];
+    v.extend(args.iter().map(|a| a.to_string()));
+    v
+}
+
+/// Who holds a lock file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockHolder {
+    pub lock: PathBuf,
+    /// Unknown for open-file-description locks and holders in another pid
+    /// namespace.
+    pub pid: Option<u32>,
+    /// `/proc/<pid>/comm` (15 characters: "unattended-upgr").
+    pub comm: Option<String>,
+}
+
+impl LockHolder {
+    /// "pid 812 (unattended-upgr)", or "another process".
+    pub fn who(&self) -> String {
+        match (self.pid, &self.comm) {
+            (Some(pid), Some(comm)) => format!("pid {pid} ({comm})"),
+            (Some(pid), None) => format!("pid {pid}"),
+            (None, _) => "another process".to_owned(),
+        }
+    }
+}
+
+/// The line printed while waiting for a package manager lock.
+pub fn lock_wait_message(h: &LockHolder, waited_s: u64, limit_s: u64) -> String {
+    format!(
+        "waiting for the package manager lock held by {} on {} ({waited_s} s so far, giving up after {limit_s} s)",
+        h.who(),
+        h.lock.display(),
+    )
+}
+
+/// The error when a package manager lock stayed held too long.
+pub fn lock_timeout_message(h: &LockHolder, limit_s: u64) -> String {
+    let check = match h.pid {
+        Some(pid) => format!(" (see `ps -fp {pid}`)"),
+        None => String::new(),
+    };
+    format!(
+        "the package manager lock {} is still held by {} after {limit_s} s: let that run finish{check} \
+         and re-run `cargo xtask setup` (do not delete the lock file)",
+        h.lock.display(),
+        h.who(),
+    )
+}
+
+/// The first of [`APT_LOCKS`] another process holds, if any.
+pub fn apt_lock_holder() -> Option<LockHolder> {
+    APT_LOCKS.iter().find_map(|p| lock_holder(Path::new(p)))
+}
+
+/// Who holds a POSIX (fcntl) or OFD lock on `path`, if anyone does: asked
+/// with `F_GETLK` as apt does, or, when the file cannot be opened (it is
+/// root's, mode 0640), looked up in `/proc/locks`. A missing file is not
+/// locked.
+pub fn lock_holder(path: &Path) -> Option<LockHolder> {
+    let pid = match getlk(path) {
+        Ok(held) => held?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(_) => {
+            use std::os::unix::fs::MetadataExt as _;
+            let m = std::fs::metadata(path).ok()?;
+            let locks = std::fs::read_to_string("/proc/locks").ok()?;
+            let dev = (libc::major(m.dev()), libc::minor(m.dev()));
+            *proc_locks_holders(&locks, dev, m.ino()).first()?
+        }
+    };
+    let comm = pid
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok())
+        .map(|c| c.trim_end().chars().filter(|c| !c.is_control()).collect());
+    Some(LockHolder {
+        lock: path.to_owned(),
+        pid,
+        comm,
+    })
+}
+
+/// `F_GETLK` for a write lock on the whole file: `None` if it could be had,
+/// else the holder's pid if known.
+fn getlk(path: &Path) -> std::io::Result<Option<Option<u32>>> {
+    use std::os::fd::AsRawFd as _;
+    // Read-only is enough to ask; no O_CREAT: a missing lock file is not held.
+    let f = std::fs::File::open(path)?;
+    // SAFETY: flock is plain data; all-zero is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: a valid descriptor and a valid flock out-pointer.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if fl.l_type == libc::F_UNLCK as libc::c_short {
+        return Ok(None);
+    }
+    Ok(Some(u32::try_from(fl.l_pid).ok().filter(|p| *p > 0)))
+}
+
+/// Holders of locks on the file (`dev` as (major, minor), `ino`) in the text
+/// of `/proc/locks`, one entry per lock: its pid, `None` when the kernel
+/// shows none (-1 for OFD locks). Waiters (`->` lines) are not holders.
+///
+/// ```text
+/// 1: POSIX  ADVISORY  WRITE 3702 fe:00:382079 0 EOF
+/// 1: -> POSIX  ADVISORY  WRITE 3800 fe:00:382079 0 EOF
+/// 2: OFDLCK ADVISORY  WRITE -1 103:02:77 0 EOF
+/// ```
+pub fn proc_locks_holders(text: &str, dev: (u32, u32), ino: u64) -> Vec<Option<u32>> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(1) == Some(&"->") {
+                return None;
+            }
+            // The pid precedes the "MAJ:MIN:INODE" field (major and minor in hex).
+            let at = f.iter().position(|s| s.matches(':').count() == 2)?;
+            let mut parts = f[at].split(':');
+            let major = u32::from_str_radix(parts.next()?, 16).ok()?;
+            let minor = u32::from_str_radix(parts.next()?, 16).ok()?;
+            let i: u64 = parts.next()?.parse().ok()?;
+            if (major, minor, i) != (dev.0, dev.1, ino) {
+                return None;
+            }
+            let pid: i64 = f.get(at.checked_sub(1)?)?.parse().ok()?;
+            Some(u32::try_from(pid).ok().filter(|p| *p > 0))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +407,124 @@ mod tests {
         if let Some(home) = &ctx.cargo_home {
             assert!(std::env::split_paths(&ctx.path).any(|p| p == home.join("bin")));
         }
+    }
+
+    #[test]
+    fn apt_get_waits_for_the_dpkg_lock() {
+        assert_eq!(
+            apt_get_args(&["install", "-y", "tmux"]),
+            [
+                "DEBIAN_FRONTEND=noninteractive",
+                "apt-get",
+                "-o",
+                "DPkg::Lock::Timeout=600",
+                "install",
+                "-y",
+                "tmux"
+            ]
+        );
+    }
+
+    #[test]
+    fn proc_locks_names_the_holders_not_the_waiters() {
+        let text = "\
+1: POSIX  ADVISORY  WRITE 3702 fe:00:382079 0 EOF
+1: -> POSIX  ADVISORY  WRITE 3800 fe:00:382079 0 EOF
+2: POSIX  ADVISORY  WRITE 3729 fe:00:382078 0 EOF
+3: OFDLCK ADVISORY  WRITE -1 103:02:77 0 EOF
+4: FLOCK  ADVISORY  WRITE 55 fe:00:9 0 EOF
+5: LEASE  ACTIVE    READ  0 fe:00:10 0 EOF
+garbage
+";
+        assert_eq!(proc_locks_holders(text, (0xfe, 0), 382079), [Some(3702)]);
+        assert_eq!(proc_locks_holders(text, (0xfe, 0), 382078), [Some(3729)]);
+        assert_eq!(proc_locks_holders(text, (0x103, 2), 77), [None]);
+        assert_eq!(proc_locks_holders(text, (0xfe, 0), 9), [Some(55)]);
+        assert_eq!(proc_locks_holders(text, (0xfe, 0), 10), [None]);
+        assert!(proc_locks_holders(text, (0xfe, 1), 382079).is_empty());
+        assert!(proc_locks_holders("", (0xfe, 0), 382079).is_empty());
+    }
+
+    #[test]
+    fn lock_messages_say_who_and_what_to_do() {
+        let h = LockHolder {
+            lock: "/var/lib/dpkg/lock-frontend".into(),
+            pid: Some(812),
+            comm: Some("unattended-upgr".into()),
+        };
+        assert_eq!(
+            lock_wait_message(&h, 10, 600),
+            "waiting for the package manager lock held by pid 812 (unattended-upgr) on \
+             /var/lib/dpkg/lock-frontend (10 s so far, giving up after 600 s)"
+        );
+        let msg = lock_timeout_message(&h, 600);
+        assert!(
+            msg.contains("still held by pid 812 (unattended-upgr) after 600 s"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("`ps -fp 812`") && msg.contains("do not delete"),
+            "{msg}"
+        );
+        let anon = LockHolder {
+            pid: None,
+            comm: None,
+            ..h
+        };
+        assert!(lock_wait_message(&anon, 0, 600).contains("held by another process on"));
+        assert!(!lock_timeout_message(&anon, 600).contains("ps -fp"));
+    }
+
+    /// A lock taken by another process is seen, with its pid and name, both
+    /// through F_GETLK and through /proc/locks; a missing file is not locked.
+    #[test]
+    fn a_lock_held_by_another_process_is_seen() {
+        use std::io::BufRead as _;
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile_dir();
+        let lock = dir.join("lock");
+        std::fs::write(&lock, "").unwrap();
+        assert_eq!(lock_holder(&lock), None);
+        assert_eq!(lock_holder(&dir.join("missing")), None);
+        let hold = "import fcntl, sys, time\n\
+                    f = open(sys.argv[1], 'w')\n\
+                    fcntl.lockf(f, fcntl.LOCK_EX)\n\
+                    print('locked', flush=True)\n\
+                    time.sleep(60)";
+        let Ok(mut child) = Command::new("python3")
+            .args(["-c", hold])
+            .arg(&lock)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+        else {
+            eprintln!("python3 not found: skipped");
+            return;
+        };
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let got = lock_holder(&lock);
+        let m = std::fs::metadata(&lock).unwrap();
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        let via_proc = proc_locks_holders(
+            &locks,
+            (libc::major(m.dev()), libc::minor(m.dev())),
+            m.ino(),
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(line.trim(), "locked");
+        let got = got.expect("the lock is seen");
+        assert_eq!(got.pid, Some(child.id()));
+        assert_eq!(got.comm.as_deref(), Some("python3"));
+        assert_eq!(via_proc, [Some(child.id())]);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("xtask-lock-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 }

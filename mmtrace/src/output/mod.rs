@@ -1,6 +1,8 @@
 //! Sinks of the record stream: the human table (`printer`, laid out by
 //! `table`), JSON Lines (`json`), the live view (`top`). Each consumes the
-//! same [`Record`]s; none computes anything of its own.
+//! same [`Record`]s; none computes anything of its own. `escape` makes names
+//! from the traced system safe to print.
+pub mod escape;
 pub mod json;
 pub mod printer;
 pub mod table;

@@ -20,6 +20,8 @@ pub struct Printer {
     verdicts: Vec<String>,
     /// `--bpf-stats` table, printed on stderr (diagnostics).
     stats_to: Box<dyn Write + Send>,
+    /// The column legend prints under the first table only.
+    legend_shown: bool,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -31,6 +33,7 @@ impl Printer {
             opts,
             verdicts: Vec::new(),
             stats_to: Box::new(std::io::stderr()),
+            legend_shown: false,
         }
     }
 
@@ -76,7 +79,8 @@ impl Printer {
         cgroup: Option<&CgroupRecord>,
     ) -> String {
         self.opts.title = title;
-        let mut t = table::render(report, &self.opts);
+        let mut t = table::render_table(report, &self.opts, !self.legend_shown);
+        self.legend_shown = true;
         if !cgroups.is_empty() {
             t.push_str(&cgroups_table(cgroups, self.opts.page_size, self.opts.top));
         }
@@ -94,7 +98,7 @@ pub fn oom_line(k: &crate::model::OomKill) -> String {
     format!(
         "mmtrace: the OOM killer ended pid {} ({}) at +{:.1} s: anon {:.0} MiB, file {:.0} MiB, shmem {:.0} MiB at the kill{}",
         k.pid,
-        k.comm,
+        super::escape::display_path(&k.comm),
         k.elapsed_s,
         mib(k.anon_rss_bytes),
         mib(k.file_rss_bytes),
@@ -119,7 +123,10 @@ pub fn verdict_line(v: &Verdict) -> String {
 /// limit, its file/anon split, refaults, PSI, and the reclaim seen.
 pub fn cgroup_line(c: &CgroupRecord) -> String {
     let mib = |b: u64| b as f64 / MIB;
-    let mut s = format!("cgroup {}", c.path.display());
+    let mut s = format!(
+        "cgroup {}",
+        super::escape::display_path(&c.path.to_string_lossy())
+    );
     if let Some(m) = &c.memory {
         let limit = m.limit_bytes.or(m.high_bytes);
         s.push_str(&format!(": usage {:.0}", mib(m.usage_bytes)));
@@ -171,7 +178,7 @@ pub fn cgroups_table(rows: &[CgroupRow], page_size: u64, top: usize) -> String {
             r.major_faults,
             mib(r.rss_file_pages),
             mib(r.rss_anon_pages),
-            r.cgroup
+            super::escape::display_path(&r.cgroup)
         ));
     }
     if rows.len() > top {
@@ -296,6 +303,37 @@ mod tests {
             out.find("verdict (pid 9): ").unwrap(),
         );
         assert!(t < c && c < v, "{out}");
+    }
+
+    #[test]
+    fn the_legend_prints_once() {
+        let b = Buf::default();
+        let mut p = Printer::new(
+            Box::new(b.clone()),
+            TableOptions {
+                page_size: 4096,
+                top: 5,
+                ..Default::default()
+            },
+        );
+        for seq in 1..=3 {
+            p.record(&Record::Interval(crate::record::Interval {
+                seq,
+                elapsed_s: seq as f64,
+                report: Default::default(),
+                cgroups: vec![],
+                cgroup: None,
+                events_dropped: None,
+            }))
+            .unwrap();
+        }
+        let out = String::from_utf8(b.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.matches("interval ").count(), 3, "{out}");
+        assert_eq!(
+            out.matches("MINFLT/MAJFLT: faults traced").count(),
+            1,
+            "{out}"
+        );
     }
 
     #[test]

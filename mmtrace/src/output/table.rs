@@ -1,16 +1,35 @@
-//! The human report: per-file and per-process tables that fit 100 columns,
-//! busiest files first, counts in pages with MiB where sizes matter.
-use std::fmt::Write as _;
+//! The human report: per-file, per-mapping and per-process tables, busiest
+//! files first, counts in pages with MiB where sizes matter. Numbers come
+//! first in fixed columns that fit 100 characters; the name (file, mapping,
+//! command) comes last, as in ps and top, escaped ([`display_path`]) and
+//! whole up to [`NAME_MAX_SHOWN`] characters; two different files never
+//! look the same ([`name_labels`]). The column legend is printed on request
+//! (once per run, not under every interval table).
+use std::{borrow::Cow, collections::HashMap, fmt::Write as _};
 
+use super::escape::display_path;
 use crate::model::{FileKind, FileRow, ProcessRow, Report};
 
+/// Width of the heading and of the free-text lines (reclaimers); the number
+/// columns of every table fit in it, the name column follows them.
 pub const WIDTH: usize = 100;
+
+/// Longest name shown whole (characters, after escaping). Longer ones keep
+/// their first directory and their file name and lose directories in the
+/// middle (`/usr/…/x86_64-linux-gnu/libfoo.so`) — unless that would make
+/// two rows of a table look the same, in which case both are shown whole.
+pub const NAME_MAX_SHOWN: usize = 120;
+
+/// Exited processes of one command name are summed into one line when there
+/// are more than this many of them (a shell script's short-lived children).
+pub const GROUP_EXITED_OVER: usize = 3;
 
 const LEGEND: &[&str] = &[
     "MINFLT/MAJFLT: faults traced. KERNEL: the kernel's own count (/proc/<pid>/stat, or the task",
     "counters at exit). UNTRACED: kernel - traced (GUP faults: O_DIRECT, pinning, execve's argv).",
     "MAPPED: pages mapped by those faults, fault-around included. ADDED/EVICTED: page-cache pages.",
     "REFLT~: pages re-added after a reclaim this trace saw (refaults; estimate). RES: resident now.",
+    "?[dev:ino]: a file whose path was never seen. NAME ×N (exited): N exited processes, summed.",
 ];
 
 /// What the table needs besides the report.
@@ -53,18 +72,93 @@ pub fn mib(pages: u64, page_size: u64) -> String {
     format!("{:.1}", (pages * page_size) as f64 / (1024.0 * 1024.0))
 }
 
-/// Keeps the end of a path (the file name matters most): "…/dir/file".
-pub fn fit_path(p: &str, width: usize) -> String {
-    let n = p.chars().count();
-    if n <= width {
-        return p.to_string();
+/// Shortens a (displayed) path longer than `max` characters by replacing
+/// directories in the middle with `…`: the first directory and the file
+/// name stay whole, then as many of the last directories as fit
+/// (`/usr/…/x86_64-linux-gnu/libc.so.6`). The first directory goes too when
+/// even it does not fit (`/…/name`); the file name is never cut, so the
+/// result can exceed `max`. Different paths can shorten to the same text:
+/// [`name_labels`] guards against that.
+pub fn shorten_dirs(p: &str, max: usize) -> Cow<'_, str> {
+    let len = |s: &str| s.chars().count();
+    if len(p) <= max {
+        return Cow::Borrowed(p);
     }
-    let tail: String = p.chars().skip(n - (width - 1)).collect();
-    format!("…{tail}")
+    let Some((dir, name)) = p.rsplit_once('/') else {
+        return Cow::Borrowed(p);
+    };
+    let parts: Vec<&str> = dir.split('/').collect();
+    // The leading "" of an absolute path and the first directory.
+    let first = parts
+        .iter()
+        .position(|d| !d.is_empty())
+        .map_or(parts.len(), |i| i + 1);
+    let mut head = parts[..first].join("/");
+    let rest = &parts[first..];
+    if rest.is_empty() {
+        return Cow::Borrowed(p);
+    }
+    let fixed = len("/…/") + len(name);
+    let head_dropped = len(&head) + fixed > max;
+    if head_dropped {
+        head.clear();
+    }
+    let mut room = max.saturating_sub(len(&head) + fixed);
+    let mut kept = 0;
+    for d in rest.iter().rev() {
+        if len(d) + 1 > room {
+            break;
+        }
+        room -= len(d) + 1;
+        kept += 1;
+    }
+    if kept == rest.len() && !head_dropped {
+        return Cow::Borrowed(p);
+    }
+    let mut out = head;
+    out.push_str("/…/");
+    for d in &rest[rest.len() - kept..] {
+        out.push_str(d);
+        out.push('/');
+    }
+    out.push_str(name);
+    Cow::Owned(out)
+}
+
+/// How the rows of one table show `names`: escaped ([`display_path`]),
+/// shortened to `max` ([`shorten_dirs`]), and shown whole wherever a
+/// shortened label would read like the label of a different name.
+pub fn name_labels(names: &[&str], max: usize) -> Vec<String> {
+    let whole: Vec<Cow<str>> = names.iter().map(|n| display_path(n)).collect();
+    let mut labels: Vec<String> = whole
+        .iter()
+        .map(|w| shorten_dirs(w, max).into_owned())
+        .collect();
+    // Each round shows at least one more name whole; whole labels are
+    // distinct for distinct names, so this ends.
+    loop {
+        let mut by_label: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, l) in labels.iter().enumerate() {
+            by_label.entry(l.as_str()).or_default().push(i);
+        }
+        let clashing: Vec<usize> = by_label
+            .values()
+            .filter(|ix| ix.iter().any(|&i| names[i] != names[ix[0]]))
+            .flatten()
+            .copied()
+            .filter(|&i| labels[i] != whole[i])
+            .collect();
+        if clashing.is_empty() {
+            return labels;
+        }
+        for i in clashing {
+            labels[i] = whole[i].to_string();
+        }
+    }
 }
 
 /// Cuts a line at `width` characters.
-fn fit_path_end(line: &str, width: usize) -> String {
+fn fit_line(line: &str, width: usize) -> String {
     if line.chars().count() <= width {
         return line.to_string();
     }
@@ -73,7 +167,14 @@ fn fit_path_end(line: &str, width: usize) -> String {
     out
 }
 
+/// The table with the column legend under it (see [`render_table`]).
 pub fn render(r: &Report, o: &TableOptions) -> String {
+    render_table(r, o, true)
+}
+
+/// The table; the column legend under it when `legend` (a caller printing
+/// one table per interval passes `true` for the first one only).
+pub fn render_table(r: &Report, o: &TableOptions, legend: bool) -> String {
     let mut s = String::new();
     let ps = o.page_size.max(1);
     let _ = writeln!(
@@ -84,17 +185,8 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<23} {:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}",
-        "FILE",
-        "MINFLT",
-        "MAJFLT",
-        "WRITE",
-        "COW",
-        "MAPPED",
-        "ADDED",
-        "EVICTED",
-        "REFLT~",
-        "RES MiB"
+        "{:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}  FILE",
+        "MINFLT", "MAJFLT", "WRITE", "COW", "MAPPED", "ADDED", "EVICTED", "REFLT~", "RES MiB"
     );
     // Files of unknown path that took no fault (page-cache traffic only:
     // metadata, pipes, short-lived scratch files) go to the summary line;
@@ -116,15 +208,13 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
             "-".to_string()
         }
     };
-    for f in rows {
-        // The unknown-path marker and the deleted note survive truncation.
+    let paths: Vec<&str> = rows.iter().map(|f| f.path.as_str()).collect();
+    for (f, label) in rows.iter().zip(name_labels(&paths, NAME_MAX_SHOWN)) {
         let mark = if f.path_known { "" } else { "?" };
         let note = if f.deleted { " (deleted)" } else { "" };
-        let room = 23 - mark.len() - note.len();
-        let name = format!("{mark}{}{note}", fit_path(&f.path, room));
-        let res = match (f.kind, f.resident_pages) {
-            (_, Some(p)) => mib(p, ps),
-            (_, None) => "-".into(),
+        let res = match f.resident_pages {
+            Some(p) => mib(p, ps),
+            None => "-".into(),
         };
         let cache = |n: u64| {
             if f.kind == FileKind::File {
@@ -135,8 +225,7 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<23} {:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}",
-            name,
+            "{:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}  {mark}{label}{note}",
             count(f.minor_faults),
             count(f.major_faults),
             w(f.write_faults),
@@ -152,8 +241,7 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
         let sum = |g: fn(&FileRow) -> u64| hidden.iter().map(|f| g(f)).sum::<u64>();
         let _ = writeln!(
             s,
-            "{:<23} {:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}",
-            format!("({} more files)", hidden.len()),
+            "{:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}  ({} more files)",
             count(sum(|f| f.minor_faults)),
             count(sum(|f| f.major_faults)),
             w(sum(|f| f.write_faults)),
@@ -162,7 +250,8 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
             count(sum(|f| f.pages_added)),
             count(sum(|f| f.pages_evicted)),
             count(sum(|f| f.refault_pages)),
-            ""
+            "",
+            hidden.len(),
         );
     }
     // Why pages left: one line per file with evictions, busiest first.
@@ -177,7 +266,8 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
             s,
             "EVICTED BY REASON (pages; owner: charged to the traced cgroup)"
         );
-        for f in evicting {
+        let paths: Vec<&str> = evicting.iter().map(|f| f.path.as_str()).collect();
+        for (f, label) in evicting.iter().zip(name_labels(&paths, NAME_MAX_SHOWN)) {
             let mut reasons: Vec<String> = mmtrace_common::reason::NAMES
                 .iter()
                 .filter_map(|k| {
@@ -196,37 +286,37 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
                     count(f.readded_pages)
                 ));
             }
-            let line = format!("  {}: {}", fit_path(&f.path, 30), reasons.join(", "));
-            let _ = writeln!(s, "{}", fit_path_end(&line, WIDTH));
+            let _ = writeln!(s, "  {label}: {}", reasons.join(", "));
         }
     }
     if !r.reclaimers.is_empty() {
         let who: Vec<String> = r
             .reclaimers
             .iter()
-            .map(|(c, n)| format!("{c} {}", count(*n)))
+            .map(|(c, n)| format!("{} {}", display_path(c), count(*n)))
             .collect();
         let line = format!("RECLAIMERS (pages, by command): {}", who.join(", "));
-        let _ = writeln!(s, "{}", fit_path_end(&line, WIDTH));
+        let _ = writeln!(s, "{}", fit_line(&line, WIDTH));
     }
     if o.mappings && !r.mappings.is_empty() {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "{:>7} {:<12} {:<4} {:<7} {:<25} {:>9} {:>6} {:>7} {:>6} {:>8}",
-            "PID", "START", "PERM", "KIND", "MAPPING", "MINFLT", "MAJFLT", "WRITE", "COW", "MAPPED"
+            "{:>7} {:<12} {:<4} {:<7} {:>9} {:>6} {:>7} {:>6} {:>8}  MAPPING",
+            "PID", "START", "PERM", "KIND", "MINFLT", "MAJFLT", "WRITE", "COW", "MAPPED"
         );
-        for m in r.mappings.iter().take(o.top.max(1)) {
+        let shown: Vec<_> = r.mappings.iter().take(o.top.max(1)).collect();
+        let paths: Vec<&str> = shown.iter().map(|m| m.path.as_str()).collect();
+        for (m, label) in shown.iter().zip(name_labels(&paths, NAME_MAX_SHOWN)) {
             let _ = writeln!(
                 s,
-                "{:>7} {:<12x} {:<4} {:<7} {:<25} {:>9} {:>6} {:>7} {:>6} {:>8}",
+                "{:>7} {:<12x} {:<4} {:<7} {:>9} {:>6} {:>7} {:>6} {:>8}  {label}",
                 m.pid,
                 m.start,
                 m.perms
                     .as_deref()
                     .unwrap_or(if m.shared { "???s" } else { "???p" }),
                 format!("{:?}", m.kind).to_lowercase(),
-                fit_path(&m.path, 25),
                 count(m.minor_faults),
                 count(m.major_faults),
                 w(m.write_faults),
@@ -238,14 +328,16 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "{:>7} {:<15} {:>10} {:>10} {:>7} {:>7} {:>8} {:>10} {:>10}",
-        "PID", "COMM", "MINFLT", "KERNEL", "MAJFLT", "KERNEL", "UNTRACED", "RSS-FILE", "RSS-ANON"
+        "{:>7} {:>10} {:>10} {:>7} {:>7} {:>8} {:>10} {:>10}  COMM",
+        "PID", "MINFLT", "KERNEL", "MAJFLT", "KERNEL", "UNTRACED", "RSS-FILE", "RSS-ANON"
     );
-    for p in &r.processes {
-        let _ = writeln!(s, "{}", process_line(p, ps));
+    for line in process_lines(&r.processes) {
+        let _ = writeln!(s, "{}", line.render(ps));
     }
-    for line in LEGEND {
-        let _ = writeln!(s, "{line}");
+    if legend {
+        for line in LEGEND {
+            let _ = writeln!(s, "{line}");
+        }
     }
     if r.lost_faults > 0 {
         let _ = writeln!(
@@ -260,32 +352,102 @@ pub fn render(r: &Report, o: &TableOptions) -> String {
     s
 }
 
-fn process_line(p: &ProcessRow, ps: u64) -> String {
+/// One line of the process table: a process, or exited processes of one
+/// command name summed.
+enum ProcessLine<'a> {
+    One(&'a ProcessRow),
+    Exited(Vec<&'a ProcessRow>),
+}
+
+/// The process table's lines in the report's order (a group where its first
+/// member was). Processes named by the user and live ones stay individual.
+fn process_lines(rows: &[ProcessRow]) -> Vec<ProcessLine<'_>> {
+    let groupable = |p: &ProcessRow| !p.alive && !p.target;
+    let mut exited: HashMap<&str, Vec<&ProcessRow>> = HashMap::new();
+    for p in rows.iter().filter(|p| groupable(p)) {
+        exited.entry(p.comm.as_str()).or_default().push(p);
+    }
+    let mut lines = Vec::new();
+    for p in rows {
+        match exited.get_mut(p.comm.as_str()) {
+            Some(group) if groupable(p) && group.len() > GROUP_EXITED_OVER => {
+                lines.push(ProcessLine::Exited(std::mem::take(group)));
+            }
+            // The rest of a group already printed.
+            Some(group) if groupable(p) && group.is_empty() => {}
+            _ => lines.push(ProcessLine::One(p)),
+        }
+    }
+    lines
+}
+
+impl ProcessLine<'_> {
+    fn render(&self, ps: u64) -> String {
+        match self {
+            ProcessLine::One(p) => {
+                let note = if p.alive { "" } else { " (exited)" };
+                process_line(&p.pid.to_string(), p, &format!("{}{note}", comm(p)), ps)
+            }
+            ProcessLine::Exited(group) => {
+                let sum = sum_processes(group);
+                let label = format!("{} ×{} (exited)", comm(&sum), group.len());
+                process_line("-", &sum, &label, ps)
+            }
+        }
+    }
+}
+
+fn comm(p: &ProcessRow) -> Cow<'_, str> {
+    if p.comm.is_empty() {
+        Cow::Borrowed("?")
+    } else {
+        display_path(&p.comm)
+    }
+}
+
+/// The counters of `group` added up; a count unknown for one member is
+/// unknown for the sum.
+fn sum_processes(group: &[&ProcessRow]) -> ProcessRow {
+    fn all<T: std::iter::Sum<T>>(v: impl Iterator<Item = Option<T>>) -> Option<T> {
+        v.sum()
+    }
+    ProcessRow {
+        comm: group.first().map(|p| p.comm.clone()).unwrap_or_default(),
+        minor_faults: group.iter().map(|p| p.minor_faults).sum(),
+        major_faults: group.iter().map(|p| p.major_faults).sum(),
+        write_faults: group.iter().map(|p| p.write_faults).sum(),
+        cow_faults: group.iter().map(|p| p.cow_faults).sum(),
+        kernel_minor_faults: all(group.iter().map(|p| p.kernel_minor_faults)),
+        kernel_major_faults: all(group.iter().map(|p| p.kernel_major_faults)),
+        untraced_minor_faults: all(group.iter().map(|p| p.untraced_minor_faults)),
+        untraced_major_faults: all(group.iter().map(|p| p.untraced_major_faults)),
+        rss_file_pages: all(group.iter().map(|p| p.rss_file_pages)),
+        rss_anon_pages: all(group.iter().map(|p| p.rss_anon_pages)),
+        rss_shmem_pages: all(group.iter().map(|p| p.rss_shmem_pages)),
+        ..ProcessRow::default()
+    }
+}
+
+fn process_line(pid: &str, p: &ProcessRow, label: &str, ps: u64) -> String {
     let opt = |v: Option<u64>| v.map(count).unwrap_or_else(|| "-".into());
     let untraced = match (p.untraced_minor_faults, p.untraced_major_faults) {
         (Some(a), Some(b)) => format!("{:+}", a + b),
         _ => "-".into(),
     };
-    let comm = if p.alive {
-        p.comm.clone()
-    } else {
-        format!("{} †", p.comm)
+    let rss = |v: Option<u64>| {
+        v.map(|v| format!("{}M", mib(v, ps)))
+            .unwrap_or_else(|| "-".into())
     };
     format!(
-        "{:>7} {:<15} {:>10} {:>10} {:>7} {:>7} {:>8} {:>10} {:>10}",
-        p.pid,
-        fit_path(&comm, 15),
+        "{:>7} {:>10} {:>10} {:>7} {:>7} {:>8} {:>10} {:>10}  {label}",
+        pid,
         count(p.minor_faults),
         opt(p.kernel_minor_faults),
         count(p.major_faults),
         opt(p.kernel_major_faults),
         untraced,
-        p.rss_file_pages
-            .map(|v| format!("{}M", mib(v, ps)))
-            .unwrap_or_else(|| "-".into()),
-        p.rss_anon_pages
-            .map(|v| format!("{}M", mib(v, ps)))
-            .unwrap_or_else(|| "-".into()),
+        rss(p.rss_file_pages),
+        rss(p.rss_anon_pages),
     )
 }
 
@@ -354,29 +516,296 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_line_fits_100_columns() {
-        let o = TableOptions {
+    fn opts(top: usize) -> TableOptions {
+        TableOptions {
             page_size: 4096,
-            top: 20,
+            top,
             mappings: true,
             title: "final report (1.0 s)".into(),
             write_faults: true,
-        };
-        let out = render(&report(), &o);
-        for line in out.lines() {
-            assert!(
-                line.chars().count() <= WIDTH,
-                "{} chars: {line}",
-                line.chars().count()
-            );
         }
+    }
+
+    /// Where the name column starts in the line under `header` (all name
+    /// columns follow two spaces after fixed-width number columns).
+    fn name_column(out: &str, header: &str) -> usize {
+        let h = out.lines().find(|l| l.ends_with(header)).unwrap();
+        h.chars().count() - header.chars().count()
+    }
+
+    #[test]
+    fn number_columns_fit_100_columns_and_names_come_last() {
+        let out = render(&report(), &opts(20));
+        let at = name_column(&out, "  FILE") + 2;
+        assert!(at <= WIDTH);
+        let rows = out
+            .lines()
+            .filter(|l| l.contains("/a/very/") && !l.starts_with("  "));
+        for line in rows {
+            let (numbers, name) = line.split_at(line.char_indices().nth(at).unwrap().0);
+            assert!(numbers.ends_with("  ") && !name.starts_with(' '), "{line}");
+            if !line.starts_with("  ") {
+                assert!(name.starts_with('/') || name.starts_with('?'), "{line}");
+            }
+        }
+        // Every line but the named rows fits the width.
+        for line in out.lines() {
+            let names = ["/a/very/", "/x/y/z/", "a-very-long-command-name"];
+            if !names.iter().any(|n| line.contains(n)) {
+                assert!(line.chars().count() <= WIDTH, "{line}");
+            }
+        }
+        assert!(out.contains("  /a/very/long/directory/name/that/goes/on/file0.bin\n"));
+        assert!(out.contains("  /x/y/z/some/long/path/to/a/mapped/file.arrow\n"));
         assert!(out.contains("(10 more files)"));
-        assert!(out.contains("?…"), "unknown paths are marked");
-        assert!(out.contains("[anon]"));
+        assert!(out.contains("  ?/a/very/long/directory/name/that/goes/on/file3.bin"));
+        assert!(out.contains("  [anon]"));
+        assert!(out.contains("  a-very-long-command-name (exited)\n"));
         assert!(out.contains("faults could not be attributed"));
         assert!(out.contains("EVICTED BY REASON"));
         assert!(out.contains("memcg_reclaim 123.5M"));
+    }
+
+    fn lib(path: &str, minor: u64) -> FileRow {
+        FileRow {
+            path: path.into(),
+            path_known: true,
+            minor_faults: minor,
+            ..FileRow::default()
+        }
+    }
+
+    #[test]
+    fn files_with_the_same_tail_stay_told_apart() {
+        let paths = [
+            "/usr/lib/python3.11/lib-dynload/_ssl.cpython-311-x86_64-linux-gnu.so",
+            "/usr/lib/python3.11/lib-dynload/_json.cpython-311-x86_64-linux-gnu.so",
+            "/home/u/.pyenv/versions/3.11.9/lib/python3.11/lib-dynload/_ssl.cpython-311-x86_64-linux-gnu.so",
+        ];
+        let r = Report {
+            files: paths.iter().map(|p| lib(p, 10)).collect(),
+            ..Report::default()
+        };
+        let out = render(&r, &opts(10));
+        for p in paths {
+            assert_eq!(
+                out.matches(&format!("  {p}\n")).count(),
+                1,
+                "{p} whole:\n{out}"
+            );
+        }
+    }
+
+    #[test]
+    fn very_long_paths_lose_middle_directories_but_never_their_file_name() {
+        let deep = format!("/srv{}/data.bin", "/d".repeat(2000));
+        let short = shorten_dirs(&deep, NAME_MAX_SHOWN);
+        assert!(short.starts_with("/srv/…/d/d/"), "{short}");
+        assert!(short.ends_with("/d/data.bin"), "{short}");
+        assert!((NAME_MAX_SHOWN - 1..=NAME_MAX_SHOWN).contains(&short.chars().count()));
+        assert_eq!(
+            shorten_dirs("/usr/lib/x86_64-linux-gnu/libfoo.so", 20),
+            "/usr/…/libfoo.so"
+        );
+        assert_eq!(
+            shorten_dirs("/usr/lib/x86_64-linux-gnu/python3/libfoo.so", 30),
+            "/usr/…/python3/libfoo.so"
+        );
+        assert_eq!(
+            shorten_dirs("/usr/lib/libfoo.so", 100),
+            "/usr/lib/libfoo.so"
+        );
+        // A file name is never cut, even alone over the limit; nor is a
+        // path with nothing to take out.
+        let name = format!("/tmp/{}", "n".repeat(300));
+        assert!(shorten_dirs(&name, 50).ends_with(&"n".repeat(300)));
+        assert_eq!(shorten_dirs(&name, 50), name);
+        let in_deep_dir = format!("/{}/{}/f", "a".repeat(200), "b".repeat(10));
+        assert_eq!(shorten_dirs(&in_deep_dir, 20), "/…/bbbbbbbbbb/f");
+        assert_eq!(shorten_dirs(&"x".repeat(4000), 10), "x".repeat(4000));
+        // In a table, a 4,000-character path is one line that ends with the file name.
+        let r = Report {
+            files: vec![lib(&deep, 5), lib("/etc/hosts", 1)],
+            ..Report::default()
+        };
+        let out = render(&r, &opts(10));
+        let row = out.lines().find(|l| l.ends_with("/data.bin")).unwrap();
+        assert!(row.chars().count() < 78 + NAME_MAX_SHOWN + 2, "{row}");
+        assert!(out.contains("  /etc/hosts\n"));
+    }
+
+    #[test]
+    fn shortened_names_that_would_clash_are_shown_whole() {
+        let mid = |m: &str| format!("/srv/{m}{}/data.bin", "/d".repeat(100));
+        let (a, b) = (mid("a"), mid("b"));
+        assert_eq!(shorten_dirs(&a, 60), shorten_dirs(&b, 60));
+        let literal = shorten_dirs(&a, 60).into_owned(); // a real name with "…" in it
+        let names = [
+            a.as_str(),
+            b.as_str(),
+            "/etc/passwd",
+            a.as_str(),
+            literal.as_str(),
+        ];
+        let labels = name_labels(&names, 60);
+        assert_eq!(labels[0], a);
+        assert_eq!(labels[1], b);
+        assert_eq!(labels[2], "/etc/passwd");
+        assert_eq!(labels[3], a, "the same name twice is the same label");
+        assert_eq!(labels[4], literal);
+        // Unique short labels stay short.
+        assert_eq!(
+            name_labels(&[a.as_str(), "/x"], 60)[0],
+            shorten_dirs(&a, 60)
+        );
+    }
+
+    fn has_no_terminal_controls(s: &str) -> bool {
+        !s.chars()
+            .any(|c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c))
+    }
+
+    #[test]
+    fn hostile_names_cannot_break_lines_or_drive_the_terminal() {
+        let hostile = [
+            "/tmp/new\nline.so",
+            "/tmp/tab\there",
+            "/tmp/\x1b[2J\x1b]0;pwned\x07clear",
+            "/tmp/del\x7f and c1 \u{9b}31m",
+            "/tmp/\"quoted\" and 'single'",
+            "/tmp/invalid-\u{fffd}\u{fffd}.bin",
+            "/tmp/rlo-\u{202e}os.exe",
+        ];
+        let mut files: Vec<FileRow> = hostile.iter().map(|p| lib(p, 3)).collect();
+        files[0].pages_evicted = 1;
+        files[0].evicted_by.insert("kswapd", 1);
+        let r = Report {
+            files,
+            mappings: vec![MappingRow {
+                pid: 9,
+                kind: MappingKind::File,
+                path: hostile[2].into(),
+                start: 0x1000,
+                end: 0x2000,
+                offset: 0,
+                shared: false,
+                perms: Some("r--p".into()),
+                minor_faults: 1,
+                major_faults: 0,
+                write_faults: 0,
+                cow_faults: 0,
+                pages_mapped: 1,
+            }],
+            processes: vec![ProcessRow {
+                pid: 9,
+                comm: "ev\x1bil\ncomm".into(),
+                alive: true,
+                ..ProcessRow::default()
+            }],
+            reclaimers: [("kd\x1b[1m".to_string(), 4)].into(),
+            ..Report::default()
+        };
+        let out = render(&r, &opts(20));
+        assert!(has_no_terminal_controls(&out), "{out:?}");
+        // The same report with plain names has as many lines.
+        let mut plain = r.clone();
+        for (i, f) in plain.files.iter_mut().enumerate() {
+            f.path = format!("/tmp/{i}");
+        }
+        plain.mappings[0].path = "/tmp/m".into();
+        plain.processes[0].comm = "x".into();
+        plain.reclaimers = [("k".to_string(), 4)].into();
+        let plain = render(&plain, &opts(20));
+        assert_eq!(
+            out.lines().count(),
+            plain.lines().count(),
+            "one line per row"
+        );
+        for want in [
+            r"  /tmp/new\nline.so",
+            r"  /tmp/tab\there",
+            r"  /tmp/\x1b[2J\x1b]0;pwned\x07clear",
+            r"  /tmp/del\x7f and c1 \u{9b}31m",
+            "  /tmp/\"quoted\" and 'single'",
+            "  /tmp/invalid-\u{fffd}\u{fffd}.bin",
+            r"  /tmp/rlo-\u{202e}os.exe",
+            r"  ev\x1bil\ncomm",
+            r"kd\x1b[1m 4",
+            r"  /tmp/new\nline.so: kswapd 1",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in\n{out}");
+        }
+    }
+
+    fn proc(pid: u32, comm: &str, alive: bool, minor: u64) -> ProcessRow {
+        ProcessRow {
+            pid,
+            comm: comm.into(),
+            alive,
+            minor_faults: minor,
+            kernel_minor_faults: Some(minor + 1),
+            kernel_major_faults: Some(0),
+            untraced_minor_faults: Some(1),
+            untraced_major_faults: Some(0),
+            ..ProcessRow::default()
+        }
+    }
+
+    #[test]
+    fn many_exited_processes_of_one_name_are_one_line() {
+        let mut processes = vec![ProcessRow {
+            target: true,
+            rss_anon_pages: Some(256),
+            ..proc(100, "python3", true, 1000)
+        }];
+        processes.extend((0..40).map(|i| proc(200 + i, "bash", false, 10)));
+        processes.push(proc(300, "bash", true, 7)); // alive: its own line
+        processes.push(ProcessRow {
+            target: true,
+            ..proc(301, "bash", false, 8) // named by the user: its own line
+        });
+        processes.extend((0..3).map(|i| proc(400 + i, "uname", false, 2)));
+        let r = Report {
+            processes,
+            ..Report::default()
+        };
+        let out = render(&r, &opts(10));
+        let group: Vec<&str> = out.lines().filter(|l| l.contains("bash ×")).collect();
+        assert_eq!(group.len(), 1, "{out}");
+        let cols: Vec<&str> = group[0].split_whitespace().collect();
+        // PID MINFLT KERNEL MAJFLT KERNEL UNTRACED RSS-FILE RSS-ANON COMM
+        assert_eq!(
+            cols,
+            [
+                "-", "400", "440", "0", "0", "+40", "-", "-", "bash", "×40", "(exited)"
+            ],
+            "{out}"
+        );
+        assert!(out.contains("  bash\n"), "the live bash stays");
+        assert!(out.contains("  bash (exited)\n"), "the target bash stays");
+        assert_eq!(
+            out.matches("  uname (exited)\n").count(),
+            3,
+            "three are not many"
+        );
+        assert!(out.contains("  python3\n"));
+        // The group sits where its first member was: after python3.
+        let at = |s: &str| out.find(s).unwrap();
+        assert!(at("  python3\n") < at("bash ×40") && at("bash ×40") < at("  uname"));
+    }
+
+    #[test]
+    fn the_legend_is_printed_only_when_asked() {
+        let r = report();
+        let with = render_table(&r, &opts(5), true);
+        let without = render_table(&r, &opts(5), false);
+        assert!(with.contains(LEGEND[0]));
+        assert!(!without.contains(LEGEND[0]));
+        assert_eq!(render(&r, &opts(5)), with, "render keeps the legend");
+        assert_eq!(with.lines().count(), without.lines().count() + LEGEND.len());
+        for line in LEGEND {
+            assert!(line.chars().count() <= WIDTH, "{line}");
+        }
     }
 
     #[test]
@@ -389,7 +818,6 @@ mod tests {
         assert_eq!(count(123_456_789), "123.5M");
         assert_eq!(count(12_345_678_901), "12.3G");
         assert_eq!(mib(256, 4096), "1.0");
-        assert_eq!(fit_path("/abc/def", 5), "…/def");
     }
 
     #[test]
