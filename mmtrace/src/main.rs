@@ -51,6 +51,8 @@ fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
                 ..cli.clone()
             });
             spec.view = View::Top;
+            // The live view redraws from interval records: one a second.
+            spec.interval.get_or_insert(1.0);
             (!spec.has_target()).then(DemoArgs::default)
         }
         None if !spec.has_target() => {
