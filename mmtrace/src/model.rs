@@ -974,7 +974,7 @@ mod tests {
             pid,
             comm: format!("p{pid}"),
             cgroup: Some(cg.into()),
-            alive: pid % 2 == 0,
+            alive: pid.is_multiple_of(2),
             target,
             minor_faults: faults,
             rss_anon_pages: Some(1),
