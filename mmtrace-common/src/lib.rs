@@ -359,6 +359,11 @@ pub struct Config {
     /// Non-zero for `--all`: every process but mmtrace is in scope, without
     /// `SCOPE` entries (children are not added, nothing fills up).
     pub scope_all: u32,
+    /// [`event_mask`] bits: which raw events go to the `EVENTS` ring buffer
+    /// (0: none; the programs only aggregate).
+    pub events: u32,
+    /// Stream one raw event in `events_sample` (per CPU); 0 or 1: all.
+    pub events_sample: u32,
     /// Kernel text ranges `[start, end)` of the functions that run memcg
     /// reclaim for a write to a cgroup file (memory.reclaim, force_empty, a
     /// lowered limit): a reclaim whose kernel stack passes through one is
@@ -467,6 +472,64 @@ pub struct OomKill {
     pub comm: [u8; 16],
 }
 
+/// Bits of [`Config::events`].
+pub mod event_mask {
+    pub const MINOR_FAULTS: u32 = 1 << 0;
+    pub const MAJOR_FAULTS: u32 = 1 << 1;
+    pub const FAULTS: u32 = MINOR_FAULTS | MAJOR_FAULTS;
+    pub const ADDS: u32 = 1 << 2;
+    pub const EVICTIONS: u32 = 1 << 3;
+}
+
+/// Kinds of [`Event`].
+pub mod event {
+    pub const MINOR_FAULT: u32 = 1;
+    pub const MAJOR_FAULT: u32 = 2;
+    pub const CACHE_ADD: u32 = 3;
+    pub const EVICTION: u32 = 4;
+    /// Bits of [`Event::flags`] (faults).
+    pub const WRITE: u32 = 1 << 0;
+    pub const COW: u32 = 1 << 1;
+    pub const FILE: u32 = 1 << 2;
+    pub const SHARED: u32 = 1 << 3;
+    /// The fault's vma could not be found (no file fields).
+    pub const UNATTRIBUTED: u32 = 1 << 4;
+    /// Evictions: the page was charged to the traced cgroup.
+    pub const OWNED: u32 = 1 << 5;
+}
+
+/// One raw event (`--events`), sent through the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// [`event`] kind.
+    pub kind: u32,
+    /// The task that caused it (for evictions: the evicting task, which may
+    /// be kswapd or another process).
+    pub tgid: u32,
+    pub tid: u32,
+    /// Kernel encoding; 0 with `ino` 0: anonymous memory.
+    pub dev: u32,
+    pub ino: u64,
+    /// Cache events: the first page index in the file. Faults: the vma's
+    /// page offset in the file (`vm_pgoff`).
+    pub index: u64,
+    /// Cache events: pages of the folio. Faults: pages mapped (fault-around).
+    pub pages: u64,
+    /// Faults: the faulting address.
+    pub addr: u64,
+    /// Faults: the vma's start (with `index`, the file offset of `addr`).
+    pub vm_start: u64,
+    /// `bpf_ktime_get_ns()`.
+    pub ktime_ns: u64,
+    /// Faults: ns from the fault's entry to its accounting (0: unknown).
+    pub latency_ns: u64,
+    /// Evictions: the [`reason`] index.
+    pub reason: u32,
+    /// [`event`] flag bits.
+    pub flags: u32,
+}
+
 /// Key of `RECLAIMERS`: the command name of a task that evicted pages of a
 /// file of interest outside syscalls and cgroup/global reclaim (kdamond,
 /// khugepaged, kcompactd, kworkers, ...).
@@ -482,6 +545,10 @@ pub mod limits {
     /// Reclaimer command names remembered.
     pub const RECLAIMERS: u32 = 256;
     pub const EXITS: u32 = 16_384;
+    /// Bytes of the `EVENTS` ring buffer with `--events` (50k events)...
+    pub const EVENTS_BYTES: u32 = 4 << 20;
+    /// ...and without (nothing is written to it; the smallest allowed).
+    pub const EVENTS_BYTES_OFF: u32 = 4096;
 }
 
 #[cfg(feature = "user")]
@@ -503,6 +570,7 @@ mod user {
     unsafe impl aya::Pod for CgroupKey {}
     unsafe impl aya::Pod for EvictedBits {}
     unsafe impl aya::Pod for OomKill {}
+    unsafe impl aya::Pod for Event {}
 }
 
 impl FaultCounters {
@@ -561,6 +629,7 @@ mod tests {
         assert_eq!(size_of::<ExitRecord>(), 48);
         assert_eq!(size_of::<ScopeEntry>(), 8);
         assert_eq!(size_of::<Notice>(), 24);
+        assert_eq!(size_of::<Event>(), 80);
         assert_eq!(size_of::<VmaCache>(), 16 + 48 + 40);
         assert_eq!(size_of::<Config>() % 8, 0);
     }

@@ -25,13 +25,19 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_map_lookup_percpu_elem},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_map_lookup_percpu_elem},
+    },
     macros::{perf_event, raw_tracepoint, tracepoint},
     programs::{PerfEventContext, RawTracePointContext, TracePointContext},
 };
-use mmtrace_common::{Config, FaultCounters, FileKey, MappingKey, VmaCache, errors, kind};
+use mmtrace_common::{
+    Config, Event, FaultCounters, FileKey, MappingKey, VmaCache, errors, event, event_mask, kind,
+};
 
 use crate::{
+    events,
     kread::{conf, read},
     maps::{LOST_FAULTS, MAPPING_FAULTS, PENDING, VMA_CACHE, count_error, get_or_insert},
     pagecache::register_file,
@@ -52,6 +58,8 @@ pub struct Pending {
     pub map_tid: u32,
     pub error_code: u64,
     pub map_pages: u64,
+    /// Fault entry time (only with fault events on: latency).
+    pub start_ns: u64,
 }
 
 #[perf_event]
@@ -97,6 +105,9 @@ fn stash_error_code(code: u64) {
         unsafe {
             (*p).err_tid = tid;
             (*p).error_code = code;
+            if events::wanted(event_mask::FAULTS) {
+                (*p).start_ns = bpf_ktime_get_ns();
+            }
             (*p).map_tid = 0;
         }
     }
@@ -137,7 +148,7 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
     // SAFETY: ctx points at the kernel's bpf_perf_event_data.
     let addr = unsafe { (*ctx.ctx).addr };
 
-    let (error_code, map_pages) = take_pending(tid);
+    let (error_code, map_pages, start_ns) = take_pending(tid);
 
     let write = error_code & X86_PF_WRITE != 0;
     let Some((c, k)) = vma_counters(addr, tgid) else {
@@ -159,6 +170,76 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
         }
         (*c).pages_mapped += map_pages;
     }
+    let wanted = if major {
+        event_mask::MAJOR_FAULTS
+    } else {
+        event_mask::MINOR_FAULTS
+    };
+    if events::wanted(wanted) {
+        let mut flags = 0;
+        if write {
+            flags |= event::WRITE;
+        }
+        if cow {
+            flags |= event::COW;
+        }
+        let mut e = Event {
+            kind: if major {
+                event::MAJOR_FAULT
+            } else {
+                event::MINOR_FAULT
+            },
+            addr,
+            pages: map_pages,
+            latency_ns: start_ns,
+            flags,
+            ..Event::default()
+        };
+        fault_event(&mut e, tgid);
+    }
+}
+
+/// Sends a raw fault event (`e.latency_ns` holds the fault's entry time):
+/// the vma is this CPU's cached one (just looked up or reused), else looked
+/// up again (events on only). Out of line: the hot path stays as it was.
+#[inline(never)]
+fn fault_event(e: &mut Event, tgid: u32) {
+    let addr = e.addr;
+    let mut key = None;
+    if let Some(cache) = VMA_CACHE.get_ptr(0) {
+        // SAFETY: per-CPU slot.
+        let k = unsafe { (*cache).key };
+        if k.tgid == tgid && addr >= k.vm_start && addr < k.vm_end {
+            key = Some(k);
+        }
+    }
+    let k = match key {
+        Some(k) => k,
+        // SAFETY: plain helper call.
+        None => find_vma(unsafe { bpf_get_current_task_btf() }, addr, tgid),
+    };
+    if k.kind & kind::FILE != 0 {
+        e.flags |= event::FILE;
+    }
+    if k.kind & kind::SHARED != 0 {
+        e.flags |= event::SHARED;
+    }
+    if k.kind & kind::UNATTRIBUTED != 0 {
+        e.flags |= event::UNATTRIBUTED;
+    }
+    e.dev = k.dev;
+    e.ino = k.ino;
+    e.index = k.pgoff;
+    e.vm_start = k.vm_start;
+    let start = e.latency_ns;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    e.latency_ns = if start != 0 && start <= now {
+        now - start
+    } else {
+        0
+    };
+    events::emit(e);
 }
 
 /// Upper bound of the cross-CPU search (verifier-friendly bounded loop).
@@ -170,16 +251,17 @@ const MAX_CPUS: u32 = 1024;
 /// waiting for I/O) may end on another CPU: then the other CPUs' slots are
 /// searched with `bpf_map_lookup_percpu_elem` — rare, so cheap on average.
 #[inline(always)]
-fn take_pending(tid: u32) -> (u64, u64) {
+fn take_pending(tid: u32) -> (u64, u64, u64) {
     // The error code is 0 when nothing was handed over (a plain u64, not an
     // Option: an Option's uninitialised payload upsets the verifier).
-    let (mut error_code, mut map_pages) = (0u64, 1u64);
+    let (mut error_code, mut map_pages, mut start_ns) = (0u64, 1u64, 0u64);
     let mut take = |p: *mut Pending| {
         // SAFETY: a slot of PENDING; a racing writer on its own CPU can at
         // worst make us miss this fault's hand-over.
         unsafe {
             if (*p).err_tid == tid {
                 error_code = (*p).error_code;
+                start_ns = (*p).start_ns;
                 (*p).err_tid = 0;
             }
             if (*p).map_tid == tid {
@@ -191,7 +273,7 @@ fn take_pending(tid: u32) -> (u64, u64) {
         }
     };
     let Some(local) = PENDING.get_ptr_mut(0) else {
-        return (0, 1);
+        return (0, 1, 0);
     };
     // SAFETY: per-CPU slot of this CPU.
     let stale_here = unsafe { (*local).err_tid != tid };
@@ -218,7 +300,7 @@ fn take_pending(tid: u32) -> (u64, u64) {
             }
         }
     }
-    (error_code, map_pages)
+    (error_code, map_pages, start_ns)
 }
 
 /// What `bpf_find_vma`'s callback found.

@@ -4,11 +4,12 @@
 //! - `pagecache`: page-cache additions / evictions / refaults per file;
 //! - `process`: scope maintenance (children joining, processes exiting);
 //! - `reclaim`: reclaim context (why pages leave), cgroup joins;
-//! - `oom`: OOM-killer victims, sent to userspace as they happen.
+//! - `oom`: OOM-killer victims, sent to userspace as they happen;
+//! - `events`: single events, only when asked for (`--events`).
 //!
 //! Maps live in `maps`, the scope filter in `scope`, kernel reads at run-time
 //! offsets in `kread`. Aggregation happens here: no per-fault record crosses
-//! to userspace.
+//! to userspace unless raw events are asked for.
 #![no_std]
 #![no_main]
 #![allow(
@@ -17,6 +18,7 @@
               another copy on the 512-byte BPF stack"
 )]
 
+mod events;
 mod faults;
 mod kread;
 mod maps;

@@ -68,6 +68,19 @@ pub static CGROUPS: HashMap<CgroupKey, u8> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static NOTICES: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
+/// Raw events (`--events` only; sized by the loader, the smallest buffer
+/// when no event is asked for).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENTS_BYTES_OFF, 0);
+
+/// Raw events the full `EVENTS` ring buffer had no room for, per CPU.
+#[map]
+pub static EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU candidate counter for `--sample`.
+#[map]
+pub static EVENTS_SAMPLE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU error counters, indexed by `mmtrace_common::errors`.
 #[map]
 pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(errors::COUNT, 0);

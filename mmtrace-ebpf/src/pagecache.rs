@@ -32,11 +32,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use mmtrace_common::{
-    CacheCounters, CgroupKey, Comm, Config, EvictedBits, FileKey, Notice, PageKey, errors, notice,
-    reason,
+    CacheCounters, CgroupKey, Comm, Config, Event, EvictedBits, FileKey, Notice, PageKey, errors,
+    event, event_mask, notice, reason,
 };
 
 use crate::{
+    events,
     kread::{conf, read},
     maps::{CGROUPS, EVICTED, FILE_CACHE, NOTICES, RECLAIM, RECLAIMERS, count_error},
     scope,
@@ -122,6 +123,16 @@ fn try_add(ctx: &TracePointContext) -> Result<(), i32> {
         (*c).added += pages;
         (*c).refaulted += refaulted;
         (*c).readded += readded;
+    }
+    if events::wanted(event_mask::ADDS) {
+        cache_event(&mut Event {
+            kind: event::CACHE_ADD,
+            dev: key.dev,
+            ino: key.ino,
+            index,
+            pages,
+            ..Event::default()
+        });
     }
     Ok(())
 }
@@ -262,7 +273,25 @@ fn try_delete(ctx: &TracePointContext) -> Result<(), i32> {
         Mark::Invalidated
     };
     evicted_pages(&key, index, pages, mark);
+    if events::wanted(event_mask::EVICTIONS) {
+        cache_event(&mut Event {
+            kind: event::EVICTION,
+            dev: key.dev,
+            ino: key.ino,
+            index,
+            pages,
+            reason: why as u32,
+            flags: if owned { event::OWNED } else { 0 },
+            ..Event::default()
+        });
+    }
     Ok(())
+}
+
+/// Out of line: the hot path without events stays as it was.
+#[inline(never)]
+fn cache_event(e: &mut Event) {
+    events::emit(e);
 }
 
 /// The reason named by a kernel thread's command (`kdamond.0`, ...).

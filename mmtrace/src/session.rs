@@ -18,10 +18,12 @@ use crate::{
     cgroup::{self, Cgroup},
     collect::{
         cgroup_watch::CgroupWatch,
-        collector::{Collector, Setup},
+        collector::{Collector, Ready, Setup},
+        events,
         loader::{Capacity, Tracer},
     },
     kernel::offsets,
+    model,
     output::Sinks,
     preflight, procfs,
     record::{CommandExit, EndReason, Interval, Meta, Record, SCHEMA_VERSION, Scope, Summary},
@@ -143,6 +145,8 @@ async fn start(spec: &TraceSpec) -> Result<Started> {
     } else if watch.is_some() {
         config.cgroup_mode = 1;
     }
+    config.events = spec.kinds().mask;
+    config.events_sample = spec.sample;
 
     let gated = match &cmd_path {
         Some(p) => Some(target::spawn_gated(
@@ -217,6 +221,8 @@ fn attach(
         // Owners are memcgs: they match the traced tree only if it is the
         // memory hierarchy (v1 memory, or v2 with the memory controller).
         owner_known: features.eviction_owner && has_memory && !spec.all,
+        kinds: spec.kinds(),
+        write_faults: features.write_faults,
     })?;
     if let Some(w) = &mut c.watch {
         w.sample();
@@ -245,6 +251,13 @@ fn capacity(spec: &TraceSpec) -> Capacity {
             .capacity
             .files
             .unwrap_or_else(|| per_cpu(mmtrace_common::limits::FILES, nr_cpus)),
+        events_bytes: if spec.kinds().mask != 0 {
+            spec.capacity
+                .events_bytes
+                .unwrap_or(mmtrace_common::limits::EVENTS_BYTES)
+        } else {
+            mmtrace_common::limits::EVENTS_BYTES_OFF
+        },
         ..Capacity::default()
     }
 }
@@ -348,11 +361,13 @@ async fn watch(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            r = c.notices_ready() => {
-                r?;
-                for k in c.drain_notices() {
-                    sinks.emit(&Record::OomKill(k))?;
-                }
+            r = c.ready() => {
+                let (events, kills) = match r? {
+                    Ready::Notices => (Vec::new(), c.drain_notices()),
+                    Ready::Events => c.drain_events(),
+                };
+                emit_kills(sinks, kills, c.kinds().oom)?;
+                sinks.emit_events(events)?;
                 continue;
             }
             _ = sigint.recv() => return Ok((EndReason::Interrupted, None)),
@@ -385,6 +400,17 @@ async fn watch(
     }
 }
 
+/// OOM kills as they happen (and as raw events with `--events oom`).
+fn emit_kills(sinks: &mut Sinks, kills: Vec<model::OomKill>, as_events: bool) -> Result<()> {
+    for k in kills {
+        if as_events {
+            sinks.emit(&Record::Event(events::oom_event(&k)))?;
+        }
+        sinks.emit(&Record::OomKill(k))?;
+    }
+    Ok(())
+}
+
 fn interval_record(spec: &TraceSpec, c: &mut Collector, seq: u64) -> Interval {
     let mut r = c.report();
     if !spec.mappings {
@@ -397,7 +423,7 @@ fn interval_record(spec: &TraceSpec, c: &mut Collector, seq: u64) -> Interval {
         report,
         cgroups,
         cgroup: c.cgroup_record(),
-        events_dropped: None,
+        events_dropped: c.events_dropped(),
     }
 }
 
@@ -428,8 +454,19 @@ fn finish(
 ) -> Result<Vec<Record>> {
     let bpf_stats = spec.bpf_stats.then(|| c.tracer().program_stats());
     let mut out: Vec<Record> = Vec::new();
+    let oom_events = c.kinds().oom;
+    let kill_records = |k: model::OomKill| {
+        let e = oom_events.then(|| Record::Event(events::oom_event(&k)));
+        e.into_iter().chain([Record::OomKill(k)])
+    };
+    if c.kinds().mask != 0 {
+        // The last raw events (after notices: their files' paths).
+        let (evs, kills) = c.drain_events();
+        out.extend(kills.into_iter().flat_map(kill_records));
+        out.extend(evs.into_iter().map(Record::Event));
+    }
     match c.finish() {
-        Ok(kills) => out.extend(kills.into_iter().map(Record::OomKill)),
+        Ok(kills) => out.extend(kills.into_iter().flat_map(kill_records)),
         // The maps could not be read one last time: report what was read.
         Err(e) => log::warn!("the final read failed: {e:#}"),
     }
@@ -475,7 +512,7 @@ fn finish(
         bpf_stats,
         verdicts,
         oom_kills: c.ledger.oom_kills.clone(),
-        events_dropped: None,
+        events_dropped: c.events_dropped(),
     }));
     Ok(out)
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::cli::Cli;
+use crate::{cli::Cli, collect::events::Kinds};
 
 /// Where the JSON Lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +75,16 @@ pub enum SpecError {
     AllAndOthers,
     #[error("--sample needs --events (it thins the raw event stream)")]
     SampleWithoutEvents,
+    #[error("--events: {0}")]
+    Events(String),
+    #[error(
+        "--events streams JSON records: add --json (stdout) or -o FILE; the table shows only totals"
+    )]
+    EventsWithoutJson,
+    #[error(
+        "--events-buffer {0}: the ring buffer's size must be a power of two of at least 4096 bytes (e.g. 1M, 16M)"
+    )]
+    EventsBuffer(u32),
 }
 
 impl TraceSpec {
@@ -126,7 +136,22 @@ impl TraceSpec {
         if self.sample > 1 && self.events.is_empty() {
             return Err(SpecError::SampleWithoutEvents);
         }
+        Kinds::parse(&self.events).map_err(SpecError::Events)?;
+        if !self.events.is_empty() && self.json.is_none() {
+            return Err(SpecError::EventsWithoutJson);
+        }
+        if let Some(b) = self.capacity.events_bytes
+            && (b < 4096 || !b.is_power_of_two())
+        {
+            return Err(SpecError::EventsBuffer(b));
+        }
         Ok(())
+    }
+
+    /// The raw event kinds asked for (none if `events` does not parse:
+    /// `validate` refuses that).
+    pub fn kinds(&self) -> Kinds {
+        Kinds::parse(&self.events).unwrap_or_default()
     }
 
     /// The JSON takes stdout (then tables go to stderr).
@@ -198,5 +223,31 @@ mod tests {
         assert!(s.bpf_log);
         assert_eq!(s.capacity.files, Some(99));
         assert!(!spec(&["-v", "-p", "1"]).bpf_log);
+    }
+
+    #[test]
+    fn raw_events_are_checked() {
+        let s = spec(&["-a", "--events", "faults,evictions", "--json"]);
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(
+            s.kinds().mask,
+            mmtrace_common::event_mask::FAULTS | mmtrace_common::event_mask::EVICTIONS
+        );
+        assert_eq!(
+            spec(&["-a", "--events", "faults"]).validate(),
+            Err(SpecError::EventsWithoutJson)
+        );
+        let e = spec(&["-a", "--json", "--events", "fault"]).validate();
+        assert!(matches!(e, Err(SpecError::Events(m)) if m.contains("`fault`")));
+        assert_eq!(
+            spec(&["-a", "--sample", "3"]).validate(),
+            Err(SpecError::SampleWithoutEvents)
+        );
+        for bad in ["1000", "3M", "2K"] {
+            let e = spec(&["-a", "--json", "--events", "adds", "--events-buffer", bad]).validate();
+            assert!(matches!(e, Err(SpecError::EventsBuffer(_))), "{bad}: {e:?}");
+        }
+        let s = spec(&["-a", "--json", "--events", "adds", "--events-buffer", "1M"]);
+        assert_eq!(s.validate(), Ok(()));
     }
 }

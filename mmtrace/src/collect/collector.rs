@@ -14,7 +14,12 @@ use aya::maps::{MapData, RingBuf};
 use mmtrace_common::{Notice, notice};
 use tokio::io::unix::AsyncFd;
 
-use super::{Snapshot, cgroup_watch::CgroupWatch, loader::Tracer};
+use super::{
+    Snapshot,
+    cgroup_watch::CgroupWatch,
+    events::{self, Kinds, RawEvent},
+    loader::Tracer,
+};
 use crate::{
     cgroup,
     devnum::Dev,
@@ -28,6 +33,12 @@ use crate::{
 pub struct Collector {
     tracer: Tracer,
     notices: AsyncFd<RingBuf<MapData>>,
+    /// The raw-event ring buffer (`--events`).
+    events: AsyncFd<RingBuf<MapData>>,
+    kinds: Kinds,
+    /// `CLOCK_MONOTONIC` at the start: raw events' time origin.
+    start_ns: u64,
+    write_faults: bool,
     pub ledger: Ledger,
     names: Names,
     pub watch: Option<CgroupWatch>,
@@ -43,6 +54,13 @@ pub struct Collector {
     page_size: u64,
 }
 
+/// Which ring buffer has data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ready {
+    Notices,
+    Events,
+}
+
 /// What the collector starts from.
 pub struct Setup {
     pub tracer: Tracer,
@@ -52,6 +70,10 @@ pub struct Setup {
     pub follow: bool,
     pub all: bool,
     pub owner_known: bool,
+    /// Raw events asked for.
+    pub kinds: Kinds,
+    /// Write faults are told apart on this kernel.
+    pub write_faults: bool,
 }
 
 impl Collector {
@@ -60,11 +82,18 @@ impl Collector {
         // SAFETY: the ring buffer's fd lives inside the AsyncFd until it drops.
         let notices = unsafe { AsyncFd::register(tracer.take_notices()?) }
             .map_err(|e| anyhow::anyhow!("polling the notice ring buffer: {e}"))?;
+        // SAFETY: as above.
+        let events = unsafe { AsyncFd::register(tracer.take_events()?) }
+            .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
         let mut ledger = Ledger::new(s.page_size);
         ledger.owner_known = s.owner_known;
         Ok(Self {
             tracer,
             notices,
+            events,
+            kinds: s.kinds,
+            start_ns: events::monotonic_ns(),
+            write_faults: s.write_faults,
             ledger,
             names: Names::default(),
             watch: s.watch,
@@ -104,15 +133,57 @@ impl Collector {
         Ok(true)
     }
 
-    /// Waits until the notice ring buffer has data.
-    pub async fn notices_ready(&mut self) -> Result<()> {
-        let mut guard = self
-            .notices
-            .readable_mut()
-            .await
-            .context("polling the notice ring buffer")?;
-        guard.clear_ready();
-        Ok(())
+    /// Raw events are streamed (`--events`).
+    pub fn kinds(&self) -> Kinds {
+        self.kinds
+    }
+
+    /// Waits until a ring buffer has data: the notices, or the raw events
+    /// (with `--events` faults, adds or evictions).
+    pub async fn ready(&mut self) -> Result<Ready> {
+        let events_on = self.kinds.mask != 0;
+        tokio::select! {
+            g = self.notices.readable_mut() => {
+                g.context("polling the notice ring buffer")?.clear_ready();
+                Ok(Ready::Notices)
+            }
+            g = self.events.readable_mut(), if events_on => {
+                g.context("polling the event ring buffer")?.clear_ready();
+                Ok(Ready::Events)
+            }
+        }
+    }
+
+    /// Every raw event waiting in the ring buffer, as records. Notices go
+    /// first, so files new to these events have their paths.
+    pub fn drain_events(&mut self) -> (Vec<RawEvent>, Vec<OomKill>) {
+        let kills = self.drain_notices();
+        let ledger = &self.ledger;
+        let path = |dev: u32, ino: u64| ledger.paths.get(&(dev, ino)).map(|p| p.path.clone());
+        let comm = |pid: u32| ledger.procs.get(&pid).map(|p| p.comm.clone());
+        let cx = events::Context {
+            start_ns: self.start_ns,
+            page_size: self.page_size,
+            write_faults: self.write_faults,
+            path: &path,
+            comm: &comm,
+        };
+        let rb = self.events.get_mut();
+        let mut out = Vec::new();
+        while let Some(item) = rb.next() {
+            if let Some(r) = events::decode(&item).and_then(|e| events::record(&e, &cx)) {
+                out.push(r);
+            }
+        }
+        (out, kills)
+    }
+
+    /// Raw events the ring buffer dropped so far (`None`: none are asked).
+    pub fn events_dropped(&self) -> Option<u64> {
+        if self.kinds.mask == 0 {
+            return None;
+        }
+        self.tracer.events_dropped().ok()
     }
 
     /// Acts on the kernel's notices: a new file of interest is looked up in

@@ -34,6 +34,8 @@ pub struct Capacity {
     pub mappings: u32,
     pub files: u32,
     pub evicted: u32,
+    /// Bytes of the raw-event ring buffer.
+    pub events_bytes: u32,
 }
 
 impl Default for Capacity {
@@ -44,6 +46,7 @@ impl Default for Capacity {
             mappings: limits::MAPPINGS,
             files: limits::FILES,
             evicted: limits::EVICTED,
+            events_bytes: limits::EVENTS_BYTES_OFF,
         }
     }
 }
@@ -111,6 +114,7 @@ impl Tracer {
             .map_max_entries("MAPPING_FAULTS", cap.mappings)
             .map_max_entries("FILE_CACHE", cap.files)
             .map_max_entries("EVICTED", cap.evicted)
+            .map_max_entries("EVENTS", cap.events_bytes)
             .load(EBPF_OBJECT)
             .context("loading mmtrace's eBPF object (maps and BTF) into the kernel")?;
         let nr_cpus = nr_cpus().map_err(|(p, e)| anyhow!("reading {p}: {e}"))?;
@@ -277,6 +281,21 @@ impl Tracer {
             .take_map("NOTICES")
             .context("map NOTICES missing or already taken")?;
         Ok(RingBuf::try_from(m)?)
+    }
+
+    /// The ring buffer of raw [`mmtrace_common::Event`]s (take it once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let m = self
+            .ebpf
+            .take_map("EVENTS")
+            .context("map EVENTS missing or already taken")?;
+        Ok(RingBuf::try_from(m)?)
+    }
+
+    /// Raw events dropped so far (the ring buffer was full), all CPUs.
+    pub fn events_dropped(&self) -> Result<u64> {
+        let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map("EVENTS_DROPPED")?)?;
+        Ok(m.get(&0, 0)?.iter().sum())
     }
 
     /// Puts a process in scope.

@@ -27,10 +27,23 @@ impl JsonSink {
 
     /// Writes any serializable value as one line.
     pub fn write_value<T: serde::Serialize>(&mut self, v: &T) -> anyhow::Result<()> {
+        self.write_unflushed(v)?;
+        self.flush()
+    }
+
+    /// One line, left in the buffer (a batch of raw events; `flush` ends it).
+    pub fn write_unflushed<T: serde::Serialize>(&mut self, v: &T) -> anyhow::Result<()> {
         use anyhow::Context as _;
-        let line = serde_json::to_string(v)?;
-        writeln!(self.out, "{line}")
-            .and_then(|_| self.out.flush())
+        serde_json::to_writer(&mut self.out, v)
+            .map_err(std::io::Error::from)
+            .and_then(|_| self.out.write_all(b"\n"))
+            .with_context(|| format!("writing JSON to {}", self.name))
+    }
+
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        self.out
+            .flush()
             .with_context(|| format!("writing JSON to {}", self.name))
     }
 }

@@ -41,9 +41,10 @@ impl Sinks {
                     p.display().to_string(),
                 ))
             }
-            Some(JsonDest::Stdout) => {
-                Some(json::JsonSink::new(Box::new(std::io::stdout()), "stdout"))
-            }
+            Some(JsonDest::Stdout) => Some(json::JsonSink::new(
+                Box::new(std::io::BufWriter::new(std::io::stdout())),
+                "stdout",
+            )),
             None => None,
         };
         let out: Box<dyn std::io::Write + Send> = if spec.json_on_stdout() {
@@ -80,6 +81,18 @@ impl Sinks {
         }
         if let Some(p) = &mut self.printer {
             p.record(r)?;
+        }
+        Ok(())
+    }
+
+    /// A batch of raw events: JSON only (the table shows totals), flushed
+    /// once for the batch.
+    pub fn emit_events(&mut self, events: Vec<crate::collect::events::RawEvent>) -> Result<()> {
+        if let Some(j) = &mut self.json {
+            for e in events {
+                j.write_unflushed(&Record::Event(e))?;
+            }
+            j.flush()?;
         }
         Ok(())
     }
