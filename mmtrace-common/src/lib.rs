@@ -554,23 +554,31 @@ pub mod limits {
 #[cfg(feature = "user")]
 mod user {
     use super::*;
-    // SAFETY: all of these are #[repr(C)] plain integers with explicit padding.
-    unsafe impl aya::Pod for MappingKey {}
-    unsafe impl aya::Pod for FaultCounters {}
-    unsafe impl aya::Pod for FileKey {}
-    unsafe impl aya::Pod for CacheCounters {}
-    unsafe impl aya::Pod for PageKey {}
-    unsafe impl aya::Pod for ExitRecord {}
-    unsafe impl aya::Pod for ScopeEntry {}
-    unsafe impl aya::Pod for Config {}
-    unsafe impl aya::Pod for Notice {}
-    unsafe impl aya::Pod for VmaCache {}
-    unsafe impl aya::Pod for ReclaimStats {}
-    unsafe impl aya::Pod for ReclaimCtx {}
-    unsafe impl aya::Pod for CgroupKey {}
-    unsafe impl aya::Pod for EvictedBits {}
-    unsafe impl aya::Pod for OomKill {}
-    unsafe impl aya::Pod for Event {}
+    macro_rules! pod {
+        ($($t:ty),*) => {$(
+            // SAFETY: #[repr(C)] plain integers (and arrays of them) with
+            // explicit padding: every bit pattern is valid, no pointers.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+    pod!(
+        MappingKey,
+        FaultCounters,
+        FileKey,
+        CacheCounters,
+        PageKey,
+        ExitRecord,
+        ScopeEntry,
+        Config,
+        Notice,
+        VmaCache,
+        ReclaimStats,
+        ReclaimCtx,
+        CgroupKey,
+        EvictedBits,
+        OomKill,
+        Event
+    );
 }
 
 impl FaultCounters {

@@ -47,6 +47,7 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY: offsets from the tracepoint's format file and the record.
     if let Ok(loc) = unsafe { ctx.read_at::<u32>(conf!(tp_oom_comm) as usize) } {
         let off = (loc & 0xffff) as usize;
+        // SAFETY: the string's offset inside the record, from the record.
         if let Ok(c) = unsafe { ctx.read_at::<[u8; 16]>(off) } {
             k.comm = c;
         }

@@ -145,7 +145,7 @@ pub fn fd_residency(fd: BorrowedFd<'_>) -> Result<Residency, ResidencyError> {
 }
 
 /// Like [`fd_residency`] but with the method forced (tests, comparisons).
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg_attr(not(test), allow(dead_code, reason = "only tests force the method"))]
 pub(crate) fn fd_residency_with(
     fd: BorrowedFd<'_>,
     method: Method,
@@ -164,8 +164,10 @@ fn measure(
         what: what.to_owned(),
         source,
     })?;
-    // dev_t and ino_t are u64 on 64-bit Linux but not everywhere.
-    #[allow(clippy::unnecessary_cast)]
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "dev_t and ino_t are u64 on 64-bit Linux but not everywhere"
+    )]
     let (found_dev, found_ino) = (Dev::from_user(st.st_dev as u64), st.st_ino as u64);
     if let Some((expected_dev, expected_ino)) = expect
         && (expected_dev, expected_ino) != (found_dev, found_ino)
@@ -335,7 +337,7 @@ mod tests {
         }
         // SAFETY: statfs succeeded.
         let f_type = unsafe { sfs.assume_init() }.f_type;
-        #[allow(clippy::unnecessary_cast)] // __fsword_t differs across targets
+        #[allow(clippy::unnecessary_cast, reason = "__fsword_t differs across targets")]
         let f_type = f_type as i64;
         f_type == TMPFS_MAGIC
     }

@@ -114,6 +114,7 @@ pub fn spawn_gated(
         });
     }
     if pid == 0 {
+        // SAFETY: the forked child: async-signal-safe calls only (above).
         unsafe {
             // Our copies of the parent's ends: without closing them the gate
             // read would never see EOF if the parent gives up.

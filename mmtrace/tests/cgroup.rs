@@ -146,10 +146,8 @@ fn fadvise_and_truncate_evictions_get_their_reasons() {
         use std::os::fd::AsRawFd;
         let f = std::fs::File::open(&b).unwrap();
         // SAFETY: valid fd.
-        assert_eq!(
-            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) },
-            0
-        );
+        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(r, 0);
     }
     let script = format!(
         "{m} workload evict --pause-ms 600 --report {r} --path {a} && cat {b} > /dev/null && sleep 0.4 && truncate -s 0 {b}",

@@ -216,7 +216,10 @@ pub fn is_tmpfs(path: &Path) -> bool {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and out-pointer.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    #[allow(clippy::unnecessary_cast)] // f_type's type differs between targets
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's type differs between targets"
+    )]
     let fs_type = st.f_type as i64;
     rc == 0 && fs_type == TMPFS_MAGIC
 }

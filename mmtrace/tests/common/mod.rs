@@ -24,9 +24,9 @@ pub fn mmtrace() -> Command {
 
 pub fn require_root() {
     // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "these tests load eBPF programs (and create cgroups): run them as root (cargo xtask test does)"
     );
 }
