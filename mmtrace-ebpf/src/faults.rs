@@ -128,7 +128,7 @@ fn try_filemap_map_pages(ctx: &TracePointContext) -> Result<(), i32> {
             ctx.read_at::<u32>(conf!(tp_map_dev) as usize)?,
         )
     };
-    register_file(&FileKey { ino, dev, _pad: 0 }, tgid);
+    register_file(ctx, &FileKey { ino, dev, _pad: 0 }, tgid);
     if let Some(p) = PENDING.get_ptr_mut(0) {
         // SAFETY: per-CPU slot.
         unsafe {

@@ -11,6 +11,7 @@
 //!     field:unsigned long shmem_rss;  offset:40; size:8   (kB)
 //!     field:short oom_score_adj;      offset:64; size:2
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_log_ebpf::{info, warn};
 use mmtrace_common::{OomKill, errors, notice};
 
 use crate::{
@@ -52,7 +53,15 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
             k.comm = c;
         }
     }
+    info!(
+        ctx,
+        "oom victim pid {} (traced: {}), anon {} kB", k.pid, k.in_scope, k.anon_rss_kb
+    );
     if NOTICES.output::<OomKill>(&k, 0).is_err() {
+        warn!(
+            ctx,
+            "notice ring buffer full: OOM kill of {} dropped", k.pid
+        );
         count_error(errors::NOTICE_DROPPED);
     }
     Ok(())

@@ -31,6 +31,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
+use aya_log_ebpf::debug;
 use mmtrace_common::{
     CacheCounters, CgroupKey, Comm, Config, Event, EvictedBits, FileKey, Notice, PageKey, errors,
     event, event_mask, notice, reason,
@@ -64,12 +65,17 @@ pub fn filemap_fault(ctx: TracePointContext) -> u32 {
 /// Makes `key` a file of interest for `tgid` (idempotent); a new file is
 /// announced to userspace so it can learn the path while the mapping lives.
 #[inline(always)]
-pub fn register_file(key: &FileKey, tgid: u32) -> Option<*mut CacheCounters> {
+pub fn register_file(
+    ctx: &TracePointContext,
+    key: &FileKey,
+    tgid: u32,
+) -> Option<*mut CacheCounters> {
     if let Some(c) = FILE_CACHE.get_ptr_mut(key) {
         return Some(c);
     }
     // BPF_NOEXIST: only the CPU that wins the insert announces the file.
     if FILE_CACHE.insert(key, &CacheCounters::default(), 1).is_ok() {
+        log_new_file(ctx, key, tgid);
         let n = Notice {
             kind: notice::NEW_FILE,
             pid: tgid,
@@ -86,6 +92,19 @@ pub fn register_file(key: &FileKey, tgid: u32) -> Option<*mut CacheCounters> {
         count_error(errors::FILE_FULL);
     }
     c
+}
+
+/// `-vv`: a file became of interest (rare: once per file).
+#[inline(always)]
+fn log_new_file(ctx: &TracePointContext, key: &FileKey, tgid: u32) {
+    debug!(
+        ctx,
+        "file {}:{} ino {} of interest (pid {})",
+        key.dev >> 20,
+        key.dev & 0xfffff,
+        key.ino,
+        tgid
+    );
 }
 
 /// (file, page index, pages in the folio) of a page-cache event.
@@ -111,7 +130,7 @@ fn try_add(ctx: &TracePointContext) -> Result<(), i32> {
             if !scope::in_scope(tgid) {
                 return Ok(());
             }
-            match register_file(&key, tgid) {
+            match register_file(ctx, &key, tgid) {
                 Some(c) => c,
                 None => return Ok(()),
             }
@@ -250,7 +269,7 @@ fn try_delete(ctx: &TracePointContext) -> Result<(), i32> {
             if !owned && !scope::in_scope(tgid) {
                 return Ok(());
             }
-            match register_file(&key, tgid) {
+            match register_file(ctx, &key, tgid) {
                 Some(c) => c,
                 None => return Ok(()),
             }
@@ -438,6 +457,6 @@ fn try_fault(ctx: &TracePointContext) -> Result<(), i32> {
             ctx.read_at::<u32>(conf!(tp_fault_dev) as usize)?,
         )
     };
-    register_file(&FileKey { ino, dev, _pad: 0 }, tgid);
+    register_file(ctx, &FileKey { ino, dev, _pad: 0 }, tgid);
     Ok(())
 }

@@ -203,7 +203,7 @@ fn attach(
     if let Some(g) = gated {
         targets.push((g.pid, follow));
     }
-    let mut tracer = Tracer::load(config, features, capacity(spec), &targets)?;
+    let mut tracer = Tracer::load(config, features, capacity(spec), &targets, spec.bpf_log)?;
     if spec.bpf_stats {
         tracer.enable_stats()?;
     }

@@ -204,3 +204,33 @@ fn bad_event_options_get_one_clear_sentence() {
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
     }
 }
+
+#[test]
+fn the_programs_own_log_shows_with_vv_only() {
+    require_root();
+    let _g = lock();
+    let dir = scratch();
+    let f = make_file(dir.path(), "logged.bin", 1 << 20);
+    drop_cache(&f);
+    let ino = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&f).unwrap().ino()
+    };
+    let run = |verbose: &[&str]| {
+        let out = mmtrace()
+            .args(verbose)
+            .args(["-q", "--"])
+            .arg(env!("CARGO_BIN_EXE_mmtrace"))
+            .args(["workload", "read", "--path"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        ok(&out);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let line = format!("ino {ino} of interest");
+    let loud = run(&["-vv"]);
+    assert!(loud.contains(&line), "-vv: the eBPF side's log: {loud}");
+    let calm = run(&[]);
+    assert!(!calm.contains("of interest"), "no -vv: nothing: {calm}");
+}

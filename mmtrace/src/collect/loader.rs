@@ -79,6 +79,25 @@ fn unavailable(p: &Probe, f: &Features) -> Option<&'static str> {
     }
 }
 
+/// Forwards the eBPF programs' aya-log records to the `log` crate (shown
+/// on stderr with -vv) from a task of the trace's runtime.
+fn spawn_bpf_log(ebpf: &mut Ebpf) -> Result<()> {
+    let logger = aya_log::EbpfLogger::init(ebpf).context("reading the eBPF programs' log")?;
+    // SAFETY: the logger owns the ring buffer's fd, which lives inside the
+    // AsyncFd until it drops.
+    let mut fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .context("polling the eBPF programs' log")?;
+    tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}
+
 /// The loaded and attached programs.
 pub struct Tracer {
     ebpf: Ebpf,
@@ -106,9 +125,14 @@ impl Tracer {
         features: &Features,
         cap: Capacity,
         targets: &[(u32, bool)],
+        bpf_log: bool,
     ) -> Result<Self> {
-        let ebpf = EbpfLoader::new()
+        // The programs' own diagnostics (aya-log): every level with -vv,
+        // none otherwise (each log site then costs one global load).
+        let log_level: u8 = if bpf_log { 0xff } else { 0 };
+        let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", config, true)
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
             .map_max_entries("SCOPE", cap.processes)
             .map_max_entries("EXITS", cap.processes)
             .map_max_entries("MAPPING_FAULTS", cap.mappings)
@@ -117,6 +141,9 @@ impl Tracer {
             .map_max_entries("EVENTS", cap.events_bytes)
             .load(EBPF_OBJECT)
             .context("loading mmtrace's eBPF object (maps and BTF) into the kernel")?;
+        if bpf_log {
+            spawn_bpf_log(&mut ebpf)?;
+        }
         let nr_cpus = nr_cpus().map_err(|(p, e)| anyhow!("reading {p}: {e}"))?;
         let mut t = Self {
             ebpf,
