@@ -23,6 +23,7 @@ pub fn setup(ctx: &Ctx) -> Result<()> {
     bpf_linker(ctx)?;
     nightly_rust_src(ctx)?;
     tracefs(ctx)?;
+    test_packages(ctx)?;
     eprintln!(
         "setup: prerequisites ready ({:.2}s)",
         start.elapsed().as_secs_f64()
@@ -111,6 +112,44 @@ fn bpf_linker(ctx: &Ctx) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Debian packages the tests drive for real, by the command each provides:
+/// tmux (the live view in a terminal), promtool and a real Prometheus (the
+/// metrics endpoint), headless Chromium (the web dashboard).
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("tmux", "tmux"),
+    ("promtool", "prometheus"),
+    ("prometheus", "prometheus"),
+    ("chromium", "chromium"),
+];
+
+/// Installs the [`TEST_PACKAGES`] whose command is missing (one apt run).
+fn test_packages(ctx: &Ctx) -> Result<()> {
+    let mut missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(cmd, _)| ctx.which(cmd).is_none())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing {} with apt-get (the tests use them)",
+        missing.join(", ")
+    );
+    apt_get(ctx, &["update"]).context(
+        "`apt-get update` failed: check the network and /etc/apt/sources.list, then re-run `cargo xtask setup`",
+    )?;
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend(&missing);
+    apt_get(ctx, &args).with_context(|| {
+        format!(
+            "installing {} failed: install them yourself, then re-run `cargo xtask setup`",
+            missing.join(" ")
+        )
+    })
 }
 
 /// `apt-get ARGS` as root, non-interactively, once no other apt or dpkg run
