@@ -53,35 +53,47 @@ pub async fn run(spec: &TraceSpec) -> Result<i32> {
         meta,
         what,
     } = started;
-    sinks.emit(&Record::Meta(meta))?;
-    if !sinks.quiet_stderr() {
-        eprintln!(
-            "mmtrace: tracing {what}{}; Ctrl-C to stop",
-            if spec.follow_children && !spec.all {
-                " and its children"
-            } else {
-                ""
-            }
-        );
-    }
-    let (end, exited, error) =
+    // From here on the command runs: any error still ends in the final
+    // report (a sink that failed is skipped for the rest of the trace).
+    let mut error = sinks.emit(&Record::Meta(meta)).err();
+    let (mut end, mut exited) = (EndReason::Error, None);
+    if error.is_none() {
+        if !sinks.quiet_stderr() {
+            eprintln!(
+                "mmtrace: tracing {what}{}; Ctrl-C to stop",
+                if spec.follow_children && !spec.all {
+                    " and its children"
+                } else {
+                    ""
+                }
+            );
+        }
         match watch(spec, &mut collector, child, &mut sinks, &mut stop_rx).await {
-            Ok((end, exited)) => (end, exited, None),
-            Err(e) => (EndReason::Error, None, Some(e)),
-        };
+            Ok((e, x)) => (end, exited) = (e, x),
+            Err(e) => error = Some(e),
+        }
+    }
     let exited = match (child, exited) {
         (Some(pid), None) => reap(pid).await,
         (_, e) => e,
     };
     let records = finish(spec, &mut collector, end, error.as_ref(), child, exited)?;
+    let mut late = None;
     for r in &records {
-        sinks.emit(r)?;
+        if let Err(e) = sinks.emit(r) {
+            late.get_or_insert(e);
+        }
     }
-    sinks.close()?;
+    if let Err(e) = sinks.close() {
+        late.get_or_insert(e);
+    }
     if let Some(e) = error {
         return Err(e.context(
-            "the trace stopped early (the final report above shows what was counted until then)",
+            "the trace stopped early (the final report shows what was counted until then)",
         ));
+    }
+    if let Some(e) = late {
+        return Err(e.context("writing the final report"));
     }
     Ok(match exited {
         Some(e) => e.shell_status(),

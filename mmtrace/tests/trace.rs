@@ -506,3 +506,48 @@ fn rereads_after_an_invalidation_are_counted_per_page_and_are_not_refaults() {
         "every page added back was invalidated before: {row}"
     );
 }
+
+#[test]
+fn an_error_inside_the_trace_still_ends_in_the_final_report() {
+    require_root();
+    let _g = lock();
+    // A 16 KiB tmpfs: the meta record fits, the intervals soon do not.
+    let dir = scratch();
+    let mnt = dir.path().join("tiny");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(m.success(), "mounting a tmpfs");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _u = Unmount(&mnt);
+    let out = mmtrace()
+        .args(["-i", "0.1", "-o"])
+        .arg(mnt.join("t.jsonl"))
+        .args(["--", "sleep", "5"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the error is the exit status");
+    let title = stdout
+        .lines()
+        .find(|l| l.contains("final report"))
+        .unwrap_or_else(|| panic!("a final report on stdout: {stdout}"));
+    assert!(title.contains("No space left on device"), "{title}");
+    assert!(
+        stderr.contains("the trace stopped early") && stderr.contains("t.jsonl"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("sleep"),
+        "the report names the command's process"
+    );
+}

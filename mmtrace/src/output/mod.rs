@@ -72,29 +72,43 @@ impl Sinks {
         })
     }
 
+    /// Gives `r` to every sink. A sink that fails is closed for the rest
+    /// of the trace (the others still get every record, the final report
+    /// included); its first error is returned.
     pub fn emit(&mut self, r: &Record) -> Result<()> {
         if let (Some(p), Record::Meta(m)) = (&mut self.printer, r) {
             p.set_write_faults(m.features.write_faults);
         }
-        if let Some(j) = &mut self.json {
-            j.write(r)?;
+        let mut first = None;
+        if let Some(j) = &mut self.json
+            && let Err(e) = j.write(r)
+        {
+            self.json = None;
+            first = Some(e);
         }
-        if let Some(p) = &mut self.printer {
-            p.record(r)?;
+        if let Some(p) = &mut self.printer
+            && let Err(e) = p.record(r)
+        {
+            self.printer = None;
+            first.get_or_insert(e);
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// A batch of raw events: JSON only (the table shows totals), flushed
     /// once for the batch.
     pub fn emit_events(&mut self, events: Vec<crate::collect::events::RawEvent>) -> Result<()> {
-        if let Some(j) = &mut self.json {
-            for e in events {
-                j.write_unflushed(&Record::Event(e))?;
-            }
-            j.flush()?;
+        let Some(j) = &mut self.json else {
+            return Ok(());
+        };
+        let written = events
+            .into_iter()
+            .try_for_each(|e| j.write_unflushed(&Record::Event(e)))
+            .and_then(|()| j.flush());
+        if written.is_err() {
+            self.json = None;
         }
-        Ok(())
+        written
     }
 
     /// Diagnostics on stderr are off (`--quiet`).
