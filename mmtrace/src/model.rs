@@ -97,7 +97,19 @@ pub struct OomKill {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PathInfo {
     pub path: String,
+    /// The exact bytes, when the name is not UTF-8.
+    pub raw: Option<Vec<u8>>,
     pub deleted: bool,
+}
+
+impl PathInfo {
+    /// The name to give the file system: the exact bytes.
+    pub fn fs_path(&self) -> std::path::PathBuf {
+        match &self.raw {
+            Some(b) => <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b).into(),
+            None => self.path.clone().into(),
+        }
+    }
 }
 
 /// The aggregation state of one trace.
@@ -371,9 +383,11 @@ impl Ledger {
             Some(p) => (p.path.clone(), true, p.deleted),
             None => (format!("[{dev}:{}]", id.1), false, false),
         };
+        let path_bytes_hex = self.paths.get(&id).and_then(|p| p.raw.as_deref()).map(hex);
         let res = self.residency.get(&id);
         FileRow {
             path,
+            path_bytes_hex,
             path_known,
             deleted,
             kind: FileKind::File,
@@ -443,6 +457,7 @@ fn learn(
         if let Some(path) = &m.path {
             let info = PathInfo {
                 path: path.clone(),
+                raw: m.path_raw.clone(),
                 deleted: m.deleted,
             };
             let id = (m.dev.to_kernel(), m.ino);
@@ -458,9 +473,20 @@ fn learn(
             .entry((f.dev.to_kernel(), f.ino))
             .or_insert_with(|| PathInfo {
                 path: f.path.clone(),
+                raw: f.path_raw.clone(),
                 deleted: false,
             });
     }
+}
+
+/// Lowercase hex of `b`.
+pub fn hex(b: &[u8]) -> String {
+    use std::fmt::Write as _;
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
 }
 
 /// One process's line of the report.
@@ -501,7 +527,11 @@ pub enum FileKind {
 /// One file's line (or the anonymous-memory line) of the report.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct FileRow {
+    /// The name as text (invalid UTF-8 replaced by U+FFFD).
     pub path: String,
+    /// The name's exact bytes in lowercase hex, only when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_bytes_hex: Option<String>,
     pub path_known: bool,
     pub deleted: bool,
     pub kind: FileKind,
@@ -693,6 +723,7 @@ mod tests {
             } else {
                 Some(path.into())
             },
+            path_raw: None,
             deleted: false,
         }
     }

@@ -91,17 +91,13 @@ fn unescape(s: &str) -> String {
 
 /// What a `/proc/self/fd` link says: the path, and whether the file was
 /// deleted (the kernel appends " (deleted)").
-pub fn parse_link(link: &str) -> PathInfo {
-    match link.strip_suffix(" (deleted)") {
-        Some(p) => PathInfo {
-            path: p.to_string(),
-            deleted: true,
-        },
-        None => PathInfo {
-            path: link.to_string(),
-            deleted: false,
-        },
-    }
+pub fn parse_link(link: &[u8]) -> PathInfo {
+    let (bytes, deleted) = match link.strip_suffix(b" (deleted)") {
+        Some(p) => (p, true),
+        None => (link, false),
+    };
+    let (path, raw) = crate::procfs::name_from_bytes(bytes);
+    PathInfo { path, raw, deleted }
 }
 
 /// Handles of the files whose paths are known, and the mounts to open them.
@@ -140,13 +136,13 @@ impl Names {
         if known.deleted {
             return known.clone();
         }
-        let same = std::fs::metadata(&known.path).is_ok_and(|m| {
+        let same = std::fs::metadata(known.fs_path()).is_ok_and(|m| {
             use std::os::unix::fs::MetadataExt as _;
             Dev::from_user(m.dev()).to_kernel() == id.0 && m.ino() == id.1
         });
         PathInfo {
-            path: known.path.clone(),
             deleted: !same,
+            ..known.clone()
         }
     }
 
@@ -171,6 +167,7 @@ impl Names {
             return (std::io::Error::last_os_error().raw_os_error() == Some(libc::ESTALE)).then(
                 || PathInfo {
                     path: String::new(),
+                    raw: None,
                     deleted: true,
                 },
             );
@@ -179,12 +176,12 @@ impl Names {
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         use std::os::fd::AsRawFd as _;
         let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-        let info = parse_link(&link.to_string_lossy());
+        let info = parse_link(std::os::unix::ffi::OsStrExt::as_bytes(link.as_os_str()));
         // A disconnected dentry (evicted from the dcache) has no full path:
         // accept the name only if it leads back to the same file.
         if !info.deleted {
             use std::os::unix::fs::MetadataExt as _;
-            let m = std::fs::metadata(&info.path).ok()?;
+            let m = std::fs::metadata(info.fs_path()).ok()?;
             if Dev::from_user(m.dev()).to_kernel() != id.0 || m.ino() != id.1 {
                 return None;
             }
@@ -234,13 +231,17 @@ mod tests {
     #[test]
     fn links_say_deleted() {
         assert_eq!(
-            parse_link("/tmp/a (deleted)"),
+            parse_link(b"/tmp/a (deleted)"),
             PathInfo {
                 path: "/tmp/a".into(),
+                raw: None,
                 deleted: true
             }
         );
-        assert!(!parse_link("/memfd:x").deleted);
+        assert!(!parse_link(b"/memfd:x").deleted);
+        let odd = parse_link(b"/tmp/\xff");
+        assert_eq!(odd.raw.as_deref(), Some(&b"/tmp/\xff"[..]));
+        assert_eq!(odd.path, "/tmp/\u{fffd}");
     }
 
     #[test]
@@ -257,6 +258,7 @@ mod tests {
         std::fs::rename(&tmp, &fin).unwrap();
         let old = PathInfo {
             path: tmp.display().to_string(),
+            raw: None,
             deleted: false,
         };
         let now = n.current(id, &old);

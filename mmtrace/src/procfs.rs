@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _};
 use std::path::{Path, PathBuf};
 
 use crate::devnum::Dev;
@@ -81,9 +81,13 @@ pub struct MapEntry {
     pub offset: u64,
     pub dev: Dev,
     pub ino: u64,
-    /// The pathname column verbatim minus a trailing `" (deleted)"`, e.g.
+    /// The pathname column minus a trailing `" (deleted)"`, with the
+    /// kernel's `\012` decoded to a newline ([`unescape_maps_path`]), e.g.
     /// `/usr/lib/libc.so.6`, `[heap]`, `[anon:foo]`; `None` when empty.
+    /// Invalid UTF-8 is replaced here; `path_raw` keeps the exact bytes.
     pub path: Option<String>,
+    /// The name's exact bytes, only when they are not UTF-8.
+    pub path_raw: Option<Vec<u8>>,
     pub deleted: bool,
 }
 
@@ -137,7 +141,9 @@ fn next_field(s: &str) -> Option<(&str, &str)> {
     Some((&s[..end], &s[end..]))
 }
 
-fn parse_map_line(line: &str) -> Result<MapEntry, ProcError> {
+fn parse_map_line(bytes: &[u8]) -> Result<MapEntry, ProcError> {
+    let text = String::from_utf8_lossy(bytes);
+    let line: &str = &text;
     let missing = |what: &str| ProcError::parse(format!("maps line: missing {what}"), line);
     let (range, rest) = next_field(line).ok_or_else(|| missing("address range"))?;
     let (perms, rest) = next_field(rest).ok_or_else(|| missing("permissions"))?;
@@ -165,13 +171,20 @@ fn parse_map_line(line: &str) -> Result<MapEntry, ProcError> {
     let dev = Dev::parse_maps(dev).ok_or_else(|| bad("device"))?;
     let ino: u64 = ino.parse().map_err(|_| bad("inode"))?;
 
-    // The pathname follows padding spaces; it may itself contain spaces.
-    let mut path = rest.trim_start_matches([' ', '\t']);
+    // The pathname follows padding spaces; it may itself contain spaces
+    // (and, unlike the fields before it, any byte but a newline).
+    let path_start = bytes.len() - rest.trim_start_matches([' ', '\t']).len();
+    let mut path = bytes.get(path_start..).unwrap_or_default();
+    if text.len() != bytes.len() {
+        // Invalid UTF-8 was replaced: find the column in the bytes.
+        path = path_column(bytes);
+    }
     let mut deleted = false;
-    if let Some(p) = path.strip_suffix(DELETED_SUFFIX) {
+    if let Some(p) = path.strip_suffix(DELETED_SUFFIX.as_bytes()) {
         path = p;
         deleted = true;
     }
+    let (path, path_raw) = name_from_bytes(&unescape_maps_bytes(path));
     Ok(MapEntry {
         start,
         end,
@@ -182,14 +195,60 @@ fn parse_map_line(line: &str) -> Result<MapEntry, ProcError> {
         offset,
         dev,
         ino,
-        path: (!path.is_empty()).then(|| path.to_owned()),
+        path: (!path.is_empty()).then_some(path),
+        path_raw,
         deleted,
     })
 }
 
+/// The pathname column of a maps line: what follows the five fields and
+/// the padding.
+fn path_column(line: &[u8]) -> &[u8] {
+    let mut rest = line;
+    for _ in 0..5 {
+        let start = rest.iter().position(|b| !b.is_ascii_whitespace());
+        rest = &rest[start.unwrap_or(rest.len())..];
+        let end = rest.iter().position(|b| b.is_ascii_whitespace());
+        rest = &rest[end.unwrap_or(rest.len())..];
+    }
+    let start = rest.iter().position(|b| *b != b' ' && *b != b'\t');
+    &rest[start.unwrap_or(rest.len())..]
+}
+
+/// A name as text (invalid UTF-8 replaced) and, only when it is not UTF-8,
+/// its exact bytes.
+pub fn name_from_bytes(b: &[u8]) -> (String, Option<Vec<u8>>) {
+    match std::str::from_utf8(b) {
+        Ok(s) => (s.to_owned(), None),
+        Err(_) => (String::from_utf8_lossy(b).into_owned(), Some(b.to_vec())),
+    }
+}
+
+/// [`unescape_maps_path`] on bytes.
+fn unescape_maps_bytes(p: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(p.len());
+    let mut i = 0;
+    while i < p.len() {
+        if p[i..].starts_with(b"\\012") {
+            out.push(b'\n');
+            i += 4;
+        } else {
+            out.push(p[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Parses the text of `/proc/<pid>/maps`.
 pub fn parse_maps(text: &str) -> Result<Vec<MapEntry>, ProcError> {
-    text.lines()
+    parse_maps_bytes(text.as_bytes())
+}
+
+/// Parses `/proc/<pid>/maps` as read (names need not be UTF-8).
+pub fn parse_maps_bytes(bytes: &[u8]) -> Result<Vec<MapEntry>, ProcError> {
+    bytes
+        .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .map(parse_map_line)
         .collect()
@@ -203,7 +262,7 @@ pub fn parse_maps(text: &str) -> Result<Vec<MapEntry>, ProcError> {
 /// really contains the characters `\012` reads the same in `maps` and is
 /// decoded as a newline: the kernel's text cannot tell them apart.
 ///
-/// Not applied by [`parse_maps`]: [`MapEntry::path`] keeps the kernel's text.
+/// Applied by [`parse_maps`] to [`MapEntry::path`].
 pub fn unescape_maps_path(p: &str) -> String {
     p.replace("\\012", "\n")
 }
@@ -211,8 +270,12 @@ pub fn unescape_maps_path(p: &str) -> String {
 /// Reads and parses `root/<pid>/maps`.
 pub fn read_maps(root: &Path, pid: u32) -> Result<Vec<MapEntry>, ProcError> {
     let path = pid_dir(root, pid).join("maps");
-    let text = read_pid_file(&path, pid)?;
-    parse_maps(&text).map_err(|e| e.in_file(&path))
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if is_gone(&e) => return Err(ProcError::NotFound { pid }),
+        Err(source) => return Err(ProcError::Io { path, source }),
+    };
+    parse_maps_bytes(&bytes).map_err(|e| e.in_file(&path))
 }
 
 // ---------------------------------------------------------------------------
@@ -413,8 +476,10 @@ pub struct OpenFile {
     /// Userspace encoding (from stat), decoded.
     pub dev: Dev,
     pub ino: u64,
-    /// The link target, minus a trailing `" (deleted)"`.
+    /// The link target, minus a trailing `" (deleted)"` (invalid UTF-8
+    /// replaced; `path_raw` has the exact bytes then).
     pub path: String,
+    pub path_raw: Option<Vec<u8>>,
 }
 
 /// Lists the regular files `pid` has open, by stat()ing each
@@ -444,13 +509,17 @@ pub fn read_fd_files(root: &Path, pid: u32) -> Result<Vec<OpenFile>, ProcError> 
         let Ok(target) = fs::read_link(&link) else {
             continue;
         };
-        let target = target.to_string_lossy();
-        let path = target.strip_suffix(DELETED_SUFFIX).unwrap_or(&target);
+        let target = target.as_os_str().as_bytes();
+        let bytes = target
+            .strip_suffix(DELETED_SUFFIX.as_bytes())
+            .unwrap_or(target);
+        let (path, path_raw) = name_from_bytes(bytes);
         out.push(OpenFile {
             fd,
             dev: Dev::from_user(meta.dev()),
             ino: meta.ino(),
-            path: path.to_owned(),
+            path,
+            path_raw,
         });
     }
     Ok(out)
@@ -608,12 +677,22 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
             .find(|m| m.ino == ino && m.start == addr as u64)
             .expect("the mapping is listed");
         let shown = entry.path.unwrap();
-        assert!(shown.contains("new\\012line"), "{shown:?}");
+        assert!(shown.contains("new\nline"), "decoded: {shown:?}");
         assert!(shown.contains('\x1b'), "other controls come raw: {shown:?}");
-        assert_eq!(
-            unescape_maps_path(&shown),
-            path.to_str().unwrap().replace("\\012 ", "\n ")
-        );
+        // A name really holding `\012` reads as a newline: the kernel's text
+        // cannot tell them apart.
+        assert_eq!(shown, path.to_str().unwrap().replace("\\012 ", "\n "));
+        assert_eq!(entry.path_raw, None);
+    }
+
+    #[test]
+    fn maps_names_that_are_not_utf8_keep_their_bytes() {
+        let line = b"7f00-7f01 r--p 00000000 fe:00 42      /tmp/a\\012\xff b (deleted)\n";
+        let e = parse_maps_bytes(line).unwrap().remove(0);
+        assert!(e.deleted);
+        assert_eq!(e.path_raw.as_deref(), Some(&b"/tmp/a\n\xff b"[..]));
+        assert_eq!(e.path.as_deref(), Some("/tmp/a\n\u{fffd} b"));
+        assert_eq!((e.ino, e.start), (42, 0x7f00));
     }
 
     #[test]

@@ -177,14 +177,20 @@ fn fadvise_and_truncate_evictions_get_their_reasons() {
     let (ra, rb) = (row(&a), row(&b));
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
     let evicted = u(&report["resident_before"]) - u(&report["resident_after"]);
-    assert_eq!(u(&ra["evicted_by"]["fadvise"]), evicted, "{ra}");
-    assert_eq!(u(&ra["pages_evicted"]), evicted, "{ra}");
-    assert_eq!(
-        u(&rb["evicted_by"]["truncate"]),
-        u(&rb["pages_evicted"]),
-        "{rb}"
+    // DAMON reclaims page cache in the background on this VM: a page it
+    // takes between the workload's two mincore() calls is counted as
+    // evicted by the workload but attributed (correctly) to DAMON.
+    let (fa, bga) = (u(&ra["evicted_by"]["fadvise"]), background_evictions(&ra));
+    assert!(
+        fa <= evicted && fa + bga >= evicted,
+        "fadvise {fa} vs mincore {evicted}: {ra}"
     );
-    assert!(u(&rb["pages_evicted"]) >= 2048 * 9 / 10, "{rb}");
+    assert_eq!(u(&ra["pages_evicted"]), fa + bga, "{ra}");
+    // b: every eviction is truncate's, except pages a background reclaimer
+    // took between cat and truncate.
+    let (tb, bgb) = (u(&rb["evicted_by"]["truncate"]), background_evictions(&rb));
+    assert_eq!(tb + bgb, u(&rb["pages_evicted"]), "{rb}");
+    assert!(tb >= 2048 * 9 / 10, "{rb}");
 }
 
 #[test]

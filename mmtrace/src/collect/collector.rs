@@ -159,7 +159,10 @@ impl Collector {
     pub fn drain_events(&mut self) -> (Vec<RawEvent>, Vec<OomKill>) {
         let kills = self.drain_notices();
         let ledger = &self.ledger;
-        let path = |dev: u32, ino: u64| ledger.paths.get(&(dev, ino)).map(|p| p.path.clone());
+        let path = |dev: u32, ino: u64| {
+            let p = ledger.paths.get(&(dev, ino))?;
+            Some((p.path.clone(), p.raw.as_deref().map(model::hex)))
+        };
         let comm = |pid: u32| ledger.procs.get(&pid).map(|p| p.comm.clone());
         let cx = events::Context {
             start_ns: self.start_ns,
@@ -480,7 +483,7 @@ fn update_residency(ledger: &mut Ledger, snap: &Snapshot) {
             continue;
         }
         let expect = (Dev::from_kernel(id.0), id.1);
-        match residency::file_residency(Path::new(&p.path), Some(expect)) {
+        match residency::file_residency(&p.fs_path(), Some(expect)) {
             Ok(r) => {
                 ledger.residency.insert(id, r);
             }

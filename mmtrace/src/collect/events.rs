@@ -39,6 +39,9 @@ pub struct RawEvent {
     pub ino: Option<u64>,
     /// Its path, when learnt already.
     pub path: Option<String>,
+    /// The path's exact bytes in hex, only when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_bytes_hex: Option<String>,
     /// Page index in the file (faults: of the faulting address).
     pub offset_pages: Option<u64>,
     /// Cache events: pages of the folio; faults: pages mapped (fault-around).
@@ -122,7 +125,8 @@ pub struct Context<'a> {
     pub start_ns: u64,
     pub page_size: u64,
     pub write_faults: bool,
-    pub path: &'a dyn Fn(u32, u64) -> Option<String>,
+    /// (text, hex of the bytes when not UTF-8) of a file's path.
+    pub path: &'a dyn Fn(u32, u64) -> Option<(String, Option<String>)>,
     pub comm: &'a dyn Fn(u32) -> Option<String>,
 }
 
@@ -136,6 +140,11 @@ pub fn record(e: &Event, cx: &Context) -> Option<RawEvent> {
         _ => return None,
     };
     let fault = matches!(kind, EventKind::MinorFault | EventKind::MajorFault);
+    let (path, path_bytes_hex) =
+        match (fault && e.flags & event::FILE == 0, (cx.path)(e.dev, e.ino)) {
+            (false, Some((p, h))) => (Some(p), h),
+            _ => (None, None),
+        };
     let has_file = if fault {
         e.flags & event::FILE != 0
     } else {
@@ -155,11 +164,8 @@ pub fn record(e: &Event, cx: &Context) -> Option<RawEvent> {
         comm: (cx.comm)(e.tgid),
         dev: has_file.then(|| Dev::from_kernel(e.dev)),
         ino: has_file.then_some(e.ino),
-        path: if has_file {
-            (cx.path)(e.dev, e.ino)
-        } else {
-            None
-        },
+        path,
+        path_bytes_hex,
         offset_pages: offset,
         pages: e.pages,
         addr: fault.then_some(e.addr),
@@ -192,6 +198,7 @@ pub fn oom_event(k: &crate::model::OomKill) -> RawEvent {
         dev: None,
         ino: None,
         path: None,
+        path_bytes_hex: None,
         offset_pages: None,
         pages: 0,
         addr: None,
@@ -241,7 +248,7 @@ mod tests {
     }
 
     fn cx<'a>(
-        path: &'a dyn Fn(u32, u64) -> Option<String>,
+        path: &'a dyn Fn(u32, u64) -> Option<(String, Option<String>)>,
         comm: &'a dyn Fn(u32) -> Option<String>,
     ) -> Context<'a> {
         Context {
@@ -255,7 +262,7 @@ mod tests {
 
     #[test]
     fn a_file_fault_gets_its_file_offset_path_and_latency() {
-        let path = |dev, ino| (dev == 5 && ino == 9).then(|| "/data/x".to_string());
+        let path = |dev, ino| (dev == 5 && ino == 9).then(|| ("/data/x".to_string(), None));
         let comm = |pid| (pid == 7).then(|| "python3".to_string());
         let e = Event {
             kind: event::MAJOR_FAULT,

@@ -30,6 +30,43 @@ pub fn display_path(p: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Like [`display_path`] for a name that is not UTF-8: each byte of an
+/// invalid sequence shows as `\xHH` (so the exact name can be read off).
+pub fn display_bytes(b: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(b.len() + 8);
+    for chunk in b.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            push_escaped(&mut out, c);
+        }
+        for x in chunk.invalid() {
+            let _ = write!(out, r"\x{x:02x}");
+        }
+    }
+    out
+}
+
+/// A name shown from its text, or from its exact bytes (lowercase hex, as
+/// in the JSON's `path_bytes_hex`) when it is not UTF-8.
+pub fn display_name<'a>(text: &'a str, bytes_hex: Option<&str>) -> Cow<'a, str> {
+    match bytes_hex.and_then(unhex) {
+        Some(b) => Cow::Owned(display_bytes(&b)),
+        None => display_path(text),
+    }
+}
+
+fn unhex(h: &str) -> Option<Vec<u8>> {
+    h.len()
+        .is_multiple_of(2)
+        .then(|| {
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten()
+}
+
 fn needs_escape(c: char) -> bool {
     c == '\\' || c.is_control() || is_invisible_format(c)
 }
@@ -66,6 +103,17 @@ fn push_escaped(out: &mut String, c: char) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_are_not_utf8_show_their_bytes() {
+        let b = b"/tmp/a\xffb\n\\c";
+        assert_eq!(display_bytes(b), r"/tmp/a\xffb\n\\c");
+        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        assert_eq!(display_name("ignored", Some(&hex)), r"/tmp/a\xffb\n\\c");
+        assert_eq!(display_name("/tmp/x\ty", None), r"/tmp/x\ty");
+        // A malformed hex string falls back to the text.
+        assert_eq!(display_name("/tmp/t", Some("zz")), "/tmp/t");
+    }
 
     /// The inverse of [`display_path`], to prove it loses nothing.
     fn undo(s: &str) -> String {

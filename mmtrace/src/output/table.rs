@@ -7,7 +7,7 @@
 //! (once per run, not under every interval table).
 use std::{borrow::Cow, collections::HashMap, fmt::Write as _};
 
-use super::escape::display_path;
+use super::escape::{display_name, display_path};
 use crate::model::{FileKind, FileRow, ProcessRow, Report};
 
 /// Width of the heading and of the free-text lines (reclaimers); the number
@@ -129,7 +129,12 @@ pub fn shorten_dirs(p: &str, max: usize) -> Cow<'_, str> {
 /// shortened to `max` ([`shorten_dirs`]), and shown whole wherever a
 /// shortened label would read like the label of a different name.
 pub fn name_labels(names: &[&str], max: usize) -> Vec<String> {
-    let whole: Vec<Cow<str>> = names.iter().map(|n| display_path(n)).collect();
+    labels_of(names.iter().map(|n| display_path(n)).collect(), max)
+}
+
+/// [`name_labels`] of names already escaped (distinct names, distinct
+/// escapes).
+fn labels_of(whole: Vec<Cow<str>>, max: usize) -> Vec<String> {
     let mut labels: Vec<String> = whole
         .iter()
         .map(|w| shorten_dirs(w, max).into_owned())
@@ -143,7 +148,7 @@ pub fn name_labels(names: &[&str], max: usize) -> Vec<String> {
         }
         let clashing: Vec<usize> = by_label
             .values()
-            .filter(|ix| ix.iter().any(|&i| names[i] != names[ix[0]]))
+            .filter(|ix| ix.iter().any(|&i| whole[i] != whole[ix[0]]))
             .flatten()
             .copied()
             .filter(|&i| labels[i] != whole[i])
@@ -208,8 +213,11 @@ pub fn render_table(r: &Report, o: &TableOptions, legend: bool) -> String {
             "-".to_string()
         }
     };
-    let paths: Vec<&str> = rows.iter().map(|f| f.path.as_str()).collect();
-    for (f, label) in rows.iter().zip(name_labels(&paths, NAME_MAX_SHOWN)) {
+    let names = rows
+        .iter()
+        .map(|f| display_name(&f.path, f.path_bytes_hex.as_deref()))
+        .collect();
+    for (f, label) in rows.iter().zip(labels_of(names, NAME_MAX_SHOWN)) {
         let mark = if f.path_known { "" } else { "?" };
         let note = if f.deleted { " (deleted)" } else { "" };
         let res = match f.resident_pages {

@@ -123,3 +123,15 @@ pub fn drop_cache(p: &Path) {
     };
     assert_eq!(r, 0);
 }
+
+/// Evictions of a file row by reclaimers no test controls: DAMON (which
+/// proactively reclaims page cache on the test VM), kswapd, proactive
+/// reclaim and compaction. A test that evicts pages itself allows these on
+/// top, since they may take a page moments before the test's own eviction.
+#[allow(dead_code, reason = "not every test binary needs it")]
+pub fn background_evictions(row: &Value) -> u64 {
+    ["damon", "kswapd", "proactive", "compaction"]
+        .iter()
+        .map(|r| u(&row["evicted_by"][r]))
+        .sum()
+}
