@@ -110,9 +110,10 @@ pub struct TargetArgs {
     #[arg(long)]
     pub no_children: bool,
 
-    /// The command to start and trace (after `--`).
+    /// The command to start and trace (after `--`); its arguments are passed
+    /// on byte for byte (they need not be UTF-8).
     #[arg(last = true, value_name = "COMMAND")]
-    pub command: Vec<String>,
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Subcommand, Debug, Clone)]

@@ -43,7 +43,7 @@ pub struct TraceSpec {
     /// Every process on the host.
     pub all: bool,
     /// A command to start (inside `cgroup` when given).
-    pub command: Vec<String>,
+    pub command: Vec<std::ffi::OsString>,
     pub follow_children: bool,
     pub interval: Option<f64>,
     pub duration: Option<f64>,
