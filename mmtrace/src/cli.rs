@@ -41,6 +41,12 @@ pub struct Cli {
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub top: usize,
 
+    /// Fold processes that exited more than SECS ago into one `exited` row
+    /// per cgroup (their faults stay on their files), so a long trace of a
+    /// busy host stays bounded.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub retain_exited: f64,
+
     /// Also print the per-mapping table.
     #[arg(short, long, global = true)]
     pub mappings: bool,

@@ -235,6 +235,7 @@ fn attach(
         owner_known: features.eviction_owner && has_memory && !spec.all,
         kinds: spec.kinds(),
         write_faults: features.write_faults,
+        retain_exited: spec.retain_exited,
     })?;
     if let Some(w) = &mut c.watch {
         w.sample();
