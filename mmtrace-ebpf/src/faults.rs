@@ -9,7 +9,7 @@
 //!   The sample's `addr` is the faulting address.
 //! - raw tracepoints `page_fault_user` / `page_fault_kernel` (x86 only), at
 //!   fault entry, hand the error code (bit 1 = write) to the perf event
-//!   through a per-CPU `PENDING` slot (one per tid % 64).
+//!   through a per-CPU `PENDING` slot (one per tid % 1024).
 //!   `TP_PROTO(unsigned long address, struct pt_regs *regs,
 //!   unsigned long error_code)` (Linux 6.18,
 //!   arch/x86/include/asm/trace/exceptions.h).

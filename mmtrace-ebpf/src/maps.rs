@@ -94,7 +94,7 @@ pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(errors::COUN
 pub static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(PENDING_SLOTS, 0);
 
 /// Slots of [`PENDING`] per CPU (a power of two).
-pub const PENDING_SLOTS: u32 = 64;
+pub const PENDING_SLOTS: u32 = 1024;
 
 /// The [`PENDING`] slot of thread `tid`.
 #[inline(always)]

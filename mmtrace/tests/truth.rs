@@ -296,7 +296,11 @@ fn an_atomic_write_is_reported_under_the_final_name() {
     assert_eq!(f["deleted"], false, "{f}");
     // All 2,048 written pages stay resident, except any DAMON took in the
     // background (counted under its name).
-    assert_eq!(u(&f["resident_pages"]) + background_evictions(f), 2048, "{f}");
+    assert_eq!(
+        u(&f["resident_pages"]) + background_evictions(f),
+        2048,
+        "{f}"
+    );
     assert!(
         !s["files"]
             .as_array()
