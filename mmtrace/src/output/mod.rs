@@ -6,6 +6,7 @@ pub mod escape;
 pub mod json;
 pub mod printer;
 pub mod table;
+pub mod top;
 
 use std::fs::File;
 
@@ -21,6 +22,8 @@ use crate::{
 pub struct Sinks {
     json: Option<json::JsonSink>,
     printer: Option<printer::Printer>,
+    /// The live view (`mmtrace top`).
+    top: Option<top::TopSink>,
     quiet: bool,
     /// Held so the trace's stop channel stays open (a closed one reads as
     /// a stop request).
@@ -32,6 +35,20 @@ impl Sinks {
     /// created is an error before anything is traced). `stop` is how an
     /// interactive sink asks the trace to end.
     pub fn open(spec: &TraceSpec, stop: mpsc::Sender<()>) -> Result<Self> {
+        if spec.view == View::Top && spec.json_on_stdout() {
+            anyhow::bail!(
+                "mmtrace top draws on stdout: write the JSON to a file (-o FILE) instead of --json"
+            );
+        }
+        // First: a refusal (not a terminal) comes before any file is made.
+        let top = if spec.view == View::Top {
+            Some(top::TopSink::open(
+                stop.clone(),
+                crate::session::page_size(),
+            )?)
+        } else {
+            None
+        };
         let json = match &spec.json {
             Some(JsonDest::File(p)) => {
                 let f = File::create(p)
@@ -53,7 +70,7 @@ impl Sinks {
             Box::new(std::io::stdout())
         };
         let printer = (spec.view != View::Quiet).then(|| {
-            printer::Printer::new(
+            let p = printer::Printer::new(
                 out,
                 table::TableOptions {
                     page_size: crate::session::page_size(),
@@ -62,11 +79,17 @@ impl Sinks {
                     title: String::new(),
                     write_faults: true,
                 },
-            )
+            );
+            if spec.view == View::Top {
+                p.final_only()
+            } else {
+                p
+            }
         });
         Ok(Self {
             json,
             printer,
+            top,
             quiet: spec.view == View::Quiet,
             _stop: stop,
         })
@@ -80,11 +103,19 @@ impl Sinks {
             p.set_write_faults(m.features.write_faults);
         }
         let mut first = None;
+        // The view first: at the final record it gives the terminal back
+        // before the printer writes the final report on it.
+        if let Some(t) = &mut self.top
+            && let Err(e) = t.record(r)
+        {
+            self.top = None;
+            first = Some(e);
+        }
         if let Some(j) = &mut self.json
             && let Err(e) = j.write(r)
         {
             self.json = None;
-            first = Some(e);
+            first.get_or_insert(e);
         }
         if let Some(p) = &mut self.printer
             && let Err(e) = p.record(r)
@@ -117,6 +148,9 @@ impl Sinks {
     }
 
     pub fn close(&mut self) -> Result<()> {
-        Ok(())
+        match self.top.take() {
+            Some(mut t) => t.close(),
+            None => Ok(()),
+        }
     }
 }
