@@ -48,13 +48,13 @@ use ratatui::{
     layout::{Constraint, Layout},
     style::{Modifier, Style},
     text::{Line, Span},
-    widgets::{Paragraph, Sparkline},
+    widgets::{Paragraph, Sparkline, Wrap},
 };
 use tokio::sync::mpsc;
 
 use super::{
     escape::display_path,
-    printer::{cgroup_line, oom_line, verdict_line},
+    printer::{cgroup_line, cgroups_table, oom_line, verdict_line},
     table::{self, TableOptions},
 };
 use crate::{
@@ -149,6 +149,9 @@ impl SortKey {
         }
     }
 }
+
+/// Rows of the per-cgroup pane (`--all`).
+const CGROUP_ROWS: usize = 5;
 
 /// What a key asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -347,9 +350,25 @@ impl TopView {
                 .map(|l| Line::from(l.to_string()))
                 .collect(),
             None => vec![Line::from(
-                "no cgroup (usage against a limit shows with --cgroup or --all)",
+                "no cgroup (usage against a limit shows with --cgroup)",
             )],
         }
+    }
+
+    /// Processes by cgroup (`--all`): the busiest few.
+    fn cgroups_lines(&self) -> Vec<Line<'static>> {
+        let rows = match (&self.summary, &self.last) {
+            (Some(s), _) => &s.cgroups,
+            (None, Some(i)) => &i.cgroups,
+            (None, None) => return Vec::new(),
+        };
+        if rows.is_empty() {
+            return Vec::new();
+        }
+        cgroups_table(rows, self.page_size, CGROUP_ROWS)
+            .lines()
+            .map(|l| Line::from(l.to_string()))
+            .collect()
     }
 
     fn history(&self) -> Option<(Vec<u64>, Option<u64>)> {
@@ -405,13 +424,21 @@ impl TopView {
         } else {
             0
         };
-        let [head_a, files_a, cg_a, spark_a, proc_a, bottom_a] = Layout::vertical([
+        let cgroups = self.cgroups_lines();
+        // The verdicts are long: wrapped, each on the rows it needs.
+        let width = usize::from(area.width.max(1));
+        let bottom_h: usize = bottom
+            .iter()
+            .map(|l| l.width().div_ceil(width).max(1))
+            .sum();
+        let [head_a, files_a, cg_a, spark_a, cgs_a, proc_a, bottom_a] = Layout::vertical([
             Constraint::Length(header.len() as u16),
             Constraint::Min(4),
             Constraint::Length(cgroup.len() as u16),
             Constraint::Length(spark_h),
+            Constraint::Length(cgroups.len() as u16),
             Constraint::Length((procs as u16 + 1).min(9)),
-            Constraint::Length(bottom.len().min(6) as u16),
+            Constraint::Length(bottom_h.min(8) as u16),
         ])
         .areas(area);
         f.render_widget(Paragraph::new(header), head_a);
@@ -450,7 +477,8 @@ impl TopView {
             Paragraph::new(self.process_table(proc_a.height as usize)),
             proc_a,
         );
-        f.render_widget(Paragraph::new(bottom), bottom_a);
+        f.render_widget(Paragraph::new(cgroups), cgs_a);
+        f.render_widget(Paragraph::new(bottom).wrap(Wrap { trim: false }), bottom_a);
     }
 }
 
@@ -1005,6 +1033,42 @@ mod tests {
         );
         row_of(&s, "/data/final.bin");
         assert!(!text.contains("/data/busy.bin"));
+    }
+
+    #[test]
+    fn all_shows_processes_by_cgroup_and_long_verdicts_wrap() {
+        let mut v = TopView::new(4096);
+        v.apply(&meta());
+        let Record::Interval(mut i) = interval(None) else {
+            unreachable!()
+        };
+        i.cgroups = (0..8)
+            .map(|n| crate::record::CgroupRow {
+                cgroup: format!("/system.slice/svc{n}.service"),
+                processes: 2,
+                alive: 1,
+                minor_faults: 100 - n,
+                ..Default::default()
+            })
+            .collect();
+        v.apply(&Record::Interval(i));
+        let mut verdict = crate::verdict::judge(&crate::verdict::Evidence {
+            pid: Some(4242),
+            page_size: 4096,
+            ..Default::default()
+        });
+        verdict.message = format!("{} END-OF-VERDICT", "long words ".repeat(30));
+        v.apply(&Record::Verdict(verdict));
+        let s = screen(&v);
+        let text = s.join("\n");
+        assert!(text.contains("CGROUP"), "{text}");
+        row_of(&s, "/system.slice/svc4.service");
+        assert!(!text.contains("svc5.service"), "{text}");
+        assert!(text.contains("3 more cgroups"), "{text}");
+        assert!(
+            text.contains("END-OF-VERDICT"),
+            "the verdict is cut:\n{text}"
+        );
     }
 
     #[test]
