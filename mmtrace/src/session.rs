@@ -84,7 +84,7 @@ pub async fn run(spec: &TraceSpec) -> Result<i32> {
             late.get_or_insert(e);
         }
     }
-    if let Err(e) = sinks.close() {
+    if let Err(e) = sinks.close().await {
         late.get_or_insert(e);
     }
     if let Some(e) = error {

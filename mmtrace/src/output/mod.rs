@@ -24,6 +24,9 @@ pub struct Sinks {
     printer: Option<printer::Printer>,
     /// The live view (`mmtrace top`).
     top: Option<top::TopSink>,
+    /// The final record, held for the printer until the live view has
+    /// given the terminal back ([`Sinks::close`]).
+    held: Option<Record>,
     quiet: bool,
     /// Held so the trace's stop channel stays open (a closed one reads as
     /// a stop request).
@@ -90,6 +93,7 @@ impl Sinks {
             json,
             printer,
             top,
+            held: None,
             quiet: spec.view == View::Quiet,
             _stop: stop,
         })
@@ -103,8 +107,6 @@ impl Sinks {
             p.set_write_faults(m.features.write_faults);
         }
         let mut first = None;
-        // The view first: at the final record it gives the terminal back
-        // before the printer writes the final report on it.
         if let Some(t) = &mut self.top
             && let Err(e) = t.record(r)
         {
@@ -117,7 +119,10 @@ impl Sinks {
             self.json = None;
             first.get_or_insert(e);
         }
-        if let Some(p) = &mut self.printer
+        if self.top.is_some() && matches!(r, Record::Summary(_)) {
+            // Printed once the view is closed, on the restored terminal.
+            self.held = Some(r.clone());
+        } else if let Some(p) = &mut self.printer
             && let Err(e) = p.record(r)
         {
             self.printer = None;
@@ -147,10 +152,20 @@ impl Sinks {
         self.quiet
     }
 
-    pub fn close(&mut self) -> Result<()> {
-        match self.top.take() {
-            Some(mut t) => t.close(),
-            None => Ok(()),
+    /// Ends the sinks: the live view (after its last frame, until `q` when
+    /// the trace ended by itself) gives the terminal back, then the final
+    /// report it held back is printed.
+    pub async fn close(&mut self) -> Result<()> {
+        let mut first = None;
+        if let Some(mut t) = self.top.take() {
+            t.wait().await;
+            first = t.close().err();
         }
+        if let (Some(p), Some(r)) = (&mut self.printer, self.held.take())
+            && let Err(e) = p.record(&r)
+        {
+            first.get_or_insert(e);
+        }
+        first.map_or(Ok(()), Err)
     }
 }

@@ -19,9 +19,10 @@
 //! diagnostics, the traced command's output) would tear it: stderr is
 //! redirected to a pipe ([`StderrCapture`]), its last line shown in the
 //! view, and its lines written to the real stderr once the terminal is
-//! restored. The terminal is restored on every exit path: the final
-//! record, the sink dropped (an error before tracing), a failing draw, and
-//! a panic (a panic hook).
+//! restored. The terminal is restored on every exit path: the sink closed
+//! after the final record, the sink dropped (an error before or during
+//! the trace), a failing draw or read, and a panic (a panic hook). SIGINT or
+//! SIGTERM from elsewhere end an "ended" view still waiting for `q`.
 use std::{
     collections::VecDeque,
     io::{self, BufRead as _, Write as _},
@@ -651,6 +652,10 @@ pub struct TopSink {
     capture: Option<Arc<StderrCapture>>,
     tx: Option<std_mpsc::Sender<Record>>,
     ui: Option<JoinHandle<Result<()>>>,
+    /// The final record went to the view.
+    ended: bool,
+    /// Tells the view to end now (a signal, or the sink dropped).
+    quit: Arc<AtomicBool>,
 }
 
 impl TopSink {
@@ -668,6 +673,8 @@ impl TopSink {
             capture: Some(Arc::new(StderrCapture::start()?)),
             tx: None,
             ui: None,
+            ended: false,
+            quit: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -680,9 +687,33 @@ impl TopSink {
             let _ = tx.send(r.clone());
         }
         if matches!(r, Record::Summary(_)) {
-            return self.close();
+            self.ended = true;
         }
         Ok(())
+    }
+
+    /// After the final record: waits for the view to end — at once if the
+    /// user quit or the trace was interrupted, else at `q`. SIGINT or
+    /// SIGTERM end it too (the view has raw mode, so those come from
+    /// elsewhere: `kill`, a supervisor).
+    pub async fn wait(&mut self) {
+        use tokio::signal::unix::{SignalKind, signal};
+        if !self.ended {
+            return;
+        }
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        while self.ui.as_ref().is_some_and(|u| !u.is_finished()) {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = int.recv() => self.quit.store(true, Ordering::SeqCst),
+                _ = term.recv() => self.quit.store(true, Ordering::SeqCst),
+            }
+        }
     }
 
     fn start_ui(&mut self) -> Result<()> {
@@ -703,11 +734,12 @@ impl TopSink {
         let (tx, rx) = std_mpsc::channel();
         let stop = self.stop.clone();
         let capture = self.capture.clone();
+        let quit = self.quit.clone();
         let page_size = self.page_size;
         let ui = std::thread::Builder::new()
             .name("top".into())
             .spawn(move || {
-                let r = run_ui(terminal, rx, stop.clone(), capture, page_size);
+                let r = run_ui(terminal, rx, stop.clone(), capture, &quit, page_size);
                 restore_terminal();
                 if r.is_err() {
                     // No view: the trace must not run on unseen.
@@ -721,11 +753,10 @@ impl TopSink {
         Ok(())
     }
 
-    /// Waits for the view to end (after the final record: at once if the
-    /// user quit, else at `q`), gives the terminal and stderr back.
+    /// Ends the view now (after [`TopSink::wait`], it has ended already),
+    /// gives the terminal and stderr back.
     pub fn close(&mut self) -> Result<()> {
-        // The final record (if any) is in the channel already; closing it
-        // ends a view still waiting for one.
+        self.quit.store(true, Ordering::SeqCst);
         self.tx = None;
         let r = match self.ui.take() {
             Some(ui) => ui
@@ -753,6 +784,7 @@ fn run_ui<B: Backend>(
     rx: std_mpsc::Receiver<Record>,
     stop: mpsc::Sender<()>,
     capture: Option<Arc<StderrCapture>>,
+    quit: &AtomicBool,
     page_size: u64,
 ) -> Result<()>
 where
@@ -775,7 +807,8 @@ where
                 Err(std_mpsc::TryRecvError::Disconnected) => return Ok(()),
             }
         }
-        if view.ended() && (!view.ended_by_itself() || view.quitting) {
+        if quit.load(Ordering::SeqCst) || view.ended() && (!view.ended_by_itself() || view.quitting)
+        {
             return Ok(());
         }
         if dirty {
