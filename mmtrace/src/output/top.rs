@@ -230,7 +230,7 @@ impl TopView {
     pub fn key(&mut self, code: KeyCode, mods: KeyModifiers) -> Action {
         match code {
             KeyCode::Char('c') if mods.contains(KeyModifiers::CONTROL) => Action::Quit,
-            KeyCode::Char('q') | KeyCode::Esc => Action::Quit,
+            KeyCode::Char('q') => Action::Quit,
             KeyCode::Char(c) => match SortKey::from_key(c) {
                 Some(k) => {
                     self.sort = k;
@@ -282,8 +282,9 @@ impl TopView {
                 )),
                 Span::styled(state, bold.add_modifier(Modifier::REVERSED)),
             ]),
+            // `q` first: a narrow terminal cuts the end of the line.
             Line::from(format!(
-                "sort: {}  keys: m M w c p a e f r sort by MINFLT MAJFLT WRITE COW MAPPED ADDED EVICTED REFLT~ RES, b busiest  {keys}",
+                "{keys}  sort: {}  keys m M w c p a e f r: by MINFLT MAJFLT WRITE COW MAPPED ADDED EVICTED REFLT~ RES, b: busiest",
                 self.sort.describe()
             )),
         ]
@@ -645,6 +646,15 @@ impl StderrCapture {
     }
 }
 
+/// Asks the trace to stop when dropped.
+struct StopOnDrop(mpsc::Sender<()>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.try_send(());
+    }
+}
+
 /// The live view as a sink.
 pub struct TopSink {
     page_size: u64,
@@ -739,12 +749,11 @@ impl TopSink {
         let ui = std::thread::Builder::new()
             .name("top".into())
             .spawn(move || {
-                let r = run_ui(terminal, rx, stop.clone(), capture, &quit, page_size);
+                // However the view ends (an error, a panic), the trace must
+                // not run on unseen: ask it to stop (a no-op once it has).
+                let _stop = StopOnDrop(stop.clone());
+                let r = run_ui(terminal, rx, stop, capture, &quit, page_size);
                 restore_terminal();
-                if r.is_err() {
-                    // No view: the trace must not run on unseen.
-                    let _ = stop.try_send(());
-                }
                 r
             })
             .context("starting the live view")?;
