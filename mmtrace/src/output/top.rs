@@ -178,7 +178,13 @@ pub struct TopView {
     pub sort: SortKey,
     /// `q` was pressed: the trace is asked to stop.
     pub quitting: bool,
+    /// Columns the tables are scrolled right (←/→): the names come after
+    /// 80 columns of numbers.
+    pub hscroll: u16,
 }
+
+/// Columns one ←/→ scrolls.
+const HSCROLL_STEP: u16 = 8;
 
 impl TopView {
     pub fn new(page_size: u64) -> Self {
@@ -194,6 +200,7 @@ impl TopView {
             ooms: Vec::new(),
             sort: SortKey::Busiest,
             quitting: false,
+            hscroll: 0,
         }
     }
 
@@ -231,6 +238,18 @@ impl TopView {
         match code {
             KeyCode::Char('c') if mods.contains(KeyModifiers::CONTROL) => Action::Quit,
             KeyCode::Char('q') => Action::Quit,
+            KeyCode::Right => {
+                self.hscroll = (self.hscroll + HSCROLL_STEP).min(HSCROLL_STEP * 50);
+                Action::Redraw
+            }
+            KeyCode::Left => {
+                self.hscroll = self.hscroll.saturating_sub(HSCROLL_STEP);
+                Action::Redraw
+            }
+            KeyCode::Home => {
+                self.hscroll = 0;
+                Action::Redraw
+            }
             KeyCode::Char(c) => match SortKey::from_key(c) {
                 Some(k) => {
                     self.sort = k;
@@ -284,8 +303,12 @@ impl TopView {
             ]),
             // `q` first: a narrow terminal cuts the end of the line.
             Line::from(format!(
-                "{keys}  sort: {}  keys m M w c p a e f r: by MINFLT MAJFLT WRITE COW MAPPED ADDED EVICTED REFLT~ RES, b: busiest",
-                self.sort.describe()
+                "{keys}  sort: {}{}  keys m M w c p a e f r: by MINFLT MAJFLT WRITE COW MAPPED ADDED EVICTED REFLT~ RES, b: busiest, ←/→: scroll",
+                self.sort.describe(),
+                match self.hscroll {
+                    0 => String::new(),
+                    n => format!("  scrolled +{n} (Home: back)"),
+                }
             )),
         ]
     }
@@ -382,7 +405,7 @@ impl TopView {
         Some((c.usage_history.clone(), limit))
     }
 
-    fn bottom_lines(&self, messages: Option<&str>) -> Vec<Line<'static>> {
+    fn bottom_lines(&self) -> Vec<Line<'static>> {
         let mut out: Vec<Line<'static>> = self
             .ooms
             .iter()
@@ -403,9 +426,6 @@ impl TopView {
                     .map(|v| Line::from(display_path(v).into_owned())),
             );
         }
-        if let Some(m) = messages {
-            out.push(Line::from(format!("stderr: {}", display_path(m))));
-        }
         out
     }
 
@@ -416,7 +436,9 @@ impl TopView {
         let header = self.header();
         let cgroup = self.cgroup_lines();
         let history = self.history();
-        let bottom = self.bottom_lines(messages);
+        let bottom = self.bottom_lines();
+        // One row, cut: a command's output can be long.
+        let stderr = messages.map(|m| Line::from(format!("stderr: {}", display_path(m))));
         let procs = self
             .current()
             .map(|c| table::process_table(&c.0.processes, self.page_size).len())
@@ -433,7 +455,16 @@ impl TopView {
             .iter()
             .map(|l| l.width().div_ceil(width).max(1))
             .sum();
-        let [head_a, files_a, cg_a, spark_a, cgs_a, proc_a, bottom_a] = Layout::vertical([
+        let [
+            head_a,
+            files_a,
+            cg_a,
+            spark_a,
+            cgs_a,
+            proc_a,
+            bottom_a,
+            stderr_a,
+        ] = Layout::vertical([
             Constraint::Length(header.len() as u16),
             Constraint::Min(4),
             Constraint::Length(cgroup.len() as u16),
@@ -441,11 +472,12 @@ impl TopView {
             Constraint::Length(cgroups.len() as u16),
             Constraint::Length((procs as u16 + 1).min(9)),
             Constraint::Length(bottom_h.min(8) as u16),
+            Constraint::Length(u16::from(stderr.is_some())),
         ])
         .areas(area);
         f.render_widget(Paragraph::new(header), head_a);
         f.render_widget(
-            Paragraph::new(self.file_table(files_a.height as usize)),
+            Paragraph::new(self.file_table(files_a.height as usize)).scroll((0, self.hscroll)),
             files_a,
         );
         f.render_widget(Paragraph::new(cgroup), cg_a);
@@ -476,11 +508,14 @@ impl TopView {
             f.render_widget(Sparkline::default().data(&shown).max(max.max(1)), spark);
         }
         f.render_widget(
-            Paragraph::new(self.process_table(proc_a.height as usize)),
+            Paragraph::new(self.process_table(proc_a.height as usize)).scroll((0, self.hscroll)),
             proc_a,
         );
-        f.render_widget(Paragraph::new(cgroups), cgs_a);
+        f.render_widget(Paragraph::new(cgroups).scroll((0, self.hscroll)), cgs_a);
         f.render_widget(Paragraph::new(bottom).wrap(Wrap { trim: false }), bottom_a);
+        if let Some(l) = stderr {
+            f.render_widget(Paragraph::new(l), stderr_a);
+        }
     }
 }
 
@@ -937,7 +972,11 @@ mod tests {
 
     /// The view drawn on a 160×45 test terminal, as lines of text.
     fn screen(v: &TopView) -> Vec<String> {
-        let mut t = Terminal::new(TestBackend::new(160, 45)).unwrap();
+        screen_of(v, 160, 45)
+    }
+
+    fn screen_of(v: &TopView, w: u16, h: u16) -> Vec<String> {
+        let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
         t.draw(|f| v.render(f, Some("mmtrace: tracing command")))
             .unwrap();
         let buf = t.backend().buffer();
@@ -1111,6 +1150,29 @@ mod tests {
             text.contains("END-OF-VERDICT"),
             "the verdict is cut:\n{text}"
         );
+    }
+
+    #[test]
+    fn arrows_scroll_the_tables_to_the_names_on_a_narrow_terminal() {
+        let mut v = TopView::new(4096);
+        v.apply(&meta());
+        v.apply(&interval(None));
+        let s = screen_of(&v, 80, 30);
+        assert!(!s.iter().any(|l| l.ends_with("/data/busy.bin")), "{s:?}");
+        for _ in 0..3 {
+            assert_eq!(v.key(KeyCode::Right, KeyModifiers::NONE), Action::Redraw);
+        }
+        let s = screen_of(&v, 80, 30);
+        let text = s.join("\n");
+        assert!(text.contains("scrolled +24"), "{text}");
+        let row = row_of(&s, "/data/busy.bin");
+        // The numbers moved left by 24 columns with the names.
+        assert!(s[row].chars().count() < 80, "{}", s[row]);
+        row_of(&s, "  tool");
+        v.key(KeyCode::Home, KeyModifiers::NONE);
+        assert_eq!(v.hscroll, 0);
+        v.key(KeyCode::Left, KeyModifiers::NONE);
+        assert_eq!(v.hscroll, 0);
     }
 
     #[test]
