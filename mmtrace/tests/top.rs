@@ -184,7 +184,9 @@ fn top_of_a_command_that_ends_keeps_the_view_until_q() {
 
 #[test]
 fn top_refuses_without_a_terminal() {
-    // No privileges needed: the refusal comes first.
+    require_root();
+    let _g = lock();
+    // The refusal comes first, before any privilege is used.
     let out = mmtrace()
         .args(["top", "--", "true"])
         .stdout(Stdio::piped())
