@@ -6,6 +6,7 @@ pub mod escape;
 pub mod json;
 pub mod printer;
 pub mod table;
+pub mod top;
 
 use std::fs::File;
 
@@ -21,6 +22,11 @@ use crate::{
 pub struct Sinks {
     json: Option<json::JsonSink>,
     printer: Option<printer::Printer>,
+    /// The live view (`mmtrace top`).
+    top: Option<top::TopSink>,
+    /// The final record, held for the printer until the live view has
+    /// given the terminal back ([`Sinks::close`]).
+    held: Option<Record>,
     quiet: bool,
     /// Held so the trace's stop channel stays open (a closed one reads as
     /// a stop request).
@@ -32,6 +38,20 @@ impl Sinks {
     /// created is an error before anything is traced). `stop` is how an
     /// interactive sink asks the trace to end.
     pub fn open(spec: &TraceSpec, stop: mpsc::Sender<()>) -> Result<Self> {
+        if spec.view == View::Top && spec.json_on_stdout() {
+            anyhow::bail!(
+                "mmtrace top draws on stdout: write the JSON to a file (-o FILE) instead of --json"
+            );
+        }
+        // First: a refusal (not a terminal) comes before any file is made.
+        let top = if spec.view == View::Top {
+            Some(top::TopSink::open(
+                stop.clone(),
+                crate::session::page_size(),
+            )?)
+        } else {
+            None
+        };
         let json = match &spec.json {
             Some(JsonDest::File(p)) => {
                 let f = File::create(p)
@@ -53,7 +73,7 @@ impl Sinks {
             Box::new(std::io::stdout())
         };
         let printer = (spec.view != View::Quiet).then(|| {
-            printer::Printer::new(
+            let p = printer::Printer::new(
                 out,
                 table::TableOptions {
                     page_size: crate::session::page_size(),
@@ -62,11 +82,18 @@ impl Sinks {
                     title: String::new(),
                     write_faults: true,
                 },
-            )
+            );
+            if spec.view == View::Top {
+                p.final_only()
+            } else {
+                p
+            }
         });
         Ok(Self {
             json,
             printer,
+            top,
+            held: None,
             quiet: spec.view == View::Quiet,
             _stop: stop,
         })
@@ -80,13 +107,22 @@ impl Sinks {
             p.set_write_faults(m.features.write_faults);
         }
         let mut first = None;
+        if let Some(t) = &mut self.top
+            && let Err(e) = t.record(r)
+        {
+            self.top = None;
+            first = Some(e);
+        }
         if let Some(j) = &mut self.json
             && let Err(e) = j.write(r)
         {
             self.json = None;
-            first = Some(e);
+            first.get_or_insert(e);
         }
-        if let Some(p) = &mut self.printer
+        if self.top.is_some() && matches!(r, Record::Summary(_)) {
+            // Printed once the view is closed, on the restored terminal.
+            self.held = Some(r.clone());
+        } else if let Some(p) = &mut self.printer
             && let Err(e) = p.record(r)
         {
             self.printer = None;
@@ -116,7 +152,20 @@ impl Sinks {
         self.quiet
     }
 
-    pub fn close(&mut self) -> Result<()> {
-        Ok(())
+    /// Ends the sinks: the live view (after its last frame, until `q` when
+    /// the trace ended by itself) gives the terminal back, then the final
+    /// report it held back is printed.
+    pub async fn close(&mut self) -> Result<()> {
+        let mut first = None;
+        if let Some(mut t) = self.top.take() {
+            t.wait().await;
+            first = t.close().err();
+        }
+        if let (Some(p), Some(r)) = (&mut self.printer, self.held.take())
+            && let Err(e) = p.record(&r)
+        {
+            first.get_or_insert(e);
+        }
+        first.map_or(Ok(()), Err)
     }
 }
