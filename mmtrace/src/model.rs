@@ -249,10 +249,11 @@ impl Ledger {
         self.paths.contains_key(&id)
     }
 
-    /// Records the cgroup a process runs in.
+    /// Records the cgroup a process runs in (`None`, unreadable: the last
+    /// one known stays).
     pub fn set_cgroup(&mut self, pid: u32, cgroup: Option<String>) {
-        if let Some(p) = self.procs.get_mut(&pid) {
-            p.cgroup = cgroup;
+        if let (Some(p), Some(cg)) = (self.procs.get_mut(&pid), cgroup) {
+            p.cgroup = Some(cg);
         }
     }
 

@@ -370,6 +370,10 @@ impl Collector {
                     &fds,
                 );
                 self.ledger.observe(pid, Some(&stat), status, maps, &fds);
+                // Again every look: a process may move (a command mmtrace
+                // starts joins --cgroup after its first look; systemd
+                // moves what it starts).
+                self.note_cgroup(pid);
             }
             Err(_) => self.ledger.mark_gone(pid),
         }
