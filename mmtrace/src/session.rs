@@ -218,7 +218,21 @@ fn attach(
     if let Some(g) = gated {
         targets.push((g.pid, follow));
     }
-    let mut tracer = Tracer::load(config, features, capacity(spec), &targets, spec.bpf_log)?;
+    // --all: every process's counters just before the attach, so a process
+    // first looked at later is not charged faults from before its baseline.
+    let mut baselines = Default::default();
+    let mut tracer = Tracer::load(
+        config,
+        features,
+        capacity(spec),
+        &targets,
+        spec.bpf_log,
+        || {
+            if spec.all {
+                baselines = crate::collect::collector::host_baselines(Path::new("/proc"));
+            }
+        },
+    )?;
     if spec.bpf_stats {
         tracer.enable_stats()?;
     }
@@ -239,6 +253,7 @@ fn attach(
         kinds: spec.kinds(),
         write_faults: features.write_faults,
         retain_exited: spec.retain_exited,
+        baselines,
     })?;
     if let Some(w) = &mut c.watch {
         w.sample();

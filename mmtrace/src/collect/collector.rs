@@ -56,6 +56,9 @@ pub struct Collector {
     /// Clock ticks since boot when tracing began (`starttime` of a process
     /// born later is larger: its counters started at zero, all traced).
     start_ticks: u64,
+    /// `--all`: counters of the processes alive at the attach, taken when
+    /// each is first looked at.
+    baselines: HashMap<u32, Baseline>,
     /// When each process was first seen gone (it is folded away after
     /// `retain_exited`).
     gone_since: HashMap<u32, Instant>,
@@ -83,6 +86,24 @@ pub struct Setup {
     pub write_faults: bool,
     /// Exited processes are folded away after this long.
     pub retain_exited: Duration,
+    /// `--all`: every process's counters taken just before the attach.
+    pub baselines: HashMap<u32, Baseline>,
+}
+
+/// A process's kernel fault counters at one moment: its stat and the sum
+/// over its threads.
+pub type Baseline = (procfs::ProcStat, (u64, u64));
+
+/// The counters of every process on the host now (`--all`, before attach).
+pub fn host_baselines(root: &Path) -> HashMap<u32, Baseline> {
+    procfs::list_pids(root)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|pid| {
+            let stat = procfs::read_stat(root, pid).ok()?;
+            Some((pid, (stat, thread_faults(root, pid))))
+        })
+        .collect()
 }
 
 impl Collector {
@@ -115,6 +136,7 @@ impl Collector {
             page_size: s.page_size,
             retain_exited: s.retain_exited,
             start_ticks: boot_ticks_now(),
+            baselines: s.baselines,
             gone_since: HashMap::new(),
         })
     }
@@ -339,6 +361,7 @@ impl Collector {
             // Born inside the trace: its counters started at zero. Moved
             // into the traced cgroup, or already running under --all: it
             // lived before, so take a baseline now.
+            let at_attach = self.baselines.remove(&pid);
             let joined = |stat: &procfs::ProcStat| {
                 if self.all {
                     // Under --all every process is traced from its first
@@ -348,8 +371,12 @@ impl Collector {
                     self.snap.scope[&pid].flags & mmtrace_common::scope::JOINED != 0
                 }
             };
-            match procfs::read_stat(root, pid) {
-                Ok(stat) if joined(&stat) => {
+            match (procfs::read_stat(root, pid), at_attach) {
+                // Alive at the attach (the same process: same start time).
+                (Ok(now), Some((then, threads))) if now.starttime == then.starttime => {
+                    self.ledger.add_process(pid, false, Some(&then), threads)
+                }
+                (Ok(stat), _) if joined(&stat) => {
                     self.ledger
                         .add_process(pid, false, Some(&stat), thread_faults(root, pid))
                 }
