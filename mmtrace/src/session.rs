@@ -573,6 +573,8 @@ fn memory_root() -> Result<Cgroup> {
     let mountinfo =
         std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     let mounts = cgroup::mounts(&mountinfo);
-    let cg = cgroup::resolve("/", &mounts, "")?;
+    // "" is relative: the root of the memory hierarchy (v1 memory, else v2).
+    // ("/" is an absolute path: the file system's root, not a cgroup.)
+    let cg = cgroup::resolve("", &mounts, "")?;
     Ok(cg)
 }

@@ -293,12 +293,57 @@ impl Collector {
         self.tracer.register_files(&self.ledger.known_files())?;
         if let Some(w) = &mut self.watch {
             let tracer = &mut self.tracer;
-            w.sync(|keys| tracer.set_cgroups(keys))?;
+            if self.all {
+                // The kernel's scope is every process: no cgroup set to keep.
+                w.rescan_dirs();
+            } else {
+                w.sync(|keys| tracer.set_cgroups(keys))?;
+            }
             let members = if self.all { Vec::new() } else { w.procs() };
             w.sample();
             self.join_members(members)?;
         }
+        self.cgroups_at_exit();
         self.fold_exited()
+    }
+
+    /// Processes that died before their cgroup was read from /proc get the
+    /// memory cgroup the kernel saw them die in.
+    fn cgroups_at_exit(&mut self) {
+        let Some(w) = &self.watch else {
+            return;
+        };
+        let unknown: Vec<(u32, u64)> = self
+            .snap
+            .exits
+            .iter()
+            .filter(|(pid, e)| {
+                e.group_dead != 0
+                    && e.memcg_id != 0
+                    && self
+                        .ledger
+                        .procs
+                        .get(pid)
+                        .is_none_or(|p| p.cgroup.is_none())
+            })
+            .map(|(pid, e)| (*pid, e.memcg_id))
+            .collect();
+        if unknown.is_empty() {
+            return;
+        }
+        let by_id: HashMap<u64, String> = w
+            .dirs
+            .iter()
+            .filter_map(|(dir, id)| {
+                let rel = dir.strip_prefix(&w.cg.path).ok()?;
+                Some((*id, format!("/{}", rel.display())))
+            })
+            .collect();
+        for (pid, id) in unknown {
+            if let Some(cg) = by_id.get(&id) {
+                self.ledger.cgroup_at_exit(pid, cg.clone());
+            }
+        }
     }
 
     /// Folds processes gone for longer than `retain_exited` into their
