@@ -273,8 +273,63 @@ fn mincore_count(
     page: u64,
     what: &str,
 ) -> Result<u64, ResidencyError> {
-    let window = MINCORE_WINDOW.max(page) / page * page;
     let mut cached = 0;
+    mincore_each(fd, size, page, what, |_, resident| cached += resident as u64)?;
+    Ok(cached)
+}
+
+/// The file at `path`, page by page: `each(page_index, resident)` for every
+/// page of it (mmap PROT_READ + mincore, never reading the contents). If
+/// `expect` (device, inode) is given and the path now names another file,
+/// returns [`ResidencyError::Replaced`]. Returns the file's size in bytes.
+pub fn each_page(
+    path: &Path,
+    expect: Option<(Dev, u64)>,
+    each: impl FnMut(u64, bool),
+) -> Result<u64, ResidencyError> {
+    let what = path.display().to_string();
+    let fd = open_readonly(path).map_err(|source| ResidencyError::Open {
+        what: what.clone(),
+        source,
+    })?;
+    let st = fstat(fd.as_fd()).map_err(|source| ResidencyError::Stat {
+        what: what.clone(),
+        source,
+    })?;
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "dev_t and ino_t are u64 on 64-bit Linux but not everywhere"
+    )]
+    let (found_dev, found_ino) = (Dev::from_user(st.st_dev as u64), st.st_ino as u64);
+    if let Some((expected_dev, expected_ino)) = expect
+        && (expected_dev, expected_ino) != (found_dev, found_ino)
+    {
+        return Err(ResidencyError::Replaced {
+            what,
+            expected_dev,
+            expected_ino,
+            found_dev,
+            found_ino,
+        });
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(ResidencyError::NotRegular { what });
+    }
+    let size = st.st_size.max(0) as u64;
+    if size > 0 {
+        mincore_each(fd.as_fd(), size, page_size(), &what, each)?;
+    }
+    Ok(size)
+}
+
+fn mincore_each(
+    fd: BorrowedFd<'_>,
+    size: u64,
+    page: u64,
+    what: &str,
+    mut each: impl FnMut(u64, bool),
+) -> Result<(), ResidencyError> {
+    let window = MINCORE_WINDOW.max(page) / page * page;
     let mut off = 0;
     let mut vec = Vec::new();
     while off < size {
@@ -310,10 +365,13 @@ fn mincore_count(
                 source: io::Error::last_os_error(),
             });
         }
-        cached += vec.iter().filter(|&&b| b & 1 != 0).count() as u64;
+        let first = off / page;
+        for (i, b) in vec.iter().enumerate() {
+            each(first + i as u64, b & 1 != 0);
+        }
         off += len as u64;
     }
-    Ok(cached)
+    Ok(())
 }
 
 #[cfg(test)]

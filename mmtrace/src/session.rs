@@ -87,6 +87,7 @@ pub async fn run(spec: &TraceSpec) -> Result<i32> {
     if let Err(e) = sinks.close() {
         late.get_or_insert(e);
     }
+    sinks.finish().await;
     if let Some(e) = error {
         return Err(e.context(
             "the trace stopped early (the final report shows what was counted until then)",

@@ -1,10 +1,11 @@
 //! Sinks of the record stream: the human table (`printer`, laid out by
-//! `table`), JSON Lines (`json`), the live view (`top`). Each consumes the
-//! same [`Record`]s; none computes anything of its own. `escape` makes names
-//! from the traced system safe to print.
+//! `table`), JSON Lines (`json`), the live view (`top`), the HTTP server
+//! (`serve`). Each consumes the same [`Record`]s; none computes anything of
+//! its own. `escape` makes names from the traced system safe to print.
 pub mod escape;
 pub mod json;
 pub mod printer;
+pub mod serve;
 pub mod table;
 
 use std::fs::File;
@@ -21,6 +22,9 @@ use crate::{
 pub struct Sinks {
     json: Option<json::JsonSink>,
     printer: Option<printer::Printer>,
+    serve: Option<serve::ServeSink>,
+    /// Interval records reach the table (not when only --serve asked for them).
+    table_intervals: bool,
     quiet: bool,
     /// Held so the trace's stop channel stays open (a closed one reads as
     /// a stop request).
@@ -64,9 +68,15 @@ impl Sinks {
                 },
             )
         });
+        let serve = match &spec.serve {
+            Some(o) => Some(serve::ServeSink::start(o, spec.view == View::Quiet)?),
+            None => None,
+        };
         Ok(Self {
             json,
             printer,
+            serve,
+            table_intervals: spec.table_intervals,
             quiet: spec.view == View::Quiet,
             _stop: stop,
         })
@@ -86,7 +96,12 @@ impl Sinks {
             self.json = None;
             first = Some(e);
         }
+        if let Some(s) = &self.serve {
+            s.record(r);
+        }
+        let to_table = self.table_intervals || !matches!(r, Record::Interval(_));
         if let Some(p) = &mut self.printer
+            && to_table
             && let Err(e) = p.record(r)
         {
             self.printer = None;
@@ -98,6 +113,9 @@ impl Sinks {
     /// A batch of raw events: JSON only (the table shows totals), flushed
     /// once for the batch.
     pub fn emit_events(&mut self, events: Vec<crate::collect::events::RawEvent>) -> Result<()> {
+        if let Some(s) = &self.serve {
+            s.events(&events);
+        }
         let Some(j) = &mut self.json else {
             return Ok(());
         };
@@ -118,5 +136,13 @@ impl Sinks {
 
     pub fn close(&mut self) -> Result<()> {
         Ok(())
+    }
+
+    /// After the final report: the server keeps the final state for
+    /// `--serve-linger`, then closes (its clients got the summary).
+    pub async fn finish(&mut self) {
+        if let Some(s) = &mut self.serve {
+            s.finish().await;
+        }
     }
 }
