@@ -130,7 +130,12 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 /// Whether what a [`TEST_PACKAGES`] entry provides is there.
 fn provided(ctx: &Ctx, what: &str) -> bool {
     match what.strip_prefix("python3:") {
-        Some(module) => std::process::Command::new("python3")
+        // Debian's python3-* packages serve the system Python.
+        Some(module) => std::process::Command::new(if std::path::Path::new("/usr/bin/python3").exists() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        })
             .args(["-c", &format!("import {module}")])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -388,8 +388,20 @@ async fn events_route(AxState(s): AxState<Arc<Shared>>) -> Response {
                 return None;
             }
             let r = tokio::select! {
+                biased;
                 r = c.rx.recv() => r,
-                _ = c.stop.wait_for(|v| *v) => return None,
+                _ = c.stop.wait_for(|v| *v) => {
+                    // The server closes: what was sent still goes out (the
+                    // summary last), then the stream ends.
+                    while let Ok(m) = c.rx.try_recv() {
+                        if m.id > c.last {
+                            c.last = m.id;
+                            c.queue.push_back(m);
+                        }
+                    }
+                    c.done = true;
+                    continue;
+                }
             };
             match r {
                 Ok(m) if m.id > c.last => {
