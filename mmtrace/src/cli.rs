@@ -114,7 +114,9 @@ pub struct Cli {
 }
 
 fn serve_files(s: &str) -> Result<usize, String> {
-    let n: usize = s.parse().map_err(|_| format!("`{s}` is not a number of files"))?;
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of files"))?;
     if n > crate::output::serve::metrics::MAX_FILES {
         return Err(format!(
             "`{s}`: at most {} files (each is a few series)",

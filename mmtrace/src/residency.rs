@@ -274,7 +274,9 @@ fn mincore_count(
     what: &str,
 ) -> Result<u64, ResidencyError> {
     let mut cached = 0;
-    mincore_each(fd, size, page, what, |_, resident| cached += resident as u64)?;
+    mincore_each(fd, size, page, what, |_, resident| {
+        cached += resident as u64
+    })?;
     Ok(cached)
 }
 

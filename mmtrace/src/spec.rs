@@ -118,9 +118,7 @@ impl TraceSpec {
             follow_children: !cli.target.no_children,
             // The server updates from interval records: one a second
             // unless -i says otherwise.
-            interval: cli
-                .interval
-                .or_else(|| serve.as_ref().map(|_| 1.0)),
+            interval: cli.interval.or_else(|| serve.as_ref().map(|_| 1.0)),
             table_intervals: cli.interval.is_some() || serve.is_none(),
             duration: cli.duration,
             json,
@@ -282,15 +280,24 @@ mod tests {
         assert_eq!(o.files, 50);
         assert_eq!(s.interval, Some(1.0));
         assert!(!s.table_intervals);
-        assert_eq!(spec(&["-a", "--serve=[::1]:9000", "-i", "2"]).interval, Some(2.0));
+        assert_eq!(
+            spec(&["-a", "--serve=[::1]:9000", "-i", "2"]).interval,
+            Some(2.0)
+        );
         let e = spec(&["-a", "--serve", "0.0.0.0:9723"]).validate();
-        assert!(matches!(&e, Err(SpecError::Serve(m)) if m.contains("--serve-public")), "{e:?}");
+        assert!(
+            matches!(&e, Err(SpecError::Serve(m)) if m.contains("--serve-public")),
+            "{e:?}"
+        );
         assert_eq!(
             spec(&["-a", "--serve", "0.0.0.0:9723", "--serve-public"]).validate(),
             Ok(())
         );
         let e = spec(&["-a", "--serve", "nowhere:x"]).validate();
-        assert!(matches!(&e, Err(SpecError::Serve(m)) if m.contains("not an address")), "{e:?}");
+        assert!(
+            matches!(&e, Err(SpecError::Serve(m)) if m.contains("not an address")),
+            "{e:?}"
+        );
         let s = spec(&["--serve", "--", "sleep", "1"]);
         assert_eq!(s.command, ["sleep", "1"]);
         assert!(s.serve.is_some());

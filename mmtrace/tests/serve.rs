@@ -93,7 +93,10 @@ fn get(port: u16, path: &str, extra: &[(&str, &str)]) -> (u16, String, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -204,7 +207,10 @@ fn prometheus(target: u16) -> Prometheus {
     let child = Command::new("prometheus")
         .arg(format!("--config.file={}", cfg.display()))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -245,16 +251,28 @@ fn metrics_lint_parse_and_reach_prometheus_with_the_summarys_values() {
     let path = f.to_str().unwrap();
     let m = serve(
         &["--serve-linger", "6", "-i", "0.5"],
-        &["mmap-read", "--path", path, "--drop-cache", "--pause-ms", "2500"],
+        &[
+            "mmap-read",
+            "--path",
+            path,
+            "--drop-cache",
+            "--pause-ms",
+            "2500",
+        ],
     );
     let prom = prometheus(m.port);
     // While the workload runs: the 0.0.4 text lints clean, OpenMetrics parses.
-    wait_until("the workload's file in /metrics", Duration::from_secs(10), || {
-        get(m.port, "/metrics", &[]).2.contains(path)
-    });
+    wait_until(
+        "the workload's file in /metrics",
+        Duration::from_secs(10),
+        || get(m.port, "/metrics", &[]).2.contains(path),
+    );
     let (code, head, text) = get(m.port, "/metrics", &[("Accept", "text/plain")]);
     assert_eq!(code, 200);
-    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
     let (ok, out) = promtool(&text);
     assert!(ok && out.trim().is_empty(), "promtool: {out}\n{text}");
     for name in [
@@ -272,7 +290,10 @@ fn metrics_lint_parse_and_reach_prometheus_with_the_summarys_values() {
     let (_, head, om) = get(
         m.port,
         "/metrics",
-        &[("Accept", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")],
+        &[(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )],
     );
     assert!(head.contains("application/openmetrics-text"), "{head}");
     assert!(om.ends_with("# EOF\n"));
@@ -298,7 +319,11 @@ fn metrics_lint_parse_and_reach_prometheus_with_the_summarys_values() {
     assert_eq!(snap["server"]["clients"], 0);
 
     // The page map of the traced file, and not of another.
-    let (code, _, b) = get(m.port, &format!("/api/pagemap?path={}", url_encode(path)), &[]);
+    let (code, _, b) = get(
+        m.port,
+        &format!("/api/pagemap?path={}", url_encode(path)),
+        &[],
+    );
     assert_eq!(code, 200, "{b}");
     let pm: Value = serde_json::from_str(&b).unwrap();
     assert_eq!(u(&pm["pages"]), 2048);
@@ -310,7 +335,9 @@ fn metrics_lint_parse_and_reach_prometheus_with_the_summarys_values() {
     );
     assert_eq!(get(m.port, "/api/pagemap?path=%2Fetc%2Fpasswd", &[]).0, 404);
 
-    let q = url_encode(&format!("mmtrace_file_pages_added_total{{file=\"{path}\"}}"));
+    let q = url_encode(&format!(
+        "mmtrace_file_pages_added_total{{file=\"{path}\"}}"
+    ));
     let mut last = String::new();
     wait_until(
         "Prometheus to scrape the summary's value",
@@ -334,7 +361,10 @@ fn metrics_lint_parse_and_reach_prometheus_with_the_summarys_values() {
 
 /// Reads one SSE stream: (event, id, data) per record, until it ends or
 /// `stop` says so.
-fn sse(port: u16, mut stop: impl FnMut(&[(String, u64, Value)]) -> bool) -> Vec<(String, u64, Value)> {
+fn sse(
+    port: u16,
+    mut stop: impl FnMut(&[(String, u64, Value)]) -> bool,
+) -> Vec<(String, u64, Value)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(
@@ -383,11 +413,21 @@ fn events_send_the_state_first_and_the_summary_last() {
     let path = f.to_str().unwrap().to_string();
     let m = serve(
         &["--events", "faults", "-i", "0.3"],
-        &["mmap-read", "--path", &path, "--drop-cache", "--pause-ms", "2500"],
+        &[
+            "mmap-read",
+            "--path",
+            &path,
+            "--drop-cache",
+            "--pause-ms",
+            "2500",
+        ],
     );
     let port = m.port;
     // Security: a rebinding Host is refused, other methods too.
-    assert_eq!(get(port, "/metrics", &[("Host", "evil.example:9723")]).0, 421);
+    assert_eq!(
+        get(port, "/metrics", &[("Host", "evil.example:9723")]).0,
+        421
+    );
     assert_eq!(get(port, "/api/snapshot", &[("Host", "localhost")]).0, 200);
     {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -428,7 +468,10 @@ fn non_loopback_needs_serve_public() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--serve-public") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("--serve-public") && err.lines().count() == 1,
+        "{err}"
+    );
     let out = mmtrace()
         .args(["--serve", "nowhere", "--", "true"])
         .output()

@@ -131,16 +131,18 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 fn provided(ctx: &Ctx, what: &str) -> bool {
     match what.strip_prefix("python3:") {
         // Debian's python3-* packages serve the system Python.
-        Some(module) => std::process::Command::new(if std::path::Path::new("/usr/bin/python3").exists() {
-            "/usr/bin/python3"
-        } else {
-            "python3"
-        })
+        Some(module) => {
+            std::process::Command::new(if std::path::Path::new("/usr/bin/python3").exists() {
+                "/usr/bin/python3"
+            } else {
+                "python3"
+            })
             .args(["-c", &format!("import {module}")])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
-            .is_ok_and(|s| s.success()),
+            .is_ok_and(|s| s.success())
+        }
         None => ctx.which(what).is_some(),
     }
 }

@@ -73,7 +73,10 @@ impl FileCounts {
         }
     }
     fn is_zero(&self) -> bool {
-        self.minor == 0 && self.major == 0 && self.added == 0 && self.evicted_by.values().all(|v| *v == 0)
+        self.minor == 0
+            && self.major == 0
+            && self.added == 0
+            && self.evicted_by.values().all(|v| *v == 0)
     }
 }
 
@@ -250,8 +253,7 @@ impl Accum {
                 },
             );
             let key = (cgroup.clone(), p.comm.clone());
-            if self.proc_series.len() < MAX_PROCESS_SERIES || self.proc_series.contains_key(&key)
-            {
+            if self.proc_series.len() < MAX_PROCESS_SERIES || self.proc_series.contains_key(&key) {
                 let s = self.proc_series.entry(key).or_default();
                 s.minor += dmin;
                 s.major += dmaj;
@@ -277,10 +279,7 @@ impl Accum {
                 c.minor += row.minor_faults.saturating_sub(last.0);
                 c.major += row.major_faults.saturating_sub(last.1);
                 *last = (last.0.max(row.minor_faults), last.1.max(row.major_faults));
-                rss.insert(
-                    row.cgroup.clone(),
-                    (row.rss_file_pages, row.rss_anon_pages),
-                );
+                rss.insert(row.cgroup.clone(), (row.rss_file_pages, row.rss_anon_pages));
             }
         }
         for (cg, (file, anon)) in rss {
@@ -370,15 +369,22 @@ impl Accum {
         // (under `--all`, the host's: cgroup "/"). Growth of the sum, so
         // rows leaving the record never make it shrink.
         let scope = if i.all { "/" } else { scope };
-        let last = self.cgroup_file_totals.entry(scope.to_string()).or_default();
+        let last = self
+            .cgroup_file_totals
+            .entry(scope.to_string())
+            .or_default();
         let grown = total.growth(last);
-        let (last_added, last_ref) = (last.added, self.cgroup_refaults.get(scope).copied().unwrap_or(0));
+        let (last_added, last_ref) = (
+            last.added,
+            self.cgroup_refaults.get(scope).copied().unwrap_or(0),
+        );
         last.added = last_added.max(total.added);
         for (k, v) in &total.evicted_by {
             let e = last.evicted_by.entry(k).or_default();
             *e = (*e).max(*v);
         }
-        self.cgroup_refaults.insert(scope.to_string(), last_ref.max(refault));
+        self.cgroup_refaults
+            .insert(scope.to_string(), last_ref.max(refault));
         let c = self.cgroups.entry(scope.to_string()).or_default();
         c.added += grown.added;
         for (k, v) in &grown.evicted_by {
@@ -443,7 +449,9 @@ fn fnv(b: &[u8]) -> u64 {
 type Labels = Vec<(String, String)>;
 
 fn labels(kv: &[(&str, &str)]) -> Labels {
-    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn gauge_i64(v: u64) -> i64 {
@@ -470,7 +478,9 @@ impl Accum {
                 .get_or_create(&labels(&[("cgroup", cg), ("kind", "major")]))
                 .inc_by(c.major);
             if self.cgroup_file_totals.contains_key(cg) {
-                added.get_or_create(&labels(&[("cgroup", cg)])).inc_by(c.added);
+                added
+                    .get_or_create(&labels(&[("cgroup", cg)]))
+                    .inc_by(c.added);
                 for r in mmtrace_common::reason::NAMES {
                     let v = c.evicted_by.get(r).copied().unwrap_or(0);
                     evicted
@@ -506,10 +516,18 @@ impl Accum {
         let proc_faults = counter();
         for ((cg, comm), s) in &self.proc_series {
             proc_faults
-                .get_or_create(&labels(&[("cgroup", cg), ("comm", comm), ("kind", "minor")]))
+                .get_or_create(&labels(&[
+                    ("cgroup", cg),
+                    ("comm", comm),
+                    ("kind", "minor"),
+                ]))
                 .inc_by(s.minor);
             proc_faults
-                .get_or_create(&labels(&[("cgroup", cg), ("comm", comm), ("kind", "major")]))
+                .get_or_create(&labels(&[
+                    ("cgroup", cg),
+                    ("comm", comm),
+                    ("kind", "major"),
+                ]))
                 .inc_by(s.major);
         }
         reg.register(
@@ -529,7 +547,9 @@ impl Accum {
             f_faults
                 .get_or_create(&labels(&[("file", label), ("kind", "major")]))
                 .inc_by(c.major);
-            f_added.get_or_create(&labels(&[("file", label)])).inc_by(c.added);
+            f_added
+                .get_or_create(&labels(&[("file", label)]))
+                .inc_by(c.added);
             for (r, v) in &c.evicted_by {
                 if *v > 0 {
                     f_evicted
@@ -583,21 +603,53 @@ impl Accum {
             f_resident,
         );
 
-        let g = |name: &str, help: &str, get: fn(&CgroupGauges) -> Option<u64>, reg: &mut Registry| {
-            let fam = gauge();
-            for (cg, v) in &self.gauges {
-                if let Some(x) = get(v) {
-                    fam.get_or_create(&labels(&[("cgroup", cg)])).set(gauge_i64(x));
+        let g =
+            |name: &str, help: &str, get: fn(&CgroupGauges) -> Option<u64>, reg: &mut Registry| {
+                let fam = gauge();
+                for (cg, v) in &self.gauges {
+                    if let Some(x) = get(v) {
+                        fam.get_or_create(&labels(&[("cgroup", cg)]))
+                            .set(gauge_i64(x));
+                    }
                 }
-            }
-            reg.register(name, help, fam);
-        };
-        g("mmtrace_cgroup_memory_usage_bytes", "Memory charged to the traced cgroup (memory.current; v1 memory.usage_in_bytes)", |v| v.usage, &mut reg);
-        g("mmtrace_cgroup_memory_limit_bytes", "The traced cgroup's hard limit (memory.max; v1 memory.limit_in_bytes); absent when unlimited", |v| v.limit, &mut reg);
-        g("mmtrace_cgroup_memory_file_bytes", "Page cache charged to the traced cgroup (memory.stat file; v1 total_cache)", |v| v.file, &mut reg);
-        g("mmtrace_cgroup_memory_anon_bytes", "Anonymous memory charged to the traced cgroup (memory.stat anon; v1 total_rss)", |v| v.anon, &mut reg);
-        g("mmtrace_cgroup_rss_file_bytes", "File-backed resident memory of the traced live processes, summed per cgroup (RssFile)", |v| v.rss_file, &mut reg);
-        g("mmtrace_cgroup_rss_anon_bytes", "Anonymous resident memory of the traced live processes, summed per cgroup (RssAnon)", |v| v.rss_anon, &mut reg);
+                reg.register(name, help, fam);
+            };
+        g(
+            "mmtrace_cgroup_memory_usage_bytes",
+            "Memory charged to the traced cgroup (memory.current; v1 memory.usage_in_bytes)",
+            |v| v.usage,
+            &mut reg,
+        );
+        g(
+            "mmtrace_cgroup_memory_limit_bytes",
+            "The traced cgroup's hard limit (memory.max; v1 memory.limit_in_bytes); absent when unlimited",
+            |v| v.limit,
+            &mut reg,
+        );
+        g(
+            "mmtrace_cgroup_memory_file_bytes",
+            "Page cache charged to the traced cgroup (memory.stat file; v1 total_cache)",
+            |v| v.file,
+            &mut reg,
+        );
+        g(
+            "mmtrace_cgroup_memory_anon_bytes",
+            "Anonymous memory charged to the traced cgroup (memory.stat anon; v1 total_rss)",
+            |v| v.anon,
+            &mut reg,
+        );
+        g(
+            "mmtrace_cgroup_rss_file_bytes",
+            "File-backed resident memory of the traced live processes, summed per cgroup (RssFile)",
+            |v| v.rss_file,
+            &mut reg,
+        );
+        g(
+            "mmtrace_cgroup_rss_anon_bytes",
+            "Anonymous resident memory of the traced live processes, summed per cgroup (RssAnon)",
+            |v| v.rss_anon,
+            &mut reg,
+        );
 
         let psi = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
         for (cg, v) in &self.gauges {
@@ -680,6 +732,295 @@ pub fn encode(reg: &Registry, openmetrics: bool) -> (String, &'static str) {
         )
     } else {
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, reg);
-        (out, prometheus_client::encoding::prometheus_text::CONTENT_TYPE)
+        (
+            out,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ProcessRow;
+
+    fn proc(pid: u32, comm: &str, cg: &str, minor: u64, alive: bool) -> ProcessRow {
+        ProcessRow {
+            pid,
+            comm: comm.into(),
+            cgroup: Some(cg.into()),
+            alive,
+            minor_faults: minor,
+            major_faults: minor / 10,
+            rss_file_pages: Some(2),
+            rss_anon_pages: Some(3),
+            ..Default::default()
+        }
+    }
+
+    fn file(path: &str, ino: u64, minor: u64, added: u64, memcg: u64) -> FileRow {
+        let mut evicted_by: BTreeMap<&'static str, u64> = mmtrace_common::reason::NAMES
+            .iter()
+            .map(|r| (*r, 0))
+            .collect();
+        evicted_by.insert("memcg_reclaim", memcg);
+        FileRow {
+            path: path.into(),
+            path_known: true,
+            dev: Some(Dev::new(8, 1)),
+            ino,
+            minor_faults: minor,
+            pages_added: added,
+            pages_evicted: memcg,
+            evicted_by,
+            resident_pages: Some(added - memcg),
+            ..Default::default()
+        }
+    }
+
+    fn apply(a: &mut Accum, t: f64, processes: Vec<ProcessRow>, files: Vec<FileRow>) {
+        let report = Report {
+            processes,
+            files,
+            ..Default::default()
+        };
+        a.apply(&Input {
+            elapsed_s: t,
+            report: &report,
+            cgroups: &[],
+            cgroup: None,
+            cgroup_label: Some("/app"),
+            events_dropped: Some(3),
+            all: false,
+        });
+    }
+
+    fn text(a: &Accum) -> String {
+        encode(&a.registry(2), false).0
+    }
+
+    /// The value of the series whose line starts with `series` (`name{labels}`).
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+    }
+
+    #[test]
+    fn records_render_as_the_documented_series() {
+        let mut a = Accum::new(50);
+        a.set_meta(4096, "9.9.9", "6.18.0");
+        apply(
+            &mut a,
+            1.0,
+            vec![
+                proc(10, "db", "/app", 100, true),
+                proc(11, "db", "/app", 50, true),
+            ],
+            vec![file("/data/a", 1, 7, 20, 5)],
+        );
+        let t = text(&a);
+        let v = |s| value(&t, s);
+        assert_eq!(
+            v("mmtrace_cgroup_faults_total{cgroup=\"/app\",kind=\"minor\"}"),
+            Some(150.0)
+        );
+        assert_eq!(
+            v("mmtrace_cgroup_faults_total{cgroup=\"/app\",kind=\"major\"}"),
+            Some(15.0)
+        );
+        assert_eq!(
+            v("mmtrace_process_faults_total{cgroup=\"/app\",comm=\"db\",kind=\"minor\"}"),
+            Some(150.0),
+            "per comm, no pid"
+        );
+        assert_eq!(
+            v("mmtrace_cgroup_pages_added_total{cgroup=\"/app\"}"),
+            Some(20.0)
+        );
+        assert_eq!(
+            v("mmtrace_cgroup_pages_evicted_total{cgroup=\"/app\",reason=\"memcg_reclaim\"}"),
+            Some(5.0)
+        );
+        assert_eq!(
+            v("mmtrace_file_faults_total{file=\"/data/a\",kind=\"minor\"}"),
+            Some(7.0)
+        );
+        assert_eq!(
+            v("mmtrace_file_pages_added_total{file=\"/data/a\"}"),
+            Some(20.0)
+        );
+        assert_eq!(
+            v("mmtrace_file_pages_evicted_total{file=\"/data/a\",reason=\"memcg_reclaim\"}"),
+            Some(5.0)
+        );
+        assert_eq!(
+            v("mmtrace_file_resident_bytes{file=\"/data/a\"}"),
+            Some(15.0 * 4096.0)
+        );
+        assert_eq!(
+            v("mmtrace_file_pages_added_total{file=\"other\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            v("mmtrace_cgroup_rss_anon_bytes{cgroup=\"/app\"}"),
+            Some(6.0 * 4096.0)
+        );
+        assert_eq!(v("mmtrace_events_dropped_total"), Some(3.0));
+        assert_eq!(v("mmtrace_sse_clients"), Some(2.0));
+        assert_eq!(
+            v("mmtrace_build_info{version=\"9.9.9\",kernel=\"6.18.0\"}"),
+            Some(1.0)
+        );
+        assert!(
+            t.contains("# TYPE mmtrace_cgroup_faults_total counter"),
+            "{t}"
+        );
+        let om = encode(&a.registry(0), true).0;
+        assert!(om.ends_with("# EOF\n"));
+        assert!(om.contains("# TYPE mmtrace_build info"));
+    }
+
+    #[test]
+    fn counters_never_go_back_when_rows_leave() {
+        let mut a = Accum::new(50);
+        apply(
+            &mut a,
+            1.0,
+            vec![proc(10, "job", "/app", 100, true)],
+            vec![],
+        );
+        // The process exited and its row is gone; another runs.
+        apply(&mut a, 2.0, vec![proc(12, "job", "/app", 30, true)], vec![]);
+        let t = text(&a);
+        assert_eq!(
+            value(
+                &t,
+                "mmtrace_cgroup_faults_total{cgroup=\"/app\",kind=\"minor\"}"
+            ),
+            Some(130.0)
+        );
+        assert_eq!(
+            value(
+                &t,
+                "mmtrace_process_faults_total{cgroup=\"/app\",comm=\"job\",kind=\"minor\"}"
+            ),
+            Some(130.0)
+        );
+        // A recycled pid starts from 0 again: all of its count is new.
+        apply(&mut a, 3.0, vec![proc(12, "job", "/app", 5, true)], vec![]);
+        assert_eq!(
+            value(
+                &text(&a),
+                "mmtrace_cgroup_faults_total{cgroup=\"/app\",kind=\"minor\"}"
+            ),
+            Some(135.0)
+        );
+        // Long after everyone exited, the per-comm series goes (stale) but
+        // the cgroup keeps the count.
+        apply(&mut a, 3.0 + IDLE_S, vec![], vec![]);
+        apply(&mut a, 4.0 + 2.0 * IDLE_S, vec![], vec![]);
+        let t = text(&a);
+        assert!(!t.contains("comm=\"job\""), "{t}");
+        assert_eq!(
+            value(
+                &t,
+                "mmtrace_cgroup_faults_total{cgroup=\"/app\",kind=\"minor\"}"
+            ),
+            Some(135.0)
+        );
+    }
+
+    #[test]
+    fn files_beyond_the_top_n_sum_into_other_and_sums_stay_right() {
+        let mut a = Accum::new(2);
+        let files = |n: u64| {
+            vec![
+                file("/a", 1, 10 * n, 100, 0),
+                file("/b", 2, 5 * n, 50, 0),
+                file("/c", 3, n, 10, 0),
+                file("/d", 4, n, 10, 0),
+            ]
+        };
+        apply(&mut a, 1.0, vec![], files(1));
+        apply(&mut a, 2.0, vec![], files(3));
+        let t = text(&a);
+        let m = |f: &str| {
+            value(
+                &t,
+                &format!("mmtrace_file_faults_total{{file=\"{f}\",kind=\"minor\"}}"),
+            )
+        };
+        assert_eq!(m("/a"), Some(30.0));
+        assert_eq!(m("/b"), Some(15.0));
+        assert_eq!(m("/c"), None, "beyond the top 2");
+        assert_eq!(m("other"), Some(6.0));
+        assert_eq!(
+            value(&t, "mmtrace_file_resident_bytes{file=\"other\"}"),
+            Some(20.0 * 4096.0)
+        );
+        // /a goes idle long enough to lose its series: a slot frees, the
+        // next busy file takes it showing only what "other" did not count.
+        apply(
+            &mut a,
+            2.0 + IDLE_S,
+            vec![],
+            vec![
+                file("/a", 1, 30, 100, 0),
+                file("/b", 2, 20, 50, 0),
+                file("/c", 3, 4, 10, 0),
+                file("/d", 4, 3, 10, 0),
+            ],
+        );
+        apply(
+            &mut a,
+            3.0 + IDLE_S,
+            vec![],
+            vec![
+                file("/a", 1, 30, 100, 0),
+                file("/b", 2, 21, 50, 0),
+                file("/c", 3, 9, 10, 0),
+                file("/d", 4, 3, 10, 0),
+            ],
+        );
+        let t = text(&a);
+        let m = |f: &str| {
+            value(
+                &t,
+                &format!("mmtrace_file_faults_total{{file=\"{f}\",kind=\"minor\"}}"),
+            )
+        };
+        assert_eq!(m("/a"), None, "idle: no longer exported");
+        let sum: f64 = ["/b", "/c", "/d", "other"]
+            .iter()
+            .filter_map(|f| m(f))
+            .sum();
+        assert!(m("other").unwrap() >= 6.0, "other never goes back");
+        // Exported series + other = every count except idle /a's 30.
+        assert_eq!(sum, 21.0 + 9.0 + 3.0);
+    }
+
+    #[test]
+    fn hostile_names_stay_valid_labels() {
+        let mut a = Accum::new(50);
+        let long = format!("/{}", "x".repeat(400));
+        apply(
+            &mut a,
+            1.0,
+            vec![proc(1, "we\"ird\\", "/app", 1, true)],
+            vec![
+                file("/d/new\nline\"q\\", 1, 1, 1, 0),
+                file(&long, 2, 1, 1, 0),
+            ],
+        );
+        let t = text(&a);
+        assert!(t.contains(r#"file="/d/new\nline\"q\\""#), "{t}");
+        assert!(t.contains(r#"comm="we\"ird\\""#), "{t}");
+        let l = t
+            .lines()
+            .find(|l| l.starts_with("mmtrace_file_pages_added_total{file=\"/xxx"))
+            .unwrap();
+        assert!(l.len() < 260 && l.contains('…'), "{l}");
+        assert_eq!(bounded_label("short".into()), "short");
     }
 }

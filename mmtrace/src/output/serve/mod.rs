@@ -73,11 +73,18 @@ pub fn parse_addr(s: &str, public: bool) -> Result<SocketAddr, String> {
     let t = s.trim();
     let addr = if let Ok(a) = t.parse::<SocketAddr>() {
         a
-    } else if let Ok(ip) = t.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    } else if let Ok(ip) = t
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         SocketAddr::new(ip, DEFAULT_PORT)
     } else if let Ok(port) = t.parse::<u16>() {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
-    } else if let Some(port) = t.strip_prefix("localhost:").and_then(|p| p.parse::<u16>().ok()) {
+    } else if let Some(port) = t
+        .strip_prefix("localhost:")
+        .and_then(|p| p.parse::<u16>().ok())
+    {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
     } else if t == "localhost" {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_PORT)
@@ -183,9 +190,7 @@ impl ServeSink {
             IpAddr::V4(ip) => format!("http://{ip}:{}/", local.port()),
         };
         if !quiet {
-            eprintln!(
-                "mmtrace: serving on {url} (dashboard; /metrics, /events, /api/snapshot)"
-            );
+            eprintln!("mmtrace: serving on {url} (dashboard; /metrics, /events, /api/snapshot)");
         }
         Ok(Self {
             shared,
@@ -443,7 +448,10 @@ fn json_error(code: StatusCode, msg: &str) -> Response {
         .into_response()
 }
 
-async fn pagemap_route(AxState(s): AxState<Arc<Shared>>, Query(q): Query<PagemapQuery>) -> Response {
+async fn pagemap_route(
+    AxState(s): AxState<Arc<Shared>>,
+    Query(q): Query<PagemapQuery>,
+) -> Response {
     let found = {
         let st = s.state();
         let hit = match (&q.dev, q.ino, &q.path) {
@@ -568,14 +576,32 @@ mod tests {
 
     #[test]
     fn addresses_are_checked_in_one_sentence() {
-        assert_eq!(parse_addr("127.0.0.1:9723", false), Ok("127.0.0.1:9723".parse().unwrap()));
-        assert_eq!(parse_addr("[::1]:80", false), Ok("[::1]:80".parse().unwrap()));
-        assert_eq!(parse_addr("localhost:1234", false), Ok("127.0.0.1:1234".parse().unwrap()));
-        assert_eq!(parse_addr("8080", false), Ok("127.0.0.1:8080".parse().unwrap()));
-        assert_eq!(parse_addr("127.0.0.2", false), Ok("127.0.0.2:9723".parse().unwrap()));
+        assert_eq!(
+            parse_addr("127.0.0.1:9723", false),
+            Ok("127.0.0.1:9723".parse().unwrap())
+        );
+        assert_eq!(
+            parse_addr("[::1]:80", false),
+            Ok("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(
+            parse_addr("localhost:1234", false),
+            Ok("127.0.0.1:1234".parse().unwrap())
+        );
+        assert_eq!(
+            parse_addr("8080", false),
+            Ok("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            parse_addr("127.0.0.2", false),
+            Ok("127.0.0.2:9723".parse().unwrap())
+        );
         let e = parse_addr("0.0.0.0:9723", false).unwrap_err();
         assert!(e.contains("--serve-public") && !e.contains('\n'), "{e}");
-        assert_eq!(parse_addr("0.0.0.0:9723", true), Ok("0.0.0.0:9723".parse().unwrap()));
+        assert_eq!(
+            parse_addr("0.0.0.0:9723", true),
+            Ok("0.0.0.0:9723".parse().unwrap())
+        );
         for bad in ["example.com:80", "1.2.3.4:99999", "", "abc"] {
             let e = parse_addr(bad, true).unwrap_err();
             assert!(e.contains("not an address"), "{bad}: {e}");
@@ -584,10 +610,23 @@ mod tests {
 
     #[test]
     fn only_local_hosts_reach_a_loopback_server() {
-        for ok in ["localhost", "localhost:9723", "127.0.0.1:9723", "[::1]:9723", "127.1.2.3", "LOCALHOST:1"] {
+        for ok in [
+            "localhost",
+            "localhost:9723",
+            "127.0.0.1:9723",
+            "[::1]:9723",
+            "127.1.2.3",
+            "LOCALHOST:1",
+        ] {
             assert!(host_allowed(ok), "{ok}");
         }
-        for bad in ["evil.example:9723", "", "10.0.0.1:9723", "localhost.evil.example", "[::2]:80"] {
+        for bad in [
+            "evil.example:9723",
+            "",
+            "10.0.0.1:9723",
+            "localhost.evil.example",
+            "[::2]:80",
+        ] {
             assert!(!host_allowed(bad), "{bad}");
         }
     }

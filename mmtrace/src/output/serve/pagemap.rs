@@ -87,13 +87,15 @@ impl Files {
             let (Some(dev), FileKind::File, true) = (f.dev, f.kind, f.path_known) else {
                 continue;
             };
-            if f.deleted || (self.known.len() >= MAX_KNOWN && !self.known.contains_key(&(dev, f.ino))) {
+            if f.deleted
+                || (self.known.len() >= MAX_KNOWN && !self.known.contains_key(&(dev, f.ino)))
+            {
                 continue;
             }
             let path = match f.path_bytes_hex.as_deref().and_then(unhex) {
-                Some(b) => PathBuf::from(std::ffi::OsString::from(
+                Some(b) => PathBuf::from(
                     <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(b),
-                )),
+                ),
                 None => PathBuf::from(&f.path),
             };
             self.known.insert(
@@ -139,7 +141,8 @@ impl Files {
 }
 
 fn unhex(h: &str) -> Option<Vec<u8>> {
-    (h.len() % 2 == 0)
+    h.len()
+        .is_multiple_of(2)
         .then(|| {
             (0..h.len())
                 .step_by(2)
@@ -252,7 +255,10 @@ mod tests {
         let r: Vec<bool> = (0..1000).map(|i| i < 300).collect();
         let b = bands(&r, None);
         assert_eq!(b.len(), 500);
-        assert_eq!((b[0].start_page, b[0].end_page, b[0].resident_pages), (0, 2, 2));
+        assert_eq!(
+            (b[0].start_page, b[0].end_page, b[0].resident_pages),
+            (0, 2, 2)
+        );
         assert_eq!(b.iter().map(|b| b.resident_pages).sum::<u64>(), 300);
         assert_eq!(b.last().unwrap().end_page, 1000);
         assert!(b[0].faults.is_none());
@@ -260,7 +266,10 @@ mod tests {
         let b = bands(&r, None);
         assert!(b.len() <= 512, "{}", b.len());
         assert_eq!(b.last().unwrap().end_page, 100_000);
-        assert_eq!(b.iter().map(|b| b.end_page - b.start_page).sum::<u64>(), 100_000);
+        assert_eq!(
+            b.iter().map(|b| b.end_page - b.start_page).sum::<u64>(),
+            100_000
+        );
         assert!(bands(&[], None).is_empty());
     }
 

@@ -139,10 +139,6 @@ impl History {
         self.points.push_back(p);
     }
 
-    pub fn len(&self) -> usize {
-        self.points.len()
-    }
-
     pub fn columns(&self) -> Columns {
         let mut c = Columns::default();
         let reasons: std::collections::BTreeSet<&'static str> = self
@@ -246,7 +242,8 @@ impl State {
                 self.page_size = m.page_size;
                 self.all = m.scope.all;
                 self.files.counting = !m.scope.events.is_empty();
-                self.metrics.set_meta(m.page_size, &m.mmtrace_version, &m.kernel);
+                self.metrics
+                    .set_meta(m.page_size, &m.mmtrace_version, &m.kernel);
                 self.meta = Some(msg.clone());
             }
             Record::Interval(i) => {
@@ -333,12 +330,16 @@ impl State {
 
     /// The `/api/snapshot` body.
     pub fn snapshot(&self, clients: usize) -> String {
-        let raw = |m: &Option<Msg>| m.as_ref().map_or("null".to_string(), |m| m.data.to_string());
+        let raw = |m: &Option<Msg>| {
+            m.as_ref()
+                .map_or("null".to_string(), |m| m.data.to_string())
+        };
         let list = |it: &mut dyn Iterator<Item = &Msg>| {
             let items: Vec<&str> = it.map(|m| &*m.data).collect();
             format!("[{}]", items.join(","))
         };
-        let history = serde_json::to_string(&self.history.columns()).unwrap_or_else(|_| "{}".into());
+        let history =
+            serde_json::to_string(&self.history.columns()).unwrap_or_else(|_| "{}".into());
         format!(
             "{{\"meta\":{},\"latest\":{},\"summary\":{},\"verdicts\":{},\"oom_kills\":{},\"events\":{},\"history\":{},\"server\":{{\"clients\":{}}}}}",
             raw(&self.meta),
@@ -371,7 +372,7 @@ mod tests {
             }
             h.push(p);
         }
-        assert_eq!(h.len(), 3);
+        assert_eq!(h.points.len(), 3);
         let c = h.columns();
         assert_eq!(c.elapsed_s, [2.0, 3.0, 4.0]);
         assert_eq!(c.minor_faults, [20, 30, 40]);
@@ -401,7 +402,10 @@ mod tests {
 
     #[test]
     fn cgroup_paths_lose_their_mount_point() {
-        let m = [PathBuf::from("/sys/fs/cgroup"), PathBuf::from("/sys/fs/cgroup/memory")];
+        let m = [
+            PathBuf::from("/sys/fs/cgroup"),
+            PathBuf::from("/sys/fs/cgroup/memory"),
+        ];
         assert_eq!(cgroup_label(Path::new("/sys/fs/cgroup/a/b"), &m), "/a/b");
         assert_eq!(cgroup_label(Path::new("/sys/fs/cgroup/memory/x"), &m), "/x");
         assert_eq!(cgroup_label(Path::new("/sys/fs/cgroup"), &m), "/");
