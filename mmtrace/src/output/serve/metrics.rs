@@ -234,7 +234,12 @@ impl Accum {
             if p.pid == 0 && i.all {
                 continue;
             }
-            let cgroup = p.cgroup.clone().unwrap_or_else(|| scope.to_string());
+            // Under --all a process whose cgroup was never read is
+            // "(unknown)", as in the per-cgroup rows; elsewhere it is in
+            // the traced scope.
+            let cgroup = p.cgroup.clone().unwrap_or_else(|| {
+                if i.all { "(unknown)" } else { scope }.to_string()
+            });
             // A pid whose counts went back is a new process (a recycled
             // pid): all of its count is growth.
             let grow = |cur: u64, last: u64| if cur >= last { cur - last } else { cur };
