@@ -523,6 +523,29 @@ mod tests {
     }
 
     #[test]
+    fn each_page_walks_every_page_and_agrees_with_the_count() {
+        let (dir, tmpfs) = scratch_dir();
+        let path = write_file(dir.path(), "f", (1 << 20) + 100);
+        let meta = fs::metadata(&path).unwrap();
+        let id = (Dev::from_user(meta.dev()), meta.ino());
+        if !tmpfs {
+            drop_cache(&path);
+        }
+        let mut seen = Vec::new();
+        let size = each_page(&path, Some(id), |i, r| seen.push((i, r))).unwrap();
+        assert_eq!(size, (1 << 20) + 100);
+        let pages = size.div_ceil(page_size());
+        assert_eq!(seen.len() as u64, pages);
+        assert!(seen.iter().enumerate().all(|(n, (i, _))| n as u64 == *i));
+        let resident = seen.iter().filter(|(_, r)| *r).count() as u64;
+        let f = File::open(&path).unwrap();
+        let counted = fd_residency_with(f.as_fd(), Method::Mincore).unwrap();
+        assert_eq!(resident, counted.cached_pages);
+        let e = each_page(&path, Some((Dev::new(12345, 6), id.1)), |_, _| {}).unwrap_err();
+        assert!(matches!(e, ResidencyError::Replaced { .. }), "{e:?}");
+    }
+
+    #[test]
     fn replaced_file_is_detected() {
         let (dir, _) = scratch_dir();
         let path = write_file(dir.path(), "f", 4096);
