@@ -436,6 +436,25 @@ fn events_send_the_state_first_and_the_summary_last() {
         s.read_to_string(&mut b).unwrap();
         assert!(b.starts_with("HTTP/1.1 405"), "{b}");
     }
+    // At most 16 streams at once.
+    let held: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            write!(s, "GET /events HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+            let mut first = [0u8; 12];
+            s.read_exact(&mut first).unwrap();
+            assert_eq!(&first, b"HTTP/1.0 200");
+            s
+        })
+        .collect();
+    let (code, _, _) = get(port, "/events", &[]);
+    assert_eq!(code, 503, "the 17th stream is refused");
+    drop(held);
+    wait_until("the held streams to close", Duration::from_secs(5), || {
+        get(port, "/metrics", &[])
+            .2
+            .contains("mmtrace_sse_clients 0")
+    });
     // A leaves after its first records (mid-trace).
     let a = std::thread::spawn(move || sse(port, |got| got.len() >= 2));
     let first = a.join().unwrap();

@@ -237,9 +237,10 @@ impl Accum {
             // Under --all a process whose cgroup was never read is
             // "(unknown)", as in the per-cgroup rows; elsewhere it is in
             // the traced scope.
-            let cgroup = p.cgroup.clone().unwrap_or_else(|| {
-                if i.all { "(unknown)" } else { scope }.to_string()
-            });
+            let cgroup = p
+                .cgroup
+                .clone()
+                .unwrap_or_else(|| if i.all { "(unknown)" } else { scope }.to_string());
             // A pid whose counts went back is a new process (a recycled
             // pid): all of its count is growth.
             let grow = |cur: u64, last: u64| if cur >= last { cur - last } else { cur };
@@ -466,7 +467,7 @@ fn gauge_i64(v: u64) -> i64 {
 impl Accum {
     /// The registry of the current values (built under the state's lock,
     /// encoded outside it).
-    pub fn registry(&self, sse_clients: usize) -> Registry {
+    pub fn registry(&self, sse_clients: usize, sse_lagged: u64) -> Registry {
         let mut reg = Registry::default();
         let counter = || Family::<Labels, Counter>::default();
         let gauge = || Family::<Labels, Gauge>::default();
@@ -713,6 +714,13 @@ impl Accum {
             "Clients connected to /events now",
             clients,
         );
+        let lagged: Counter = Counter::default();
+        lagged.inc_by(sse_lagged);
+        reg.register(
+            "mmtrace_sse_lagged",
+            "Times an /events client fell more than 128 records behind and was sent the state again",
+            lagged,
+        );
         reg.register(
             "mmtrace_build",
             "mmtrace's version and the kernel it runs on",
@@ -801,7 +809,7 @@ mod tests {
     }
 
     fn text(a: &Accum) -> String {
-        encode(&a.registry(2), false).0
+        encode(&a.registry(2, 0), false).0
     }
 
     /// The value of the series whose line starts with `series` (`name{labels}`).
@@ -881,7 +889,7 @@ mod tests {
             t.contains("# TYPE mmtrace_cgroup_faults_total counter"),
             "{t}"
         );
-        let om = encode(&a.registry(0), true).0;
+        let om = encode(&a.registry(0, 0), true).0;
         assert!(om.ends_with("# EOF\n"));
         assert!(om.contains("# TYPE mmtrace_build info"));
     }

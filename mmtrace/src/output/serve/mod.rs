@@ -303,7 +303,10 @@ async fn metrics_route(AxState(s): AxState<Arc<Shared>>, headers: HeaderMap) -> 
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
     let clients = s.clients.load(Ordering::Relaxed);
-    let reg = s.state().metrics.registry(clients);
+    let reg = s
+        .state()
+        .metrics
+        .registry(clients, s.lagged.load(Ordering::Relaxed));
     let (body, ct) = metrics::encode(&reg, openmetrics);
     ([(header::CONTENT_TYPE, ct)], body).into_response()
 }
@@ -336,6 +339,7 @@ struct Client {
     /// The id of the last record queued.
     last: u64,
     done: bool,
+    retry_sent: bool,
     stop: watch::Receiver<bool>,
     slot: ClientSlot,
 }
@@ -376,6 +380,7 @@ async fn events_route(AxState(s): AxState<Arc<Shared>>) -> Response {
             rx: s.tx.subscribe(),
             last: st.last_id,
             done: false,
+            retry_sent: false,
             stop: s.shutdown.subscribe(),
             slot,
         }
@@ -387,7 +392,13 @@ async fn events_route(AxState(s): AxState<Arc<Shared>>) -> Response {
                     // The trace ended: this is the stream's last record.
                     c.done = true;
                 }
-                return Some((Ok::<_, Infallible>(sse_event(&m)), c));
+                let mut e = sse_event(&m);
+                if !c.retry_sent {
+                    // EventSource reconnects after 2 s (and gets the state).
+                    e = e.retry(Duration::from_secs(2));
+                    c.retry_sent = true;
+                }
+                return Some((Ok::<_, Infallible>(e), c));
             }
             if c.done {
                 return None;
