@@ -361,7 +361,8 @@ impl Accum {
                     *other_resident.get_or_insert(0) += b;
                 }
             }
-            acc.last = cur;
+            // Never back: a field that shrank keeps its old value.
+            acc.last.add(&d);
         }
         self.other_resident = other_resident;
         // Idle series stop being exported; their slot goes to the next
