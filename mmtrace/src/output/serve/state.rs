@@ -400,6 +400,58 @@ mod tests {
         }
     }
 
+    fn meta() -> Record {
+        Record::Meta(crate::record::Meta {
+            schema_version: crate::record::SCHEMA_VERSION,
+            mmtrace_version: "0.0.0".into(),
+            kernel: "6.18".into(),
+            start_time_unix_ms: 0,
+            page_size: 4096,
+            interval_s: Some(1.0),
+            scope: crate::record::Scope::default(),
+            features: Default::default(),
+            probes: vec![],
+        })
+    }
+
+    fn interval(seq: u64) -> Record {
+        Record::Interval(crate::record::Interval {
+            seq,
+            elapsed_s: seq as f64,
+            report: Report::default(),
+            cgroups: vec![],
+            cgroup: None,
+            events_dropped: None,
+        })
+    }
+
+    #[test]
+    fn late_clients_get_the_state_and_the_snapshot_has_the_contract() {
+        let mut st = State::new(50, vec![]);
+        assert_eq!(st.apply(&meta()).id, 1);
+        st.apply(&interval(1));
+        let last = st.apply(&interval(2));
+        assert_eq!((last.id, last.event), (3, "interval"));
+        let replay = st.replay();
+        let kinds: Vec<_> = replay.iter().map(|m| (m.event, m.id)).collect();
+        assert_eq!(
+            kinds,
+            [("meta", 1), ("interval", 3)],
+            "meta, then the latest interval"
+        );
+        assert_eq!(st.last_id, 3);
+        assert!(!st.ended());
+        let v: serde_json::Value = serde_json::from_str(&st.snapshot(4)).unwrap();
+        assert_eq!(v["meta"]["type"], "meta");
+        assert_eq!(v["latest"]["seq"], 2);
+        assert!(v["summary"].is_null());
+        assert_eq!(v["verdicts"], serde_json::json!([]));
+        assert_eq!(v["events"], serde_json::json!([]));
+        assert_eq!(v["oom_kills"], serde_json::json!([]));
+        assert_eq!(v["history"]["elapsed_s"], serde_json::json!([1.0, 2.0]));
+        assert_eq!(v["server"]["clients"], 4);
+    }
+
     #[test]
     fn cgroup_paths_lose_their_mount_point() {
         let m = [
