@@ -26,6 +26,8 @@ pub const MAX_FILES: usize = 500;
 /// A file series (or a process series of processes that all exited) idle
 /// this long stops being exported (it goes stale in Prometheus).
 pub const IDLE_S: f64 = 600.0;
+/// Cgroup labels at most (then `cgroup="other"`).
+pub const MAX_CGROUPS: usize = 200;
 /// Per-process series kept at most (label sets of cgroup × comm).
 const MAX_PROCESS_SERIES: usize = 1000;
 /// The label of everything outside the top N files.
@@ -224,6 +226,19 @@ impl Accum {
         self.apply_gauges(i, &scope);
     }
 
+    /// Past [`MAX_CGROUPS`] labels, a new cgroup counts under
+    /// `cgroup="other"` (cgroups keep their label once they have one).
+    fn cap_cgroup(&self, label: String) -> String {
+        if self.cgroups.len() < MAX_CGROUPS
+            || self.cgroups.contains_key(&label)
+            || self.gauges.contains_key(&label)
+        {
+            label
+        } else {
+            OTHER.into()
+        }
+    }
+
     fn apply_processes(&mut self, i: &Input<'_>, scope: &str) {
         let now = i.elapsed_s;
         let mut rss: BTreeMap<String, (u64, u64)> = BTreeMap::new();
@@ -237,10 +252,11 @@ impl Accum {
             // Under --all a process whose cgroup was never read is
             // "(unknown)", as in the per-cgroup rows; elsewhere it is in
             // the traced scope.
-            let cgroup = p
-                .cgroup
-                .clone()
-                .unwrap_or_else(|| if i.all { "(unknown)" } else { scope }.to_string());
+            let cgroup = self.cap_cgroup(
+                p.cgroup
+                    .clone()
+                    .unwrap_or_else(|| if i.all { "(unknown)" } else { scope }.to_string()),
+            );
             // A pid whose counts went back is a new process (a recycled
             // pid): all of its count is growth.
             let grow = |cur: u64, last: u64| if cur >= last { cur - last } else { cur };
@@ -280,12 +296,15 @@ impl Accum {
         }
         if i.all {
             for row in i.cgroups {
+                let label = self.cap_cgroup(row.cgroup.clone());
                 let last = self.cgroup_rows.entry(row.cgroup.clone()).or_default();
-                let c = self.cgroups.entry(row.cgroup.clone()).or_default();
+                let c = self.cgroups.entry(label.clone()).or_default();
                 c.minor += row.minor_faults.saturating_sub(last.0);
                 c.major += row.major_faults.saturating_sub(last.1);
                 *last = (last.0.max(row.minor_faults), last.1.max(row.major_faults));
-                rss.insert(row.cgroup.clone(), (row.rss_file_pages, row.rss_anon_pages));
+                let r = rss.entry(label).or_default();
+                r.0 += row.rss_file_pages;
+                r.1 += row.rss_anon_pages;
             }
         }
         for (cg, (file, anon)) in rss {
@@ -1012,6 +1031,31 @@ mod tests {
         assert!(m("other").unwrap() >= 6.0, "other never goes back");
         // Exported series + other = every count except idle /a's 30.
         assert_eq!(sum, 21.0 + 9.0 + 3.0);
+    }
+
+    #[test]
+    fn cgroups_past_the_cap_count_as_other() {
+        let mut a = Accum::new(50);
+        let rows: Vec<ProcessRow> = (0..MAX_CGROUPS as u32 + 5)
+            .map(|i| proc(i + 1, "w", &format!("/c{i}"), 10, true))
+            .collect();
+        apply(&mut a, 1.0, rows, vec![]);
+        let t = text(&a);
+        assert_eq!(
+            value(
+                &t,
+                "mmtrace_cgroup_faults_total{cgroup=\"other\",kind=\"minor\"}"
+            ),
+            Some(50.0),
+            "{t}"
+        );
+        assert_eq!(
+            value(
+                &t,
+                "mmtrace_cgroup_faults_total{cgroup=\"/c0\",kind=\"minor\"}"
+            ),
+            Some(10.0)
+        );
     }
 
     #[test]
