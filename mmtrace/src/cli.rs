@@ -41,6 +41,12 @@ pub struct Cli {
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub top: usize,
 
+    /// Fold processes that exited more than SECS ago into one `exited` row
+    /// per cgroup (their faults stay on their files), so a long trace of a
+    /// busy host stays bounded.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub retain_exited: f64,
+
     /// Also print the per-mapping table.
     #[arg(short, long, global = true)]
     pub mappings: bool,
@@ -149,9 +155,10 @@ pub struct TargetArgs {
     #[arg(long)]
     pub no_children: bool,
 
-    /// The command to start and trace (after `--`).
+    /// The command to start and trace (after `--`); its arguments are passed
+    /// on byte for byte (they need not be UTF-8).
     #[arg(last = true, value_name = "COMMAND")]
-    pub command: Vec<String>,
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Subcommand, Debug, Clone)]

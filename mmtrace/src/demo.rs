@@ -188,7 +188,7 @@ pub async fn run(mut spec: TraceSpec, args: &DemoArgs) -> Result<i32> {
     spec.all = false;
     spec.cgroup = Some(cg.display().to_string());
     spec.command = vec![
-        exe.display().to_string(),
+        exe.into_os_string(),
         "workload".into(),
         match args.mode {
             Mode::Mmap => "mmap-read",
@@ -196,13 +196,14 @@ pub async fn run(mut spec: TraceSpec, args: &DemoArgs) -> Result<i32> {
         }
         .into(),
         "--path".into(),
-        file.display().to_string(),
+        file.clone().into_os_string(),
         "--pace-mib-s".into(),
         match args.seconds {
             0 => 0,
             s => ((args.size >> 20) / s).max(1),
         }
-        .to_string(),
+        .to_string()
+        .into(),
     ];
     if spec.interval.is_none() {
         spec.interval = Some(1.0);

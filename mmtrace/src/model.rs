@@ -2,7 +2,7 @@
 //! with what userspace saw in `/proc` (paths, perms, the kernel's own fault
 //! counters, RSS) and residency, into a [`Report`] per process, mapping and
 //! file. No aya types and no I/O here: everything is tested on synthetic input.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mmtrace_common::{FaultCounters, MappingKey, kind};
 use serde::Serialize;
@@ -124,6 +124,54 @@ pub struct Ledger {
     pub owner_known: bool,
     /// OOM kills of traced processes, in order.
     pub oom_kills: Vec<OomKill>,
+    /// Processes that exited a while ago, folded away.
+    pub retired: Retired,
+}
+
+/// Processes that exited a while ago, folded away so that a long trace
+/// stays bounded (their kernel map entries are deleted, their userspace
+/// state dropped): one row per cgroup and their faults per file, so every
+/// total still adds up.
+#[derive(Debug, Default)]
+pub struct Retired {
+    /// Per cgroup (`None`: not known), the sums of its folded processes.
+    pub rows: BTreeMap<Option<String>, ProcessRow>,
+    /// Their faults by (kind bits, file) with the number of mappings.
+    pub faults: BTreeMap<(u32, FileId), (FaultCounters, u64)>,
+}
+
+impl Retired {
+    /// Adds the row of one exited process (`counted`: it was a process of
+    /// its own here, not a remainder flushed after it was folded once).
+    fn add_process(&mut self, p: &ProcessRow, counted: bool) {
+        let r = self
+            .rows
+            .entry(p.cgroup.clone())
+            .or_insert_with(|| ProcessRow {
+                pid: 0,
+                cgroup: p.cgroup.clone(),
+                ..Default::default()
+            });
+        r.folded_processes += u64::from(counted);
+        r.comm = format!("exited ({} processes)", r.folded_processes);
+        r.minor_faults += p.minor_faults;
+        r.major_faults += p.major_faults;
+        r.write_faults += p.write_faults;
+        r.cow_faults += p.cow_faults;
+        let add = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
+        let addi = |a: Option<i64>, b: Option<i64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
+        r.kernel_minor_faults = add(r.kernel_minor_faults, p.kernel_minor_faults);
+        r.kernel_major_faults = add(r.kernel_major_faults, p.kernel_major_faults);
+        r.untraced_minor_faults = addi(r.untraced_minor_faults, p.untraced_minor_faults);
+        r.untraced_major_faults = addi(r.untraced_major_faults, p.untraced_major_faults);
+        r.kernel_source = r.kernel_source.or(p.kernel_source);
+    }
 }
 
 impl Ledger {
@@ -135,6 +183,7 @@ impl Ledger {
             residency: HashMap::new(),
             owner_known: false,
             oom_kills: Vec::new(),
+            retired: Retired::default(),
         }
     }
 
@@ -221,11 +270,10 @@ impl Ledger {
         v
     }
 
-    /// Builds the report from the kernel's counters and everything observed.
-    pub fn report(&self, snap: &Snapshot) -> Report {
+    /// One row per process seen by userspace or by the kernel (`only`:
+    /// just those pids).
+    fn process_rows(&self, snap: &Snapshot, only: Option<&BTreeSet<u32>>) -> Vec<ProcessRow> {
         let pages = |kib: u64| kib * 1024 / self.page_size;
-
-        // Processes: every pid seen by userspace or by the kernel.
         let mut traced: BTreeMap<u32, FaultCounters> = BTreeMap::new();
         for (k, c) in &snap.mappings {
             traced.entry(k.tgid).or_default().add(c);
@@ -235,8 +283,8 @@ impl Ledger {
         pids.extend(snap.exits.keys().copied());
         pids.sort_unstable();
         pids.dedup();
-        let processes = pids
-            .into_iter()
+        pids.retain(|p| only.is_none_or(|o| o.contains(p)));
+        pids.into_iter()
             .map(|pid| {
                 let st = self.procs.get(&pid);
                 let t = traced.get(&pid).copied().unwrap_or_default();
@@ -291,9 +339,57 @@ impl Ledger {
                     rss_file_pages: status.map(|s| pages(s.rss_file_kib)),
                     rss_anon_pages: status.map(|s| pages(s.rss_anon_kib)),
                     rss_shmem_pages: status.map(|s| pages(s.rss_shmem_kib)),
+                    folded_processes: 0,
                 }
             })
-            .collect::<Vec<_>>();
+            .collect()
+    }
+
+    /// Folds exited processes away: `deleted` holds the mapping counters
+    /// the kernel's map held for them (now deleted there), `snap` their
+    /// exit records. Their rows become their cgroup's `exited` row, their
+    /// faults stay on their files, their state here is dropped. Targets
+    /// are never folded.
+    pub fn fold(
+        &mut self,
+        pids: &BTreeSet<u32>,
+        deleted: &BTreeMap<MappingKey, FaultCounters>,
+        snap: &Snapshot,
+    ) {
+        let only_deleted = Snapshot {
+            mappings: deleted.clone(),
+            exits: snap
+                .exits
+                .iter()
+                .filter(|(p, _)| pids.contains(p))
+                .map(|(p, e)| (*p, *e))
+                .collect(),
+            ..Default::default()
+        };
+        for row in self.process_rows(&only_deleted, Some(pids)) {
+            let counted =
+                self.procs.contains_key(&row.pid) || only_deleted.exits.contains_key(&row.pid);
+            self.retired.add_process(&row, counted);
+        }
+        for (k, c) in deleted {
+            let bucket = k.kind & (kind::FILE | kind::UNATTRIBUTED);
+            let e = self
+                .retired
+                .faults
+                .entry((bucket, (k.dev, k.ino)))
+                .or_default();
+            e.0.add(c);
+            e.1 += 1;
+        }
+        for p in pids {
+            self.procs.remove(p);
+        }
+    }
+
+    /// Builds the report from the kernel's counters and everything observed.
+    pub fn report(&self, snap: &Snapshot) -> Report {
+        let mut processes = self.process_rows(snap, None);
+        processes.extend(self.retired.rows.values().cloned());
 
         // Mappings and files.
         let mut mappings = Vec::new();
@@ -313,6 +409,17 @@ impl Ledger {
             target.add_faults(c);
             target.mappings += 1;
             mappings.push(row);
+        }
+        for (&(bucket, id), (c, n)) in &self.retired.faults {
+            let target = if bucket & kind::UNATTRIBUTED != 0 {
+                &mut unattributed
+            } else if bucket & kind::FILE != 0 {
+                by_file.entry(id).or_insert_with(|| self.file_row(id))
+            } else {
+                &mut anon
+            };
+            target.add_faults(c);
+            target.mappings += n;
         }
         for (fk, c) in &snap.files {
             let r = by_file
@@ -513,6 +620,14 @@ pub struct ProcessRow {
     pub rss_file_pages: Option<u64>,
     pub rss_anon_pages: Option<u64>,
     pub rss_shmem_pages: Option<u64>,
+    /// For an `exited` row (pid 0): how many processes that exited a while
+    /// ago it sums (they were folded away to keep a long trace bounded).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub folded_processes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -642,7 +757,7 @@ pub fn by_cgroup(processes: &[ProcessRow]) -> Vec<crate::record::CgroupRow> {
             cgroup: name.to_string(),
             ..Default::default()
         });
-        r.processes += 1;
+        r.processes += p.folded_processes.max(1);
         r.alive += p.alive as u64;
         r.minor_faults += p.minor_faults;
         r.major_faults += p.major_faults;
@@ -679,7 +794,10 @@ pub fn bound_processes(mut rows: Vec<ProcessRow>, top: usize) -> Vec<ProcessRow>
     };
     let others = ProcessRow {
         pid: 0,
-        comm: format!("others ({} processes)", rest.len()),
+        comm: format!(
+            "others ({} processes)",
+            rest.iter().map(|p| p.folded_processes.max(1)).sum::<u64>()
+        ),
         alive: rest.iter().any(|p| p.alive),
         minor_faults: rest.iter().map(|p| p.minor_faults).sum(),
         major_faults: rest.iter().map(|p| p.major_faults).sum(),
@@ -845,6 +963,62 @@ mod tests {
             (Some(1400), Some(7))
         );
         assert_eq!(p.rss_anon_pages, None);
+    }
+
+    #[test]
+    fn folding_exited_processes_keeps_every_total_and_bounds_the_state() {
+        let mut l = ledger();
+        l.set_cgroup(10, Some("/svc".into()));
+        l.add_process(11, false, None, (0, 0));
+        l.set_cgroup(11, Some("/svc".into()));
+        let mut s = Snapshot::default();
+        for (pid, n) in [(10, 900), (11, 50)] {
+            s.mappings.insert(
+                key(pid, kind::FILE | kind::SHARED, 0x1000, 42),
+                faults(n, 5, 0, 0),
+            );
+            s.mappings
+                .insert(key(pid, 0, 0x20000, 0), faults(97, 0, 97, 0));
+            s.exits.insert(
+                pid,
+                ExitRecord {
+                    min_flt: 1100 + n,
+                    maj_flt: 7,
+                    threads: 1,
+                    group_dead: 1,
+                    comm: [0; 16],
+                },
+            );
+        }
+        let before = l.report(&s);
+        let totals = |r: &Report| {
+            r.files
+                .iter()
+                .map(|f| (f.path.clone(), f.minor_faults, f.major_faults, f.mappings))
+                .collect::<Vec<_>>()
+        };
+        // 11 exited: the kernel's entries for it are deleted (what the
+        // collector passes as `deleted`), the rest of the snapshot stays.
+        let gone: BTreeSet<u32> = [11].into();
+        let deleted: BTreeMap<MappingKey, FaultCounters> = s
+            .mappings
+            .iter()
+            .filter(|(k, _)| k.tgid == 11)
+            .map(|(k, c)| (*k, *c))
+            .collect();
+        l.fold(&gone, &deleted, &s);
+        s.mappings.retain(|k, _| k.tgid != 11);
+        s.exits.remove(&11);
+        let after = l.report(&s);
+        assert_eq!(totals(&after), totals(&before));
+        assert!(!l.procs.contains_key(&11));
+        let row = after.processes.iter().find(|p| p.pid == 0).unwrap();
+        assert_eq!((row.folded_processes, row.minor_faults), (1, 147));
+        assert_eq!(row.kernel_minor_faults, Some(1150));
+        assert_eq!(row.cgroup.as_deref(), Some("/svc"));
+        let cg = by_cgroup(&after.processes);
+        assert_eq!((cg[0].processes, cg[0].minor_faults), (2, 997 + 147));
+        assert_eq!(by_cgroup(&before.processes)[0].minor_faults, 997 + 147);
     }
 
     #[test]

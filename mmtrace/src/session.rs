@@ -236,6 +236,7 @@ fn attach(
         owner_known: features.eviction_owner && has_memory && !spec.all,
         kinds: spec.kinds(),
         write_faults: features.write_faults,
+        retain_exited: spec.retain_exited,
     })?;
     if let Some(w) = &mut c.watch {
         w.sample();
@@ -296,7 +297,11 @@ fn describe(spec: &TraceSpec, c: &Collector, child: Option<u32>, targets: usize)
     let cmd = || {
         format!(
             "command {:?} (pid {})",
-            spec.command.join(" "),
+            spec.command
+                .iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" "),
             child.unwrap_or(0)
         )
     };
@@ -337,7 +342,14 @@ fn meta(
         interval_s: spec.interval,
         scope: Scope {
             pids: spec.pids.clone(),
-            command: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            // Text for the record (an argument that is not UTF-8 shows
+            // U+FFFD here; the command itself got the exact bytes).
+            command: (!spec.command.is_empty()).then(|| {
+                spec.command
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect()
+            }),
             cgroup: c
                 .watch
                 .as_ref()

@@ -43,7 +43,7 @@ pub struct TraceSpec {
     /// Every process on the host.
     pub all: bool,
     /// A command to start (inside `cgroup` when given).
-    pub command: Vec<String>,
+    pub command: Vec<std::ffi::OsString>,
     pub follow_children: bool,
     pub interval: Option<f64>,
     pub duration: Option<f64>,
@@ -52,6 +52,8 @@ pub struct TraceSpec {
     /// Rows of the tables (and of the per-process / per-cgroup rows kept in
     /// records under `--all`).
     pub top: usize,
+    /// Exited processes are folded away after this long.
+    pub retain_exited: std::time::Duration,
     pub mappings: bool,
     pub capacity: Capacities,
     pub bpf_stats: bool,
@@ -124,6 +126,8 @@ impl TraceSpec {
             json,
             view,
             top: cli.top,
+            retain_exited: std::time::Duration::try_from_secs_f64(cli.retain_exited)
+                .unwrap_or(std::time::Duration::MAX),
             mappings: cli.mappings,
             capacity: Capacities {
                 processes: cli.max_processes,

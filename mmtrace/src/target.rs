@@ -30,7 +30,12 @@ pub enum TargetError {
 
 /// Finds `cmd` like execvp(3) would: a name with a '/' is a path, anything
 /// else is looked up in `path_var`.
-pub fn resolve_command(cmd: &str, path_var: Option<&str>) -> Result<PathBuf, TargetError> {
+pub fn resolve_command(
+    cmd: impl AsRef<std::ffi::OsStr>,
+    path_var: Option<&str>,
+) -> Result<PathBuf, TargetError> {
+    let cmd = cmd.as_ref();
+    let shown = || cmd.to_string_lossy().into_owned();
     let check = |p: &Path| -> Result<Option<PathBuf>, TargetError> {
         match std::fs::metadata(p) {
             Ok(m) if m.is_dir() => Err(TargetError::IsDirectory(p.to_path_buf())),
@@ -42,10 +47,10 @@ pub fn resolve_command(cmd: &str, path_var: Option<&str>) -> Result<PathBuf, Tar
         }
     };
     if cmd.is_empty() {
-        return Err(TargetError::NotFound(cmd.into()));
+        return Err(TargetError::NotFound(shown()));
     }
-    if cmd.contains('/') {
-        return check(Path::new(cmd))?.ok_or_else(|| TargetError::NotFound(cmd.into()));
+    if cmd.as_bytes().contains(&b'/') {
+        return check(Path::new(cmd))?.ok_or_else(|| TargetError::NotFound(shown()));
     }
     let mut first_err = None;
     for dir in path_var
@@ -61,7 +66,7 @@ pub fn resolve_command(cmd: &str, path_var: Option<&str>) -> Result<PathBuf, Tar
             }
         }
     }
-    Err(first_err.unwrap_or_else(|| TargetError::NotFound(cmd.into())))
+    Err(first_err.unwrap_or_else(|| TargetError::NotFound(shown())))
 }
 
 /// A forked child waiting at the gate, not yet running the command.
@@ -90,14 +95,17 @@ fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), TargetError> {
 /// mmtrace's stderr (keeps JSON on stdout clean).
 pub fn spawn_gated(
     path: &Path,
-    argv: &[String],
+    argv: &[std::ffi::OsString],
     stdout_to_stderr: bool,
 ) -> Result<GatedChild, TargetError> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| TargetError::NotFound(path.display().to_string()))?;
     let c_args: Vec<CString> = argv
         .iter()
-        .map(|a| CString::new(a.as_bytes()).map_err(|_| TargetError::NotFound(a.clone())))
+        .map(|a| {
+            CString::new(a.as_bytes())
+                .map_err(|_| TargetError::NotFound(a.to_string_lossy().into_owned()))
+        })
         .collect::<Result<_, _>>()?;
     let mut c_argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
     c_argv.push(std::ptr::null());
@@ -288,7 +296,7 @@ mod tests {
             &[
                 "sh".into(),
                 "-c".into(),
-                format!("touch {}", marker.display()),
+                format!("touch {}", marker.display()).into(),
             ],
             false,
         )

@@ -4,14 +4,14 @@
 //! (new files, OOM kills). It feeds the model (the [`Ledger`]) and builds
 //! the records from it. Nothing here prints.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     path::{Path, PathBuf},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use mmtrace_common::{Notice, notice};
+use mmtrace_common::{FaultCounters, Notice, notice};
 use tokio::io::unix::AsyncFd;
 
 use super::{
@@ -52,6 +52,13 @@ pub struct Collector {
     /// The last map snapshot.
     pub snap: Snapshot,
     page_size: u64,
+    retain_exited: Duration,
+    /// Clock ticks since boot when tracing began (`starttime` of a process
+    /// born later is larger: its counters started at zero, all traced).
+    start_ticks: u64,
+    /// When each process was first seen gone (it is folded away after
+    /// `retain_exited`).
+    gone_since: HashMap<u32, Instant>,
 }
 
 /// Which ring buffer has data.
@@ -74,6 +81,8 @@ pub struct Setup {
     pub kinds: Kinds,
     /// Write faults are told apart on this kernel.
     pub write_faults: bool,
+    /// Exited processes are folded away after this long.
+    pub retain_exited: Duration,
 }
 
 impl Collector {
@@ -104,6 +113,9 @@ impl Collector {
             all: s.all,
             snap: Snapshot::default(),
             page_size: s.page_size,
+            retain_exited: s.retain_exited,
+            start_ticks: boot_ticks_now(),
+            gone_since: HashMap::new(),
         })
     }
 
@@ -264,6 +276,50 @@ impl Collector {
             w.sample();
             self.join_members(members)?;
         }
+        self.fold_exited()
+    }
+
+    /// Folds processes gone for longer than `retain_exited` into their
+    /// cgroup's `exited` row and deletes their kernel map entries.
+    fn fold_exited(&mut self) -> Result<()> {
+        let now = Instant::now();
+        let mut seen: BTreeSet<u32> = self.snap.mappings.keys().map(|k| k.tgid).collect();
+        seen.extend(self.snap.exits.keys());
+        seen.extend(self.ledger.procs.keys());
+        let mut due = BTreeSet::new();
+        for pid in seen {
+            let keep = pid == 0
+                || self
+                    .ledger
+                    .procs
+                    .get(&pid)
+                    .is_some_and(|p| p.alive || p.target)
+                || procfs::pid_exists(&self.root, pid);
+            if keep {
+                self.gone_since.remove(&pid);
+            } else if self.snap.pending.contains(&pid) {
+                // Faults of its still sit in a per-CPU slot: fold it once
+                // they are flushed, or they would come back as a new entry.
+            } else if now - *self.gone_since.entry(pid).or_insert(now) >= self.retain_exited {
+                due.insert(pid);
+            }
+        }
+        self.gone_since.retain(|p, _| !due.contains(p));
+        if due.is_empty() {
+            return Ok(());
+        }
+        let deleted = self.tracer.forget(&due)?;
+        self.ledger.fold(&due, &deleted, &self.snap);
+        // This tick's snapshot must not count them twice.
+        for (k, c) in &deleted {
+            if let Some(m) = self.snap.mappings.get_mut(k) {
+                *m = minus(m, c);
+                if *m == FaultCounters::default() {
+                    self.snap.mappings.remove(k);
+                }
+            }
+        }
+        self.snap.exits.retain(|p, _| !due.contains(p));
         Ok(())
     }
 
@@ -283,10 +339,17 @@ impl Collector {
             // Born inside the trace: its counters started at zero. Moved
             // into the traced cgroup, or already running under --all: it
             // lived before, so take a baseline now.
-            let joined =
-                self.all || self.snap.scope[&pid].flags & mmtrace_common::scope::JOINED != 0;
+            let joined = |stat: &procfs::ProcStat| {
+                if self.all {
+                    // Under --all every process is traced from its first
+                    // fault if it started after the attach.
+                    stat.starttime <= self.start_ticks
+                } else {
+                    self.snap.scope[&pid].flags & mmtrace_common::scope::JOINED != 0
+                }
+            };
             match procfs::read_stat(root, pid) {
-                Ok(stat) if joined => {
+                Ok(stat) if joined(&stat) => {
                     self.ledger
                         .add_process(pid, false, Some(&stat), thread_faults(root, pid))
                 }
@@ -499,4 +562,30 @@ pub fn thread_faults(root: &Path, pid: u32) -> (u64, u64) {
         .into_iter()
         .filter_map(|t| procfs::read_task_stat(root, pid, t).ok())
         .fold((0, 0), |a, s| (a.0 + s.minflt, a.1 + s.majflt))
+}
+
+/// `a - b`, counter by counter (what a snapshot held beyond `b`).
+fn minus(a: &FaultCounters, b: &FaultCounters) -> FaultCounters {
+    FaultCounters {
+        minor: a.minor.saturating_sub(b.minor),
+        major: a.major.saturating_sub(b.major),
+        write: a.write.saturating_sub(b.write),
+        cow: a.cow.saturating_sub(b.cow),
+        pages_mapped: a.pages_mapped.saturating_sub(b.pages_mapped),
+    }
+}
+
+/// `CLOCK_BOOTTIME` in clock ticks (the unit of `/proc/<pid>/stat`
+/// `starttime`).
+fn boot_ticks_now() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; sysconf cannot fail for _SC_CLK_TCK.
+    let hz = unsafe {
+        libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts);
+        libc::sysconf(libc::_SC_CLK_TCK).max(1) as u64
+    };
+    ts.tv_sec as u64 * hz + ts.tv_nsec as u64 * hz / 1_000_000_000
 }

@@ -1,7 +1,7 @@
 //! Loads mmtrace's eBPF object with this kernel's [`Config`], attaches every
 //! program (each failure names the program and hook), and gives typed access
 //! to the maps. Dropping the [`Tracer`] detaches everything.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -382,6 +382,34 @@ impl Tracer {
         Ok(added)
     }
 
+    /// Deletes what the maps hold for processes that are gone (their
+    /// mapping counters and exit records), so a long trace never fills
+    /// them; returns the mapping counters deleted. (A process with faults
+    /// still in a per-CPU vma cache slot must wait: the slot would flush
+    /// them later as a new entry.)
+    pub fn forget(&mut self, pids: &BTreeSet<u32>) -> Result<BTreeMap<MappingKey, FaultCounters>> {
+        let mut m: PerCpuHashMap<&mut MapData, MappingKey, FaultCounters> =
+            PerCpuHashMap::try_from(self.map_mut("MAPPING_FAULTS")?)?;
+        let keys: Vec<MappingKey> = m
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| pids.contains(&k.tgid))
+            .collect();
+        let mut deleted = BTreeMap::new();
+        for k in keys {
+            let v = m.get(&k, 0).context("reading MAPPING_FAULTS")?;
+            m.remove(&k).context("deleting from MAPPING_FAULTS")?;
+            deleted.insert(k, sum_faults(v.iter().copied()));
+        }
+        let mut e: PerCpuHashMap<&mut MapData, u32, ExitRecord> =
+            PerCpuHashMap::try_from(self.map_mut("EXITS")?)?;
+        for p in pids {
+            // Absent when the process left no exit record (map full).
+            let _ = e.remove(p);
+        }
+        Ok(deleted)
+    }
+
     /// Reads every map.
     pub fn snapshot(&self) -> Result<Snapshot> {
         let mut s = Snapshot::default();
@@ -395,6 +423,7 @@ impl Tracer {
         let m: PerCpuArray<&MapData, VmaCache> = PerCpuArray::try_from(self.map("VMA_CACHE")?)?;
         for slot in m.get(&0, 0)?.iter() {
             if slot.counters != FaultCounters::default() {
+                s.pending.insert(slot.key.tgid);
                 s.mappings.entry(slot.key).or_default().add(&slot.counters);
             }
         }

@@ -1,6 +1,6 @@
 //! Map readers: per-CPU values summed, and the result as plain data with no
 //! aya types, so the model can be tested on synthetic snapshots.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use mmtrace_common::{
     CacheCounters, ExitRecord, FaultCounters, FileKey, MappingKey, ReclaimStats, ScopeEntry, errors,
@@ -17,6 +17,9 @@ pub struct Snapshot {
     pub files: BTreeMap<FileKey, CacheCounters>,
     /// Kernel fault counters of exited threads, merged over CPUs.
     pub exits: BTreeMap<u32, ExitRecord>,
+    /// Processes with faults still held in a per-CPU vma cache slot (not
+    /// flushed to the mapping map yet).
+    pub pending: BTreeSet<u32>,
     /// Processes currently in scope.
     pub scope: BTreeMap<u32, ScopeEntry>,
     /// Reclaim episodes of traced tasks.
