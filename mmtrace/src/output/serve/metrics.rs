@@ -151,7 +151,7 @@ pub struct Accum {
     gauges: BTreeMap<String, CgroupGauges>,
     procs: HashMap<u32, ProcLast>,
     proc_series: BTreeMap<(String, String), ProcSeries>,
-    /// `--all`: the per-cgroup rows' last values.
+    /// Per cgroup, the last sum of its rows' faults.
     cgroup_rows: HashMap<String, (u64, u64)>,
     /// The file rows' sums in the last record, per scope label.
     cgroup_file_totals: HashMap<String, FileCounts>,
@@ -242,21 +242,55 @@ impl Accum {
     fn apply_processes(&mut self, i: &Input<'_>, scope: &str) {
         let now = i.elapsed_s;
         let mut rss: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for p in &i.report.processes {
-            // `--all` folds the quieter processes into one row (pid 0)
-            // whose members change: it has no cgroup and is not exported
-            // per process (the per-cgroup rows carry its faults).
-            if p.pid == 0 && i.all {
-                continue;
+        // Per cgroup, the sum of its rows: processes plus the `exited (N
+        // processes)` row that processes are folded into a while after
+        // they exit (folding moves counts between rows, the sum only
+        // grows). Under --all the per-cgroup rows are those sums already.
+        let mut sums: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        // Under --all a process whose cgroup was never read is
+        // "(unknown)", as in the per-cgroup rows; elsewhere it is in the
+        // traced scope.
+        let label_of = |p: &crate::model::ProcessRow| {
+            p.cgroup
+                .clone()
+                .unwrap_or_else(|| if i.all { "(unknown)" } else { scope }.to_string())
+        };
+        if i.all {
+            for row in i.cgroups {
+                let s = sums.entry(row.cgroup.clone()).or_default();
+                s.0 += row.minor_faults;
+                s.1 += row.major_faults;
+                let r = rss.entry(row.cgroup.clone()).or_default();
+                r.0 += row.rss_file_pages;
+                r.1 += row.rss_anon_pages;
             }
-            // Under --all a process whose cgroup was never read is
-            // "(unknown)", as in the per-cgroup rows; elsewhere it is in
-            // the traced scope.
-            let cgroup = self.cap_cgroup(
-                p.cgroup
-                    .clone()
-                    .unwrap_or_else(|| if i.all { "(unknown)" } else { scope }.to_string()),
-            );
+        } else {
+            for p in &i.report.processes {
+                let s = sums.entry(label_of(p)).or_default();
+                s.0 += p.minor_faults;
+                s.1 += p.major_faults;
+                if p.alive {
+                    let r = rss.entry(label_of(p)).or_default();
+                    r.0 += p.rss_file_pages.unwrap_or(0);
+                    r.1 += p.rss_anon_pages.unwrap_or(0);
+                }
+            }
+        }
+        for (raw, (minor, major)) in sums {
+            let last = self.cgroup_rows.entry(raw.clone()).or_default();
+            let (dmin, dmaj) = (minor.saturating_sub(last.0), major.saturating_sub(last.1));
+            *last = (last.0.max(minor), last.1.max(major));
+            let label = self.cap_cgroup(raw);
+            let c = self.cgroups.entry(label).or_default();
+            c.minor += dmin;
+            c.major += dmaj;
+        }
+        // Per command name: each process's growth while it has a row of
+        // its own. Rows with pid 0 (the `exited` rows, and the `others`
+        // row of --all) mix processes and are left out: a process's counts
+        // stay in its comm's series after it is folded away.
+        for p in i.report.processes.iter().filter(|p| p.pid != 0) {
+            let cgroup = self.cap_cgroup(label_of(p));
             // A pid whose counts went back is a new process (a recycled
             // pid): all of its count is growth.
             let grow = |cur: u64, last: u64| if cur >= last { cur - last } else { cur };
@@ -274,7 +308,7 @@ impl Accum {
                     seen_s: now,
                 },
             );
-            let key = (cgroup.clone(), p.comm.clone());
+            let key = (cgroup, p.comm.clone());
             if self.proc_series.len() < MAX_PROCESS_SERIES || self.proc_series.contains_key(&key) {
                 let s = self.proc_series.entry(key).or_default();
                 s.minor += dmin;
@@ -283,30 +317,14 @@ impl Accum {
                     s.changed_s = now;
                 }
             }
-            if !i.all {
-                let c = self.cgroups.entry(cgroup.clone()).or_default();
-                c.minor += dmin;
-                c.major += dmaj;
-            }
-            if p.alive {
-                let r = rss.entry(cgroup).or_default();
-                r.0 += p.rss_file_pages.unwrap_or(0);
-                r.1 += p.rss_anon_pages.unwrap_or(0);
-            }
         }
-        if i.all {
-            for row in i.cgroups {
-                let label = self.cap_cgroup(row.cgroup.clone());
-                let last = self.cgroup_rows.entry(row.cgroup.clone()).or_default();
-                let c = self.cgroups.entry(label.clone()).or_default();
-                c.minor += row.minor_faults.saturating_sub(last.0);
-                c.major += row.major_faults.saturating_sub(last.1);
-                *last = (last.0.max(row.minor_faults), last.1.max(row.major_faults));
-                let r = rss.entry(label).or_default();
-                r.0 += row.rss_file_pages;
-                r.1 += row.rss_anon_pages;
-            }
-        }
+        let rss: BTreeMap<String, (u64, u64)> =
+            rss.into_iter().fold(BTreeMap::new(), |mut m, (raw, v)| {
+                let e = m.entry(self.cap_cgroup(raw)).or_insert((0, 0));
+                e.0 += v.0;
+                e.1 += v.1;
+                m
+            });
         for (cg, (file, anon)) in rss {
             let g = self.gauges.entry(cg).or_default();
             g.rss_file = Some(file * self.page_size);
@@ -914,54 +932,70 @@ mod tests {
         assert!(om.contains("# TYPE mmtrace_build info"));
     }
 
+    /// The `exited (N processes)` row processes are folded into.
+    fn exited(cg: &str, n: u64, minor: u64) -> ProcessRow {
+        ProcessRow {
+            pid: 0,
+            comm: format!("exited ({n} processes)"),
+            cgroup: Some(cg.into()),
+            minor_faults: minor,
+            major_faults: minor / 10,
+            folded_processes: n,
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn counters_never_go_back_when_rows_leave() {
+    fn counters_never_go_back_nor_double_when_rows_are_folded() {
         let mut a = Accum::new(50);
+        let cg = "mmtrace_cgroup_faults_total{cgroup=\"/app\",kind=\"minor\"}";
+        let job = "mmtrace_process_faults_total{cgroup=\"/app\",comm=\"job\",kind=\"minor\"}";
         apply(
             &mut a,
             1.0,
-            vec![proc(10, "job", "/app", 100, true)],
+            vec![proc(10, "job", "/app", 100, false)],
             vec![],
         );
-        // The process exited and its row is gone; another runs.
-        apply(&mut a, 2.0, vec![proc(12, "job", "/app", 30, true)], vec![]);
+        // pid 10 exited a while ago: folded into the exited row; another runs.
+        apply(
+            &mut a,
+            2.0,
+            vec![proc(12, "job", "/app", 30, true), exited("/app", 1, 100)],
+            vec![],
+        );
         let t = text(&a);
+        assert_eq!(value(&t, cg), Some(130.0), "{t}");
         assert_eq!(
-            value(
-                &t,
-                "mmtrace_cgroup_faults_total{cgroup=\"/app\",kind=\"minor\"}"
-            ),
-            Some(130.0)
+            value(&t, job),
+            Some(130.0),
+            "folded counts stay in the comm's series"
         );
-        assert_eq!(
-            value(
-                &t,
-                "mmtrace_process_faults_total{cgroup=\"/app\",comm=\"job\",kind=\"minor\"}"
-            ),
-            Some(130.0)
+        assert!(!t.contains("exited ("), "the exited row is no comm: {t}");
+        // pid 12 exits and is folded, its pid is recycled by a new process.
+        apply(
+            &mut a,
+            3.0,
+            vec![proc(12, "job", "/app", 5, true), exited("/app", 2, 130)],
+            vec![],
         );
-        // A recycled pid starts from 0 again: all of its count is new.
-        apply(&mut a, 3.0, vec![proc(12, "job", "/app", 5, true)], vec![]);
-        assert_eq!(
-            value(
-                &text(&a),
-                "mmtrace_cgroup_faults_total{cgroup=\"/app\",kind=\"minor\"}"
-            ),
-            Some(135.0)
-        );
+        let t = text(&a);
+        assert_eq!(value(&t, cg), Some(135.0));
+        assert_eq!(value(&t, job), Some(135.0));
+        // A row that shrank (it should not) never takes the counter back.
+        apply(&mut a, 4.0, vec![exited("/app", 2, 100)], vec![]);
+        assert_eq!(value(&text(&a), cg), Some(135.0));
         // Long after everyone exited, the per-comm series goes (stale) but
         // the cgroup keeps the count.
-        apply(&mut a, 3.0 + IDLE_S, vec![], vec![]);
-        apply(&mut a, 4.0 + 2.0 * IDLE_S, vec![], vec![]);
+        apply(&mut a, 4.0 + IDLE_S, vec![exited("/app", 3, 135)], vec![]);
+        apply(
+            &mut a,
+            5.0 + 2.0 * IDLE_S,
+            vec![exited("/app", 3, 135)],
+            vec![],
+        );
         let t = text(&a);
         assert!(!t.contains("comm=\"job\""), "{t}");
-        assert_eq!(
-            value(
-                &t,
-                "mmtrace_cgroup_faults_total{cgroup=\"/app\",kind=\"minor\"}"
-            ),
-            Some(135.0)
-        );
+        assert_eq!(value(&t, cg), Some(135.0));
     }
 
     #[test]
