@@ -129,6 +129,27 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(state: State, check_host: bool) -> Arc<Self> {
+        let (tx, _) = broadcast::channel(CLIENT_QUEUE);
+        let (shutdown, _) = watch::channel(false);
+        Arc::new(Self {
+            state: Mutex::new(state),
+            tx,
+            clients: AtomicUsize::new(0),
+            lagged: AtomicU64::new(0),
+            pagemaps: Mutex::new(pagemap::Cache::default()),
+            check_host,
+            shutdown,
+        })
+    }
+
+    /// Folds a record in and broadcasts it (under the lock: see [`join`]).
+    fn record(&self, r: &Record) {
+        let mut st = self.state();
+        let msg = st.apply(r);
+        let _ = self.tx.send(msg);
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -162,17 +183,8 @@ impl ServeSink {
                     .collect()
             })
             .unwrap_or_default();
-        let (tx, _) = broadcast::channel(CLIENT_QUEUE);
-        let (shutdown, mut stop) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(opts.files, mounts)),
-            tx,
-            clients: AtomicUsize::new(0),
-            lagged: AtomicU64::new(0),
-            pagemaps: Mutex::new(pagemap::Cache::default()),
-            check_host: local.ip().is_loopback(),
-            shutdown,
-        });
+        let shared = Shared::new(State::new(opts.files, mounts), local.ip().is_loopback());
+        let mut stop = shared.shutdown.subscribe();
         let app = router(shared.clone());
         let server = tokio::spawn(async move {
             let done = async move {
@@ -204,11 +216,9 @@ impl ServeSink {
     /// Folds a record in and sends it to every `/events` client (never
     /// waits: a client that falls behind is resynchronised).
     pub fn record(&self, r: &Record) {
-        let mut st = self.shared.state();
-        let msg = st.apply(r);
         // Sent under the lock: a client subscribing under it either sees
         // the record in its replay or receives it, never both or neither.
-        let _ = self.shared.tx.send(msg);
+        self.shared.record(r);
     }
 
     pub fn events(&self, events: &[RawEvent]) {
@@ -235,7 +245,7 @@ impl ServeSink {
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         }
-        let _ = self.shared.shutdown.send(true);
+        let _ = self.shared.shutdown.send_replace(true);
         if let Some(mut h) = self.server.take()
             && tokio::time::timeout(CLOSE_DEADLINE, &mut h).await.is_err()
         {
@@ -246,7 +256,7 @@ impl ServeSink {
 
 impl Drop for ServeSink {
     fn drop(&mut self) {
-        let _ = self.shared.shutdown.send(true);
+        let _ = self.shared.shutdown.send_replace(true);
         if let Some(h) = self.server.take() {
             h.abort();
         }
@@ -339,7 +349,6 @@ struct Client {
     /// The id of the last record queued.
     last: u64,
     done: bool,
-    retry_sent: bool,
     stop: watch::Receiver<bool>,
     slot: ClientSlot,
 }
@@ -360,45 +369,38 @@ fn sse_event(m: &Msg) -> Event {
         .data(&*m.data)
 }
 
-async fn events_route(AxState(s): AxState<Arc<Shared>>) -> Response {
+/// A client's place among the `/events` clients, or `None` when all
+/// [`MAX_CLIENTS`] are taken.
+fn join(s: &Arc<Shared>) -> Option<Client> {
     if s.clients.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENTS {
         s.clients.fetch_sub(1, Ordering::Relaxed);
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "5")],
-            format!("mmtrace serves at most {MAX_CLIENTS} /events clients at once\n"),
-        )
-            .into_response();
+        return None;
     }
     let slot = ClientSlot(s.clone());
     // Subscribed under the state's lock, which the sink holds while it
     // sends: the replay and the live records neither overlap nor miss one.
-    let c = {
-        let st = s.state();
-        Client {
-            queue: st.replay().into(),
-            rx: s.tx.subscribe(),
-            last: st.last_id,
-            done: false,
-            retry_sent: false,
-            stop: s.shutdown.subscribe(),
-            slot,
-        }
-    };
-    let stream = futures_util::stream::unfold(c, |mut c| async move {
+    let st = s.state();
+    Some(Client {
+        queue: st.replay().into(),
+        rx: s.tx.subscribe(),
+        last: st.last_id,
+        done: false,
+        stop: s.shutdown.subscribe(),
+        slot,
+    })
+}
+
+/// A client's records: the state, then live records; the state again
+/// after it lagged; it ends after the summary (or when the server closes).
+fn records(c: Client) -> impl futures_util::Stream<Item = Msg> {
+    futures_util::stream::unfold(c, |mut c| async move {
         loop {
             if let Some(m) = c.queue.pop_front() {
                 if m.event == "summary" {
                     // The trace ended: this is the stream's last record.
                     c.done = true;
                 }
-                let mut e = sse_event(&m);
-                if !c.retry_sent {
-                    // EventSource reconnects after 2 s (and gets the state).
-                    e = e.retry(Duration::from_secs(2));
-                    c.retry_sent = true;
-                }
-                return Some((Ok::<_, Infallible>(e), c));
+                return Some((m, c));
             }
             if c.done {
                 return None;
@@ -432,6 +434,27 @@ async fn events_route(AxState(s): AxState<Arc<Shared>>) -> Response {
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
+    })
+}
+
+async fn events_route(AxState(s): AxState<Arc<Shared>>) -> Response {
+    let Some(c) = join(&s) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            format!("mmtrace serves at most {MAX_CLIENTS} /events clients at once\n"),
+        )
+            .into_response();
+    };
+    use futures_util::StreamExt as _;
+    let mut first = true;
+    let stream = records(c).map(move |m| {
+        let mut e = sse_event(&m);
+        if std::mem::take(&mut first) {
+            // EventSource reconnects after 2 s (and gets the state).
+            e = e.retry(Duration::from_secs(2));
+        }
+        Ok::<_, Infallible>(e)
     });
     (
         [(
@@ -640,6 +663,92 @@ mod tests {
         ] {
             assert!(!host_allowed(bad), "{bad}");
         }
+    }
+
+    fn meta() -> Record {
+        Record::Meta(crate::record::Meta {
+            schema_version: crate::record::SCHEMA_VERSION,
+            mmtrace_version: "0.0.0".into(),
+            kernel: "6.18".into(),
+            start_time_unix_ms: 0,
+            page_size: 4096,
+            interval_s: Some(1.0),
+            scope: crate::record::Scope::default(),
+            features: Default::default(),
+            probes: vec![],
+        })
+    }
+
+    fn interval(seq: u64) -> Record {
+        Record::Interval(crate::record::Interval {
+            seq,
+            elapsed_s: seq as f64,
+            report: Default::default(),
+            cgroups: vec![],
+            cgroup: None,
+            events_dropped: None,
+        })
+    }
+
+    fn summary() -> Record {
+        Record::Summary(crate::record::Summary {
+            elapsed_s: 9.0,
+            end_reason: crate::record::EndReason::Duration,
+            error: None,
+            report: Default::default(),
+            cgroups: vec![],
+            cgroup: None,
+            command: None,
+            bpf_stats: None,
+            verdicts: vec![],
+            oom_kills: vec![],
+            events_dropped: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_lagging_client_is_resynced_and_every_client_ends_with_the_summary() {
+        use futures_util::StreamExt as _;
+        let s = Shared::new(State::new(50, vec![]), true);
+        s.record(&meta());
+        s.record(&interval(1));
+        let early = join(&s).unwrap();
+        // Nobody reads while far more records than the queue holds go out:
+        // sending never waits.
+        for seq in 2..(CLIENT_QUEUE as u64 + 50) {
+            s.record(&interval(seq));
+        }
+        let late = join(&s).unwrap();
+        assert_eq!(s.clients.load(Ordering::Relaxed), 2);
+        s.record(&summary());
+
+        let got: Vec<Msg> = records(early).collect().await;
+        let names: Vec<&str> = got.iter().map(|m| m.event).collect();
+        assert_eq!(&names[..2], ["meta", "interval"], "the state first");
+        assert_eq!(got[1].id, 2);
+        // It lagged: the state again (meta, the latest interval), then on.
+        let again = names.iter().skip(1).position(|n| *n == "meta").unwrap() + 1;
+        assert_eq!(names[again + 1], "interval");
+        assert_eq!(*names.last().unwrap(), "summary");
+        assert_eq!(s.lagged.load(Ordering::Relaxed), 1);
+        let after: Vec<u64> = got[again..].iter().map(|m| m.id).collect();
+        assert!(after.windows(2).skip(1).all(|w| w[0] < w[1]), "{after:?}");
+
+        // The late client: meta, the latest interval, then the summary.
+        let got: Vec<Msg> = records(late).collect().await;
+        let names: Vec<&str> = got.iter().map(|m| m.event).collect();
+        assert_eq!(names, ["meta", "interval", "summary"]);
+        assert_eq!(got[1].id, CLIENT_QUEUE as u64 + 50);
+        assert_eq!(s.clients.load(Ordering::Relaxed), 0, "slots freed");
+
+        // After the end: the state with the summary, then the stream ends.
+        let got: Vec<Msg> = records(join(&s).unwrap()).collect().await;
+        assert_eq!(got.last().unwrap().event, "summary");
+        // At most MAX_CLIENTS at once.
+        let held: Vec<Client> = (0..MAX_CLIENTS).map(|_| join(&s).unwrap()).collect();
+        assert!(join(&s).is_none());
+        drop(held);
+        assert!(join(&s).is_some());
     }
 
     #[test]
