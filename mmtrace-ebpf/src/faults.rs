@@ -9,8 +9,9 @@
 //!   The sample's `addr` is the faulting address.
 //! - raw tracepoints `page_fault_user` / `page_fault_kernel` (x86 only), at
 //!   fault entry, hand the error code (bit 1 = write) to the perf event
-//!   through the per-CPU `PENDING` slot. `TP_PROTO(unsigned long address,
-//!   struct pt_regs *regs, unsigned long error_code)` (Linux 6.18,
+//!   through a per-CPU `PENDING` slot (one per tid % 1024).
+//!   `TP_PROTO(unsigned long address, struct pt_regs *regs,
+//!   unsigned long error_code)` (Linux 6.18,
 //!   arch/x86/include/asm/trace/exceptions.h).
 //! - `filemap:mm_filemap_map_pages` (6.12+) hands over the fault-around window
 //!   (`index..=last_index`), so pages mapped per fault can be reported. Its
@@ -39,7 +40,9 @@ use mmtrace_common::{
 use crate::{
     events,
     kread::{conf, read},
-    maps::{LOST_FAULTS, MAPPING_FAULTS, PENDING, VMA_CACHE, count_error, get_or_insert},
+    maps::{
+        LOST_FAULTS, MAPPING_FAULTS, PENDING, VMA_CACHE, count_error, get_or_insert, pending_slot,
+    },
     pagecache::register_file,
     scope,
 };
@@ -100,7 +103,7 @@ fn stash_error_code(code: u64) {
     // Deliberately no scope lookup: a per-CPU store is cheaper than a hash
     // lookup, and the perf event checks the thread id anyway.
     let (tid, _) = scope::current_ids();
-    if let Some(p) = PENDING.get_ptr_mut(0) {
+    if let Some(p) = PENDING.get_ptr_mut(pending_slot(tid)) {
         // SAFETY: per-CPU slot.
         unsafe {
             (*p).err_tid = tid;
@@ -129,7 +132,7 @@ fn try_filemap_map_pages(ctx: &TracePointContext) -> Result<(), i32> {
         )
     };
     register_file(ctx, &FileKey { ino, dev, _pad: 0 }, tgid);
-    if let Some(p) = PENDING.get_ptr_mut(0) {
+    if let Some(p) = PENDING.get_ptr_mut(pending_slot(tid)) {
         // SAFETY: per-CPU slot.
         unsafe {
             (*p).map_tid = tid;
@@ -272,7 +275,8 @@ fn take_pending(tid: u32) -> (u64, u64, u64) {
             }
         }
     };
-    let Some(local) = PENDING.get_ptr_mut(0) else {
+    let slot = pending_slot(tid);
+    let Some(local) = PENDING.get_ptr_mut(slot) else {
         return (0, 1, 0);
     };
     // SAFETY: per-CPU slot of this CPU.
@@ -280,7 +284,7 @@ fn take_pending(tid: u32) -> (u64, u64, u64) {
     take(local);
     let nr = conf!(nr_cpus).min(MAX_CPUS);
     if stale_here && conf!(write_faults) != 0 {
-        let key = 0u32;
+        let key = slot;
         let map = &PENDING as *const _ as *mut c_void;
         for cpu in 0..MAX_CPUS {
             if cpu >= nr {

@@ -86,9 +86,21 @@ pub static EVENTS_SAMPLE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0)
 pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(errors::COUNT, 0);
 
 /// Per-CPU hand-over from the tracepoints that fire early in a fault
-/// (exception entry, fault-around) to the perf event that ends it.
+/// (exception entry, fault-around) to the perf event that ends it, one slot
+/// per `tid % PENDING_SLOTS`: a fault that sleeps (I/O) keeps its slot while
+/// other tasks fault on the same CPU (with one slot per CPU they overwrote
+/// it, and the fault lost its error code — read/write — and its latency).
 #[map]
-pub static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+pub static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(PENDING_SLOTS, 0);
+
+/// Slots of [`PENDING`] per CPU (a power of two).
+pub const PENDING_SLOTS: u32 = 1024;
+
+/// The [`PENDING`] slot of thread `tid`.
+#[inline(always)]
+pub fn pending_slot(tid: u32) -> u32 {
+    tid & (PENDING_SLOTS - 1)
+}
 
 /// Per-CPU last vma looked up, valid while the mm's `mm_lock_seq` is unchanged.
 #[map]

@@ -164,9 +164,10 @@ pub struct TargetArgs {
 #[derive(Subcommand, Debug, Clone)]
 pub enum Sub {
     /// A live full-screen view, like top: the per-file table updating every
-    /// second (sort with the column keys), processes, the cgroup's usage
-    /// against its limit, the verdict. `q` quits and prints the final
-    /// report. Without a target: the demo.
+    /// second (sort with the column keys m M w c p a e f r, b busiest; ←/→
+    /// scroll), processes, the cgroup's usage against its limit, the
+    /// verdict. `q` quits and prints the final report; a trace that ends by
+    /// itself stays on screen until `q`. Without a target: the demo.
     Top(TargetArgs),
     /// Print the JSON Schema of the record stream (`--json`).
     Schema,

@@ -84,10 +84,9 @@ pub async fn run(spec: &TraceSpec) -> Result<i32> {
             late.get_or_insert(e);
         }
     }
-    if let Err(e) = sinks.close() {
+    if let Err(e) = sinks.close().await {
         late.get_or_insert(e);
     }
-    sinks.finish().await;
     if let Some(e) = error {
         return Err(e.context(
             "the trace stopped early (the final report shows what was counted until then)",
@@ -162,11 +161,14 @@ async fn start(spec: &TraceSpec) -> Result<Started> {
     config.events_sample = spec.sample;
 
     let gated = match &cmd_path {
-        Some(p) => Some(target::spawn_gated(
-            p,
-            &spec.command,
-            spec.json_on_stdout(),
-        )?),
+        Some(p) => {
+            let io = match (spec.view, spec.json_on_stdout()) {
+                (crate::spec::View::Top, _) => target::ChildIo::Detached,
+                (_, true) => target::ChildIo::StdoutToStderr,
+                (_, false) => target::ChildIo::Inherit,
+            };
+            Some(target::spawn_gated(p, &spec.command, io)?)
+        }
         None => None,
     };
     match attach(spec, &config, &features, watch, gated.as_ref()) {

@@ -90,13 +90,24 @@ fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), TargetError> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Where the command's standard streams go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildIo {
+    /// mmtrace's own.
+    Inherit,
+    /// stdout to mmtrace's stderr (keeps JSON on stdout clean).
+    StdoutToStderr,
+    /// stdin from /dev/null, stdout to mmtrace's stderr: the live view
+    /// owns the terminal (its keys, its screen).
+    Detached,
+}
+
 /// Forks a child that waits for [`GatedChild::release`] and then execs
-/// `path` with `argv`. With `stdout_to_stderr` the command's stdout goes to
-/// mmtrace's stderr (keeps JSON on stdout clean).
+/// `path` with `argv`, its streams set up as `io` says.
 pub fn spawn_gated(
     path: &Path,
     argv: &[std::ffi::OsString],
-    stdout_to_stderr: bool,
+    io: ChildIo,
 ) -> Result<GatedChild, TargetError> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| TargetError::NotFound(path.display().to_string()))?;
@@ -109,11 +120,12 @@ pub fn spawn_gated(
         .collect::<Result<_, _>>()?;
     let mut c_argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
     c_argv.push(std::ptr::null());
+    let dev_null = c"/dev/null";
     let (gate_r, gate_w) = pipe_cloexec()?;
     let (err_r, err_w) = pipe_cloexec()?;
 
     // SAFETY: after fork the child only calls async-signal-safe functions
-    // (read, dup2, execv, write, _exit) on data prepared before the fork.
+    // (read, dup2, open, close, execv, write, _exit) on data prepared before the fork.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(TargetError::Os {
@@ -133,8 +145,15 @@ pub fn spawn_gated(
             if n != 1 {
                 libc::_exit(125); // the tracer went away: never run untraced
             }
-            if stdout_to_stderr {
+            if io != ChildIo::Inherit {
                 libc::dup2(2, 1);
+            }
+            if io == ChildIo::Detached {
+                let fd = libc::open(dev_null.as_ptr(), libc::O_RDONLY);
+                if fd > 0 {
+                    libc::dup2(fd, 0);
+                    libc::close(fd);
+                }
             }
             libc::execv(c_path.as_ptr(), c_argv.as_ptr());
             let errno = *libc::__errno_location();
@@ -277,7 +296,12 @@ mod tests {
     #[test]
     fn gated_child_runs_only_after_release_and_reports_status() {
         let sh = resolve_command("sh", std::env::var("PATH").ok().as_deref()).unwrap();
-        let c = spawn_gated(&sh, &["sh".into(), "-c".into(), "exit 7".into()], false).unwrap();
+        let c = spawn_gated(
+            &sh,
+            &["sh".into(), "-c".into(), "exit 7".into()],
+            ChildIo::Inherit,
+        )
+        .unwrap();
         let pid = c.pid;
         assert_eq!(wait(pid, false).unwrap(), None, "still at the gate");
         c.release().unwrap();
@@ -298,7 +322,7 @@ mod tests {
                 "-c".into(),
                 format!("touch {}", marker.display()).into(),
             ],
-            false,
+            ChildIo::Inherit,
         )
         .unwrap();
         c.abort();
@@ -311,7 +335,7 @@ mod tests {
         let bad = dir.path().join("bad");
         std::fs::write(&bad, [0u8, 1, 2, 3]).unwrap();
         std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let c = spawn_gated(&bad, &["bad".into()], false).unwrap();
+        let c = spawn_gated(&bad, &["bad".into()], ChildIo::Inherit).unwrap();
         assert!(matches!(c.release(), Err(TargetError::Exec { .. })));
     }
 

@@ -135,7 +135,11 @@ fn raw_events_add_up_to_the_aggregates_and_name_the_file() {
             file_majors
                 .iter()
                 .all(|e| e["latency_us"].as_f64().is_some_and(|l| l > 0.0)),
-            "x86: major faults carry their latency"
+            "x86: major faults carry their latency: {:?}",
+            file_majors
+                .iter()
+                .filter(|e| !e["latency_us"].as_f64().is_some_and(|l| l > 0.0))
+                .collect::<Vec<_>>()
         );
     }
 }

@@ -1,12 +1,14 @@
 //! Sinks of the record stream: the human table (`printer`, laid out by
 //! `table`), JSON Lines (`json`), the live view (`top`), the HTTP server
-//! (`serve`). Each consumes the same [`Record`]s; none computes anything of
-//! its own. `escape` makes names from the traced system safe to print.
+//! (`serve`). Each consumes the
+//! same [`Record`]s; none computes anything of its own. `escape` makes names
+//! from the traced system safe to print.
 pub mod escape;
 pub mod json;
 pub mod printer;
 pub mod serve;
 pub mod table;
+pub mod top;
 
 use std::fs::File;
 
@@ -22,9 +24,13 @@ use crate::{
 pub struct Sinks {
     json: Option<json::JsonSink>,
     printer: Option<printer::Printer>,
+    /// The live view (`mmtrace top`).
+    top: Option<top::TopSink>,
+    /// The final record, held for the printer until the live view has
+    /// given the terminal back ([`Sinks::close`]).
+    held: Option<Record>,
+    /// The HTTP server (`--serve`).
     serve: Option<serve::ServeSink>,
-    /// Interval records reach the table (not when only --serve asked for them).
-    table_intervals: bool,
     quiet: bool,
     /// Held so the trace's stop channel stays open (a closed one reads as
     /// a stop request).
@@ -36,6 +42,20 @@ impl Sinks {
     /// created is an error before anything is traced). `stop` is how an
     /// interactive sink asks the trace to end.
     pub fn open(spec: &TraceSpec, stop: mpsc::Sender<()>) -> Result<Self> {
+        if spec.view == View::Top && spec.json_on_stdout() {
+            anyhow::bail!(
+                "mmtrace top draws on stdout: write the JSON to a file (-o FILE) instead of --json"
+            );
+        }
+        // First: a refusal (not a terminal) comes before any file is made.
+        let top = if spec.view == View::Top {
+            Some(top::TopSink::open(
+                stop.clone(),
+                crate::session::page_size(),
+            )?)
+        } else {
+            None
+        };
         let json = match &spec.json {
             Some(JsonDest::File(p)) => {
                 let f = File::create(p)
@@ -57,7 +77,7 @@ impl Sinks {
             Box::new(std::io::stdout())
         };
         let printer = (spec.view != View::Quiet).then(|| {
-            printer::Printer::new(
+            let p = printer::Printer::new(
                 out,
                 table::TableOptions {
                     page_size: crate::session::page_size(),
@@ -66,7 +86,14 @@ impl Sinks {
                     title: String::new(),
                     write_faults: true,
                 },
-            )
+            );
+            // The live view draws the intervals; intervals that only
+            // `--serve` asked for go to the server, not the table.
+            if spec.view == View::Top || !spec.table_intervals {
+                p.final_only()
+            } else {
+                p
+            }
         });
         let serve = match &spec.serve {
             Some(o) => Some(serve::ServeSink::start(o, spec.view == View::Quiet)?),
@@ -75,8 +102,9 @@ impl Sinks {
         Ok(Self {
             json,
             printer,
+            top,
+            held: None,
             serve,
-            table_intervals: spec.table_intervals,
             quiet: spec.view == View::Quiet,
             _stop: stop,
         })
@@ -90,18 +118,25 @@ impl Sinks {
             p.set_write_faults(m.features.write_faults);
         }
         let mut first = None;
+        if let Some(t) = &mut self.top
+            && let Err(e) = t.record(r)
+        {
+            self.top = None;
+            first = Some(e);
+        }
         if let Some(j) = &mut self.json
             && let Err(e) = j.write(r)
         {
             self.json = None;
-            first = Some(e);
+            first.get_or_insert(e);
         }
         if let Some(s) = &self.serve {
             s.record(r);
         }
-        let to_table = self.table_intervals || !matches!(r, Record::Interval(_));
-        if let Some(p) = &mut self.printer
-            && to_table
+        if self.top.is_some() && matches!(r, Record::Summary(_)) {
+            // Printed once the view is closed, on the restored terminal.
+            self.held = Some(r.clone());
+        } else if let Some(p) = &mut self.printer
             && let Err(e) = p.record(r)
         {
             self.printer = None;
@@ -134,15 +169,25 @@ impl Sinks {
         self.quiet
     }
 
-    pub fn close(&mut self) -> Result<()> {
-        Ok(())
-    }
-
-    /// After the final report: the server keeps the final state for
-    /// `--serve-linger`, then closes (its clients got the summary).
-    pub async fn finish(&mut self) {
+    /// Ends the sinks: the live view (after its last frame, until `q` when
+    /// the trace ended by itself) gives the terminal back, then the final
+    /// report it held back is printed.
+    pub async fn close(&mut self) -> Result<()> {
+        let mut first = None;
+        if let Some(mut t) = self.top.take() {
+            t.wait().await;
+            first = t.close().err();
+        }
+        if let (Some(p), Some(r)) = (&mut self.printer, self.held.take())
+            && let Err(e) = p.record(&r)
+        {
+            first.get_or_insert(e);
+        }
+        // The server keeps the final state for `--serve-linger`, then
+        // closes (its clients got the summary).
         if let Some(s) = &mut self.serve {
             s.finish().await;
         }
+        first.map_or(Ok(()), Err)
     }
 }

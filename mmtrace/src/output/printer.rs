@@ -22,6 +22,10 @@ pub struct Printer {
     stats_to: Box<dyn Write + Send>,
     /// The column legend prints under the first table only.
     legend_shown: bool,
+    /// Only the final report (the live view shows the rest): interval
+    /// tables are skipped, OOM kill lines wait for the final report.
+    final_only: bool,
+    held: Vec<String>,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -34,7 +38,16 @@ impl Printer {
             verdicts: Vec::new(),
             stats_to: Box::new(std::io::stderr()),
             legend_shown: false,
+            final_only: false,
+            held: Vec::new(),
         }
+    }
+
+    /// Prints the final report only (under `mmtrace top`, once the terminal
+    /// is back); OOM kill lines come just before it.
+    pub fn final_only(mut self) -> Self {
+        self.final_only = true;
+        self
     }
 
     /// Write faults are told apart on this kernel (x86): their columns show.
@@ -45,6 +58,11 @@ impl Printer {
     pub fn record(&mut self, r: &Record) -> Result<()> {
         let text = match r {
             Record::Meta(_) | Record::Event(_) => return Ok(()),
+            Record::Interval(_) if self.final_only => return Ok(()),
+            Record::OomKill(k) if self.final_only => {
+                self.held.push(format!("{}\n", oom_line(k)));
+                return Ok(());
+            }
             Record::Interval(i) => {
                 let title = format!("interval {} (+{:.1} s)", i.seq, i.elapsed_s);
                 self.tables(title, &i.report, &i.cgroups, i.cgroup.as_ref())
@@ -55,7 +73,8 @@ impl Printer {
                 return Ok(());
             }
             Record::Summary(s) => {
-                let mut t = self.tables(s.title(), &s.report, &s.cgroups, s.cgroup.as_ref());
+                let mut t: String = self.held.drain(..).collect();
+                t += &self.tables(s.title(), &s.report, &s.cgroups, s.cgroup.as_ref());
                 for v in self.verdicts.drain(..) {
                     t.push_str(&v);
                     t.push('\n');

@@ -188,79 +188,10 @@ pub fn render_table(r: &Report, o: &TableOptions, legend: bool) -> String {
         o.title,
         "─".repeat(WIDTH.saturating_sub(14 + o.title.chars().count()))
     );
-    let _ = writeln!(
-        s,
-        "{:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}  FILE",
-        "MINFLT", "MAJFLT", "WRITE", "COW", "MAPPED", "ADDED", "EVICTED", "REFLT~", "RES MiB"
-    );
-    // Files of unknown path that took no fault (page-cache traffic only:
-    // metadata, pipes, short-lived scratch files) go to the summary line;
-    // JSON keeps every row.
-    let listed = |f: &&FileRow| {
-        f.kind == FileKind::File && (f.path_known || f.minor_faults + f.major_faults > 0)
-    };
-    let mut rows: Vec<&FileRow> = r.files.iter().filter(listed).take(o.top.max(1)).collect();
-    let hidden: Vec<&FileRow> = r
-        .files
-        .iter()
-        .filter(|f| f.kind == FileKind::File && !rows.iter().any(|s| std::ptr::eq(*s, *f)))
-        .collect();
-    rows.extend(r.files.iter().filter(|f| f.kind != FileKind::File));
-    let w = |n: u64| {
-        if o.write_faults {
-            count(n)
-        } else {
-            "-".to_string()
-        }
-    };
-    let names = rows
-        .iter()
-        .map(|f| display_name(&f.path, f.path_bytes_hex.as_deref()))
-        .collect();
-    for (f, label) in rows.iter().zip(labels_of(names, NAME_MAX_SHOWN)) {
-        let mark = if f.path_known { "" } else { "?" };
-        let note = if f.deleted { " (deleted)" } else { "" };
-        let res = match f.resident_pages {
-            Some(p) => mib(p, ps),
-            None => "-".into(),
-        };
-        let cache = |n: u64| {
-            if f.kind == FileKind::File {
-                count(n)
-            } else {
-                "-".into()
-            }
-        };
-        let _ = writeln!(
-            s,
-            "{:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}  {mark}{label}{note}",
-            count(f.minor_faults),
-            count(f.major_faults),
-            w(f.write_faults),
-            w(f.cow_faults),
-            count(f.pages_mapped),
-            cache(f.pages_added),
-            cache(f.pages_evicted),
-            cache(f.refault_pages),
-            res
-        );
-    }
-    if !hidden.is_empty() {
-        let sum = |g: fn(&FileRow) -> u64| hidden.iter().map(|f| g(f)).sum::<u64>();
-        let _ = writeln!(
-            s,
-            "{:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}  ({} more files)",
-            count(sum(|f| f.minor_faults)),
-            count(sum(|f| f.major_faults)),
-            w(sum(|f| f.write_faults)),
-            w(sum(|f| f.cow_faults)),
-            count(sum(|f| f.pages_mapped)),
-            count(sum(|f| f.pages_added)),
-            count(sum(|f| f.pages_evicted)),
-            count(sum(|f| f.refault_pages)),
-            "",
-            hidden.len(),
-        );
+    let w = |n: u64| if o.write_faults { count(n) } else { "-".into() };
+    let _ = writeln!(s, "{}", file_header());
+    for line in file_lines(&r.files, o) {
+        let _ = writeln!(s, "{line}");
     }
     // Why pages left: one line per file with evictions, busiest first.
     let evicting: Vec<&FileRow> = r
@@ -334,13 +265,9 @@ pub fn render_table(r: &Report, o: &TableOptions, legend: bool) -> String {
         }
     }
     let _ = writeln!(s);
-    let _ = writeln!(
-        s,
-        "{:>7} {:>10} {:>10} {:>7} {:>7} {:>8} {:>10} {:>10}  COMM",
-        "PID", "MINFLT", "KERNEL", "MAJFLT", "KERNEL", "UNTRACED", "RSS-FILE", "RSS-ANON"
-    );
-    for line in process_lines(&r.processes) {
-        let _ = writeln!(s, "{}", line.render(ps));
+    let _ = writeln!(s, "{}", process_header());
+    for line in process_table(&r.processes, ps) {
+        let _ = writeln!(s, "{line}");
     }
     if legend {
         for line in LEGEND {
@@ -358,6 +285,106 @@ pub fn render_table(r: &Report, o: &TableOptions, legend: bool) -> String {
         let _ = writeln!(s, "warning: {} × {}: {}", count(e.count), e.name, e.meaning);
     }
     s
+}
+
+/// The heading of the file table (the live view marks its sort column in it).
+pub fn file_header() -> String {
+    format!(
+        "{:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}  FILE",
+        "MINFLT", "MAJFLT", "WRITE", "COW", "MAPPED", "ADDED", "EVICTED", "REFLT~", "RES MiB"
+    )
+}
+
+/// The rows of the file table for `files` in their order: the first
+/// `o.top` listed files, one line summing the rest, then the special rows
+/// (anonymous memory, shmem...). Shared by the table and the live view.
+pub fn file_lines(files: &[FileRow], o: &TableOptions) -> Vec<String> {
+    let mut out = Vec::new();
+    let ps = o.page_size.max(1);
+    // Files of unknown path that took no fault (page-cache traffic only:
+    // metadata, pipes, short-lived scratch files) go to the summary line;
+    // JSON keeps every row.
+    let listed = |f: &&FileRow| {
+        f.kind == FileKind::File && (f.path_known || f.minor_faults + f.major_faults > 0)
+    };
+    let mut rows: Vec<&FileRow> = files.iter().filter(listed).take(o.top.max(1)).collect();
+    let hidden: Vec<&FileRow> = files
+        .iter()
+        .filter(|f| f.kind == FileKind::File && !rows.iter().any(|s| std::ptr::eq(*s, *f)))
+        .collect();
+    rows.extend(files.iter().filter(|f| f.kind != FileKind::File));
+    let w = |n: u64| {
+        if o.write_faults {
+            count(n)
+        } else {
+            "-".to_string()
+        }
+    };
+    let names = rows
+        .iter()
+        .map(|f| display_name(&f.path, f.path_bytes_hex.as_deref()))
+        .collect();
+    for (f, label) in rows.iter().zip(labels_of(names, NAME_MAX_SHOWN)) {
+        let mark = if f.path_known { "" } else { "?" };
+        let note = if f.deleted { " (deleted)" } else { "" };
+        let res = match f.resident_pages {
+            Some(p) => mib(p, ps),
+            None => "-".into(),
+        };
+        let cache = |n: u64| {
+            if f.kind == FileKind::File {
+                count(n)
+            } else {
+                "-".into()
+            }
+        };
+        out.push(format!(
+            "{:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}  {mark}{label}{note}",
+            count(f.minor_faults),
+            count(f.major_faults),
+            w(f.write_faults),
+            w(f.cow_faults),
+            count(f.pages_mapped),
+            cache(f.pages_added),
+            cache(f.pages_evicted),
+            cache(f.refault_pages),
+            res
+        ));
+    }
+    if !hidden.is_empty() {
+        let sum = |g: fn(&FileRow) -> u64| hidden.iter().map(|f| g(f)).sum::<u64>();
+        out.push(format!(
+            "{:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}  ({} more files)",
+            count(sum(|f| f.minor_faults)),
+            count(sum(|f| f.major_faults)),
+            w(sum(|f| f.write_faults)),
+            w(sum(|f| f.cow_faults)),
+            count(sum(|f| f.pages_mapped)),
+            count(sum(|f| f.pages_added)),
+            count(sum(|f| f.pages_evicted)),
+            count(sum(|f| f.refault_pages)),
+            "",
+            hidden.len(),
+        ));
+    }
+    out
+}
+
+/// The heading of the process table.
+pub fn process_header() -> String {
+    format!(
+        "{:>7} {:>10} {:>10} {:>7} {:>7} {:>8} {:>10} {:>10}  COMM",
+        "PID", "MINFLT", "KERNEL", "MAJFLT", "KERNEL", "UNTRACED", "RSS-FILE", "RSS-ANON"
+    )
+}
+
+/// The rows of the process table, in the report's order (many exited
+/// processes of one name summed in one line). Shared with the live view.
+pub fn process_table(rows: &[ProcessRow], page_size: u64) -> Vec<String> {
+    process_lines(rows)
+        .iter()
+        .map(|l| l.render(page_size.max(1)))
+        .collect()
 }
 
 /// One line of the process table: a process, or exited processes of one
