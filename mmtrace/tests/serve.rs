@@ -333,6 +333,17 @@ fn metrics_lint_parse_and_reach_prometheus_with_the_summarys_values() {
         bands.iter().map(|b| u(&b["resident_pages"])).sum::<u64>(),
         u(&pm["resident_pages"])
     );
+    // By device and inode, as the file rows give them.
+    let by_id = format!(
+        "/api/pagemap?dev={}&ino={}",
+        url_encode(row["dev"].as_str().unwrap()),
+        u(&row["ino"])
+    );
+    let (code, _, b2) = get(m.port, &by_id, &[]);
+    assert_eq!(code, 200, "{by_id}: {b2}");
+    let pm2: Value = serde_json::from_str(&b2).unwrap();
+    assert_eq!(pm2["path"], pm["path"]);
+    assert_eq!(pm2["ino"], row["ino"]);
     assert_eq!(get(m.port, "/api/pagemap?path=%2Fetc%2Fpasswd", &[]).0, 404);
 
     let q = url_encode(&format!(

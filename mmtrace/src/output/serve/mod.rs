@@ -489,7 +489,7 @@ async fn pagemap_route(
     let found = {
         let st = s.state();
         let hit = match (&q.dev, q.ino, &q.path) {
-            (Some(d), Some(ino), _) => match Dev::parse_maps(d).or_else(|| parse_dev(d)) {
+            (Some(d), Some(ino), _) => match parse_dev(d) {
                 Some(dev) => st.files.by_id(dev, ino),
                 None => return json_error(StatusCode::BAD_REQUEST, "dev must be MAJOR:MINOR"),
             },
@@ -541,7 +541,8 @@ async fn pagemap_route(
         .into_response()
 }
 
-/// `MAJOR:MINOR` in decimal.
+/// `MAJOR:MINOR` in decimal, as the JSON's `dev` (not the hex of
+/// /proc/<pid>/maps).
 fn parse_dev(s: &str) -> Option<Dev> {
     let (a, b) = s.split_once(':')?;
     Some(Dev::new(a.parse().ok()?, b.parse().ok()?))
@@ -749,6 +750,17 @@ mod tests {
         assert!(join(&s).is_none());
         drop(held);
         assert!(join(&s).is_some());
+    }
+
+    #[test]
+    fn devices_are_decimal_as_in_the_json() {
+        assert_eq!(parse_dev("254:0"), Some(Dev::new(254, 0)));
+        assert_eq!(
+            parse_dev(&Dev::new(8, 17).to_string()),
+            Some(Dev::new(8, 17))
+        );
+        assert_eq!(parse_dev("fe:00"), None);
+        assert_eq!(parse_dev("8"), None);
     }
 
     #[test]
