@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 /// Every metric name `/metrics` exports. Keep in step with the server's
-/// metrics module (mmtrace/src/serve/metrics.rs): a dashboard query on a
-/// name not listed here would draw an empty panel.
+/// metrics module (mmtrace/src/output/serve/metrics.rs): a dashboard query
+/// on a name not listed here would draw an empty panel.
 const METRICS: &[&str] = &[
     "mmtrace_cgroup_faults_total",
     "mmtrace_cgroup_pages_added_total",

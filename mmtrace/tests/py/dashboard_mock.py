@@ -27,7 +27,7 @@ MIB = 1 << 20
 REASONS = ["memcg_reclaim", "direct_reclaim", "kswapd", "other_reclaim", "fadvise", "truncate",
            "unlink", "drop_caches", "other", "proactive", "damon", "khugepaged", "compaction"]
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-         ".css": "text/css; charset=utf-8", "": "text/plain; charset=utf-8"}
+         ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", "": "text/plain; charset=utf-8"}
 
 ARGS = None
 START = time.time()
