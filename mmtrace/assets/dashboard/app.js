@@ -389,7 +389,7 @@ async function fetchPagemap() {
     const res = await fetch(`/api/pagemap?dev=${encodeURIComponent(sel.dev)}&ino=${sel.ino}`);
     if (sel !== S.selected) return;
     if (res.status === 404) { pmData = null; $('pm-note').textContent = `${sel.name}: not in the trace (any more).`; drawPagemap(); return; }
-    if (!res.ok) throw new Error('HTTP ' + res.status);
+    if (!res.ok) throw new Error(((await res.json().catch(() => ({}))).error) || 'HTTP ' + res.status);
     pmData = await res.json();
     drawPagemap();
   } catch (e) { $('pm-note').textContent = 'Page map unavailable: ' + e.message; }
