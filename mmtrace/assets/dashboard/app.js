@@ -364,7 +364,7 @@ function renderHealth() {
         el('td', { text: b.ns_per_run == null ? '–' : b.ns_per_run.toFixed(0) }), el('td', { text: (b.run_time_ns / 1e6).toFixed(1) }))))
       : el('p', { class: 'note', text: S.summary ? 'Not measured: run with --bpf-stats.' : 'Shown when the trace ends (with --bpf-stats).' })));
   if (evOn) {
-    cards.push(el('section', { class: 'card' }, el('h3', {}, 'Latest raw events', el('span', { class: 'unit', text: `${S.events.length} kept` })),
+    cards.push(el('section', { class: 'card wide' }, el('h3', {}, 'Latest raw events', el('span', { class: 'unit', text: `${S.events.length} kept` })),
       el('p', { class: 'expl', text: 'The newest single events (--events): faults, cache adds, evictions.' }),
       el('table', { class: 'data' }, el('tr', {}, ...['t (s)', 'kind', 'command', 'file', 'page', 'pages', 'reason'].map((t) => el('th', { text: t, class: t === 'command' || t === 'file' ? 'name' : '' }))),
         ...S.events.slice(-12).reverse().map((e) => el('tr', {}, el('td', { text: e.time_s.toFixed(3) }), el('td', { text: e.kind }),
@@ -377,7 +377,7 @@ function renderHealth() {
 // ---------- page map ----------
 let pmTimer = null, pmData = null;
 function selectFile(f) {
-  S.selected = { dev: f.dev, ino: f.ino, name: displayName(f.path, f.path_bytes_hex) };
+  S.selected = { dev: f.dev, ino: f.ino, path: f.path, name: displayName(f.path, f.path_bytes_hex) };
   renderTables();
   clearInterval(pmTimer);
   fetchPagemap();
@@ -386,7 +386,9 @@ function selectFile(f) {
 async function fetchPagemap() {
   const sel = S.selected;
   try {
-    const res = await fetch(`/api/pagemap?dev=${encodeURIComponent(sel.dev)}&ino=${sel.ino}`);
+    let res = await fetch(`/api/pagemap?dev=${encodeURIComponent(sel.dev)}&ino=${sel.ino}`);
+    // Servers that read dev as /proc/<pid>/maps hex miss a decimal dev: ask by path.
+    if (res.status === 404 && sel.path) res = await fetch('/api/pagemap?path=' + encodeURIComponent(sel.path));
     if (sel !== S.selected) return;
     if (res.status === 404) { pmData = null; $('pm-note').textContent = `${sel.name}: not in the trace (any more).`; drawPagemap(); return; }
     if (!res.ok) throw new Error(((await res.json().catch(() => ({}))).error) || 'HTTP ' + res.status);
