@@ -27,8 +27,8 @@ const VERDICT = {
   oom_killed: 'OOM killed', dirty_or_shmem: 'dirty / shmem', no_growth: 'no growth',
 };
 
-const S = { meta: null, latest: null, summary: null, verdicts: [], ooms: [], events: [], hist: null,
-  clients: null, ended: false, sort: { key: null, asc: false }, selected: null, lastSeq: 0 };
+const S = { evkeys: new Set(), meta: null, latest: null, summary: null, verdicts: [], ooms: [], events: [], hist: null,
+  clients: null, ended: false, sort: {}, selected: null, lastSeq: 0 };
 window.__mmtrace = S; // for tests: lastSeq, latest
 
 const $ = (id) => document.getElementById(id);
@@ -342,7 +342,18 @@ function renderTables() {
   sortable($('files'), FILE_COLS, files.slice(0, 300), fileRow);
   $('files-note').textContent = !r ? 'Waiting for the first interval…' : files.length > 300 ? `${files.length - 300} more files not shown (busiest first).` : files.length ? '' : 'No file touched yet.';
   sortable($('procs'), PROC_COLS, procs.slice(0, 300), procRow);
+  const cgs = (r && r.cgroups) || [];
+  $('cgroups-part').hidden = !cgs.length;
+  if (cgs.length) sortable($('cgroups'), CG_COLS, cgs, (c) => el('tr', { 'data-testid': 'cgroup-row' }, ...CG_COLS.map((k) =>
+    el('td', { 'data-col': k.key, class: k.name ? 'name' : '', text: k.name ? displayName(c.cgroup) : (k.fmt || count)(k.get(c)) }))));
 }
+const CG_COLS = [
+  { key: 'cgroup', label: 'Cgroup', name: true, tip: 'memory cgroup path' },
+  { key: 'processes', label: 'Processes', tip: 'seen in it' }, { key: 'alive', label: 'Alive' },
+  { key: 'minor_faults', label: 'Minor faults' }, { key: 'major_faults', label: 'Major faults' },
+  { key: 'rss_file_pages', label: 'RSS file MiB', fmt: mibPages }, { key: 'rss_anon_pages', label: 'RSS anon MiB', fmt: mibPages },
+];
+for (const c of CG_COLS) c.get = (x) => x[c.key];
 
 // ---------- health ----------
 function kv(pairs) { return el('dl', { class: 'kv' }, ...pairs.flatMap(([k, v]) => [el('dt', { text: k }), el('dd', { text: v })])); }
@@ -440,7 +451,7 @@ $('pm-canvas').addEventListener('mousemove', (ev) => {
 });
 
 // ---------- state and streaming ----------
-let pending = false;
+let pending = false, evTimer = null;
 function schedule() { if (!pending) { pending = true; setTimeout(render, 60); } }
 function render() {
   pending = false;
@@ -464,12 +475,13 @@ function onRecord(r) {
     case 'verdict':
       S.verdicts = S.verdicts.filter((v) => !(v.scope === r.scope && v.pid === r.pid && v.cgroup === r.cgroup)).concat([r]); break;
     case 'oom_kill': if (!S.ooms.some((o) => ookey(o) === ookey(r))) S.ooms.push(r); break;
-    case 'event': {
+    case 'event': { // a ring of the newest 256, redrawn at most once a second
       const k = evkey(r);
-      if (S.events.slice(-300).some((e) => evkey(e) === k)) return;
-      S.events.push(r); if (S.events.length > 256) S.events.shift();
-      if (S.events.length % 8) return; // the list redraws with the next interval anyway
-      break;
+      if (S.evkeys.has(k)) return;
+      S.events.push(r); S.evkeys.add(k);
+      if (S.events.length > 256) S.evkeys.delete(evkey(S.events.shift()));
+      if (!evTimer) evTimer = setTimeout(() => { evTimer = null; renderHealth(); }, 1000);
+      return;
     }
     default: return; // a record type this page does not know: ignore
   }
@@ -481,6 +493,7 @@ async function loadSnapshot() {
   const s = await res.json();
   S.meta = s.meta; S.latest = s.latest; S.summary = s.summary; S.ended = !!s.summary;
   S.verdicts = s.verdicts || []; S.ooms = s.oom_kills || []; S.events = s.events || [];
+  S.evkeys = new Set(S.events.map(evkey));
   S.clients = s.server ? s.server.clients : null;
   S.lastSeq = s.latest ? s.latest.seq : 0;
   S.hist = emptyHistory();
