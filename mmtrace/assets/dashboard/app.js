@@ -261,7 +261,7 @@ function renderBanners() {
 }
 
 // ---------- tables ----------
-function sortable(table, cols, rows, rowEl) {
+function sortable(table, cols, rows, rowEl, limit = 1000) {
   const s = S.sort[table.id] || (S.sort[table.id] = { key: null, asc: false });
   if (s.key) {
     const c = cols.find((x) => x.key === s.key);
@@ -276,7 +276,7 @@ function sortable(table, cols, rows, rowEl) {
     th.addEventListener('click', () => { s.asc = s.key === c.key ? !s.asc : !!c.name; s.key = c.key; renderTables(); });
     return th;
   }));
-  table.replaceChildren(el('thead', {}, head), el('tbody', {}, ...rows.map(rowEl)));
+  table.replaceChildren(el('thead', {}, head), el('tbody', {}, ...rows.slice(0, limit).map(rowEl)));
 }
 const FILE_COLS = [
   { key: 'path', label: 'File', name: true, tip: 'Path at report time; ? = never seen, (deleted) = no longer has this name', get: (f) => f.path },
@@ -339,9 +339,13 @@ function procRow(p) {
 function renderTables() {
   const r = S.summary || S.latest;
   const files = (r && r.files) || [], procs = (r && r.processes) || [];
-  sortable($('files'), FILE_COLS, files.slice(0, 300), fileRow);
-  $('files-note').textContent = !r ? 'Waiting for the first interval…' : files.length > 300 ? `${files.length - 300} more files not shown (busiest first).` : files.length ? '' : 'No file touched yet.';
-  sortable($('procs'), PROC_COLS, procs.slice(0, 300), procRow);
+  const nf = S.showAll ? 1000 : 40, np = S.showAll ? 1000 : 40;
+  sortable($('files'), FILE_COLS, files, fileRow, nf);
+  sortable($('procs'), PROC_COLS, procs, procRow, np);
+  const more = Math.max(0, files.length - nf) + Math.max(0, procs.length - np);
+  $('files-note').textContent = !r ? 'Waiting for the first interval…' : files.length ? '' : 'No file touched yet.';
+  $('more').hidden = !more && !S.showAll;
+  $('more').textContent = S.showAll ? 'Show only the first 40 rows of each table' : `Show all rows (${more} more)`;
   const cgs = (r && r.cgroups) || [];
   $('cgroups-part').hidden = !cgs.length;
   if (cgs.length) sortable($('cgroups'), CG_COLS, cgs, (c) => el('tr', { 'data-testid': 'cgroup-row' }, ...CG_COLS.map((k) =>
@@ -442,6 +446,7 @@ function drawPagemap() {
     ...(marks ? [['faults (top strip; darker = more)', shade(FAULT_RGB, 1)], ['evictions (bottom strip)', shade(EVICT_RGB, 1)]] : [])]
     .map(([t, c]) => el('span', {}, el('span', { class: 'sw', style: 'background:' + c }), t)));
 }
+$('more').addEventListener('click', () => { S.showAll = !S.showAll; renderTables(); });
 $('pm-canvas').addEventListener('mousemove', (ev) => {
   if (!pmData) return;
   const r = ev.target.getBoundingClientRect(), p = ((ev.clientX - r.left) / r.width) * pmData.pages;
