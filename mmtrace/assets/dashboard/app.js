@@ -193,9 +193,10 @@ function renderCharts() {
     const data = [S.hist.elapsed_s, ...ser.map((s) => s[2])];
     const off = c.needsCgroup && !hasCgroup;
     c.noteEl.hidden = !off && S.hist.elapsed_s.length > 1;
-    c.noteEl.textContent = off ? (S.meta && S.meta.scope && S.meta.scope.cgroup
-      ? 'The cgroup has no memory accounting readable here (no memory controller), so this chart is empty.'
-      : 'No cgroup is traced: this chart needs --cgroup PATH (or --all, or a command started under a memory cgroup). The per-process RSS is in the process table below.')
+    const scope = (S.meta && S.meta.scope) || {};
+    c.noteEl.textContent = off ? (scope.cgroup || scope.all
+      ? `No memory sample of the ${scope.all ? "host's root" : 'traced'} cgroup could be read (no memory accounting there), so this chart stays empty.`
+      : 'No cgroup is traced: this chart needs --cgroup PATH (a command can run inside it: --cgroup PATH -- CMD). The per-process RSS is in the process table below.')
       : 'Waiting for two intervals to draw rates…';
     c.plotEl.hidden = off;
     if (off) continue;
