@@ -157,6 +157,7 @@ impl Browser {
             _profile: profile,
         };
         b.call("Runtime.enable", json!({}));
+        b.call("Log.enable", json!({}));
         b.call("Page.enable", json!({}));
         b
     }
@@ -182,6 +183,11 @@ impl Browser {
                 }
                 Some("Runtime.consoleAPICalled") if v["params"]["type"] == "error" => {
                     self.errors.push(v["params"]["args"].to_string());
+                }
+                // Content-Security-Policy violations (network errors such
+                // as a 404 are the server's business, not the page's).
+                Some("Log.entryAdded") if v["params"]["entry"]["source"] == "security" => {
+                    self.errors.push(v["params"]["entry"]["text"].to_string());
                 }
                 _ => {}
             }

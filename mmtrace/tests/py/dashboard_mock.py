@@ -329,6 +329,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-cache")
+        # The strict policy the page must work under (no inline script/style).
+        self.send_header("Content-Security-Policy", "default-src 'self'")
         self.end_headers()
         self.wfile.write(body)
 
