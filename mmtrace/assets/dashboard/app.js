@@ -319,7 +319,7 @@ function fileRow(f) {
   return tr;
 }
 const PROC_COLS = [
-  { key: 'pid', label: 'PID', fmt: String },
+  { key: 'pid', label: 'PID', fmt: (v) => (v ? String(v) : '–'), tip: '– : a row summing several processes (others, or exited ones folded away)' },
   { key: 'comm', label: 'Command', name: true, tip: 'command name; (target) = named by you, not a child' },
   { key: 'minor_faults', label: 'Minor faults', tip: 'traced' },
   { key: 'kernel_minor_faults', label: 'Kernel minor', tip: "the kernel's own count (/proc/<pid>/stat)" },
