@@ -277,6 +277,7 @@ fn the_page_shows_the_traced_file_live() {
     // traffic with evictions under the limit.
     let file = make_file(dir.path(), "dashboard-data.bin", 96 << 20);
     let path = file.to_str().unwrap().to_string();
+    drop_cache(&file); // read from disk, evicted by the trace's own reclaim only
     let cg = TestCgroup::new("dashboard", 64 << 20);
     let port = free_port();
     let tracer = mmtrace()
@@ -284,7 +285,7 @@ fn the_page_shows_the_traced_file_live() {
         .args(["--quiet", "--events", "all", "--serve-linger", "60"])
         .args(["--cgroup", cg.path(), "--"])
         .arg(env!("CARGO_BIN_EXE_mmtrace"))
-        .args(["workload", "mmap-read", "--path", &path, "--drop-cache"])
+        .args(["workload", "mmap-read", "--path", &path])
         .args(["--pace-mib-s", "8", "--hold", "--pause-ms", "1500"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
