@@ -176,6 +176,11 @@ function drawOoms(u) { // a red line at each OOM kill
   ctx.restore();
 }
 const zeroBased = (_, a, b) => [0, b > 0 ? b * 1.08 : 1];
+// Away from the cursor, the legend shows the latest values.
+function latestInLegend(u) {
+  const n = u.data[0].length, away = u.cursor.left == null || u.cursor.left < 0;
+  if (away && n && u.legend.idx !== n - 1) u.setLegend({ idx: n - 1 });
+}
 function buildCards() {
   for (const c of CHARTS) {
     c.plotEl = el('div', { class: 'plot' });
@@ -209,13 +214,14 @@ function renderCharts() {
         { size: 56, values: (_, vs) => vs.map(fmtNum), scale: 'y' }];
       if (c.twoAxes) axes.push({ side: 1, size: 56, scale: 'y2', grid: { show: false }, values: (_, vs) => vs.map(fmtNum), stroke: '#d62728' });
       u = new uPlot({ width, height: 200, cursor: { sync: { key: 'mmtrace' } }, scales: { x: { time: false }, y: { range: zeroBased }, y2: { range: zeroBased } },
-        axes, hooks: { draw: [drawOoms] },
-        series: [{ label: 't', value: (_, v) => (v == null ? '–' : v.toFixed(1) + ' s') },
+        axes, hooks: { draw: [drawOoms], setLegend: [latestInLegend] },
+        series: [{ label: 'time', value: (_, v) => (v == null ? '–' : v.toFixed(1) + ' s') },
           ...ser.map(([label, color, , dash], i) => ({ label, stroke: color, width: 1.6, dash, spanGaps: false,
             scale: c.twoAxes && i === 1 ? 'y2' : 'y', value: (_, v) => fmtNum(v) }))] }, data, c.plotEl);
       u.sig = sig;
       plots[c.id] = u;
     } else u.setData(data);
+    latestInLegend(u);
     if (c.legendEl) c.legendEl.replaceChildren(...ser.filter((s) => REASONS[s[0]]).map((s) =>
       el('span', {}, el('span', { class: 'sw', style: 'background:' + REASONS[s[0]][0] }), s[0] + ': ' + REASONS[s[0]][1])));
   }
