@@ -153,7 +153,7 @@ fn queries_use_only_exported_metrics_and_grafana_ranges() {
         }
         // Range selectors follow the dashboard: rates over Grafana's
         // $__rate_interval, totals over the time range.
-        for part in expr.split('[').skip(1) {
+        for part in without_strings(expr).split('[').skip(1) {
             let range = part.split(']').next().unwrap();
             assert!(
                 range == "$__rate_interval" || range == "$__range",
