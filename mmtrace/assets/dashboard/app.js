@@ -133,7 +133,7 @@ const level = (col, scale) => col.map((v) => (v == null ? null : v * scale));
 const CHARTS = [
   { id: 'memory', grid: 'g-memory', title: 'Cgroup memory vs limit', unit: 'MiB',
     expl: 'What the kernel charges to the cgroup. File is page cache it can take back; anon is heap/stack it cannot (without swap). Anon rising toward the limit is the leak signal.',
-    src: 'memory.current, memory.stat file/anon, memory.max', needsCgroup: true,
+    src: 'memory.current, memory.stat file/anon, memory.max (v1: usage_in_bytes, total_cache/total_rss, limit_in_bytes)', needsCgroup: true,
     series: () => [
       ['usage', '#1d2330', level(S.hist.cgroup_usage_bytes, 1 / MiB)],
       ['file (page cache)', '#1f77b4', level(S.hist.cgroup_file_bytes, 1 / MiB)],
@@ -142,6 +142,8 @@ const CHARTS = [
   { id: 'psi', grid: 'g-memory', title: 'Memory pressure', unit: '% of time',
     expl: 'Share of time tasks waited for memory (PSI). Some: at least one task stalled; full: all of them.',
     src: 'memory.pressure some/full total', needsCgroup: true,
+    srcNow: () => { const m = (S.summary || S.latest || {}).cgroup; const sc = m && m.memory && m.memory.psi_scope;
+      return sc === 'system' ? '/proc/pressure/memory: the whole host (the cgroup has no memory.pressure, e.g. cgroup v1)' : null; },
     series: () => [['some', '#ef6c00', rate(S.hist.psi_some_total_us, 1e-4)],
       ['full', '#c62828', rate(S.hist.psi_full_total_us, 1e-4)]] },
   { id: 'cache', grid: 'g-cache', title: 'Page cache in / out', unit: 'MiB/s',
@@ -188,7 +190,7 @@ function buildCards() {
     c.legendEl = c.reasons ? el('div', { class: 'legend' }) : null;
     $(c.grid).append(el('section', { class: 'card', id: 'chart-' + c.id },
       el('h3', {}, c.title, el('span', { class: 'unit', text: c.unit })), el('p', { class: 'expl', text: c.expl }),
-      c.noteEl, c.plotEl, c.legendEl, el('p', { class: 'src', text: 'source: ' + c.src })));
+      c.noteEl, c.plotEl, c.legendEl, c.srcEl = el('p', { class: 'src', text: 'source: ' + c.src })));
   }
 }
 function renderCharts() {
@@ -197,6 +199,7 @@ function renderCharts() {
     const ser = c.series();
     const data = [S.hist.elapsed_s, ...ser.map((s) => s[2])];
     const off = c.needsCgroup && !hasCgroup;
+    if (c.srcNow) c.srcEl.textContent = 'source: ' + (c.srcNow() || c.src);
     c.noteEl.hidden = !off && S.hist.elapsed_s.length > 1;
     const scope = (S.meta && S.meta.scope) || {};
     c.noteEl.textContent = off ? (scope.cgroup || scope.all
