@@ -35,6 +35,7 @@ const $ = (id) => document.getElementById(id);
 function el(tag, attrs, ...kids) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
+    if (v == null) continue;
     if (k === 'class') e.className = v; else if (k === 'text') e.textContent = v;
     else if (k === 'style') e.style.cssText = v; // CSSOM, allowed under a strict CSP
     else e.setAttribute(k, v);
