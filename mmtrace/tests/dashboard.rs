@@ -336,6 +336,7 @@ fn the_page_shows_the_traced_file_live() {
         note.as_str().unwrap_or_default().contains("resident"),
         "{note}"
     );
+    names_read_as_in_the_terminal(&mut b);
     assert!(b.errors.is_empty(), "errors in the page: {:?}", b.errors);
 
     if std::env::var_os("MMTRACE_SCREENSHOT").is_some_and(|v| v == "1") {
@@ -346,4 +347,41 @@ fn the_page_shows_the_traced_file_live() {
         std::fs::write(&out, png).unwrap();
         eprintln!("wrote {}", out.display());
     }
+}
+
+/// The page escapes hostile names exactly as the terminal table does
+/// (`output::escape::display_name`), invalid UTF-8 given as path_bytes_hex.
+fn names_read_as_in_the_terminal(b: &mut Browser) {
+    use mmtrace::output::escape::display_name;
+    let texts = [
+        "/tmp/a\nb\tc\\d\re",
+        "/x/\u{202e}gpj.exe",
+        "/x/\u{1b}[31mred\u{7f}",
+        "/x/\u{85}nel\u{9f}",
+        "/x/caf\u{e9} \"quoted\" <b>&amp;",
+        "/x/\u{feff}bom\u{200b}\u{2066}",
+        "/x/emoji \u{1f600}",
+    ];
+    let bytes: [&[u8]; 5] = [
+        b"/tmp/a\xffb\n\\c",
+        b"/x/\xe2\x82z",
+        b"/x/\xed\xa0\x80",
+        b"/x/\xf4\x90\x80\x80",
+        b"/x/\xc0\xaf\xe2\x82\xac",
+    ];
+    let mut cases: Vec<(String, Option<String>)> =
+        texts.iter().map(|t| (t.to_string(), None)).collect();
+    for raw in bytes {
+        let hex: String = raw.iter().map(|x| format!("{x:02x}")).collect();
+        cases.push((String::from_utf8_lossy(raw).into_owned(), Some(hex)));
+    }
+    let want: Vec<String> = cases
+        .iter()
+        .map(|(t, h)| display_name(t, h.as_deref()).into_owned())
+        .collect();
+    let got = b.eval(&format!(
+        "{}.map(([t, h]) => displayName(t, h))",
+        serde_json::to_string(&cases).unwrap()
+    ));
+    assert_eq!(got, json!(want));
 }
