@@ -509,3 +509,103 @@ fn non_loopback_needs_serve_public() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an address"));
 }
+
+/// Whether a GET of `path` gets a 200 within 5 s.
+fn answers(port: u16, path: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let mut head = [0u8; 12];
+    s.write_all(req.as_bytes()).is_ok()
+        && s.read_exact(&mut head).is_ok()
+        && head.starts_with(b"HTTP/1.1 200")
+}
+
+/// mmtrace's resident memory now, KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A soak: `--all --serve` for 90 s while thousands of short-lived
+/// processes come and go, scraped every 5 s. Exited processes are folded
+/// after 5 s, so mmtrace's memory stays flat after its warm-up and no map
+/// fills. Measured here (debug build, 2 vCPU, other builds running): with
+/// folding 36 MiB at 30 s and 42 MiB at 85 s; without it (retention
+/// 100,000 s) 82 MiB at 33 s and 120 MiB at 88 s, and the mapping map full.
+#[test]
+fn a_long_host_wide_server_stays_bounded_under_process_churn() {
+    require_root();
+    let _g = lock();
+    let dir = scratch();
+    let out_path = dir.path().join("soak.jsonl");
+    let port = free_port();
+    let mut child = mmtrace()
+        .args(["--all", "--quiet", "--retain-exited", "5", "-d", "90"])
+        .args(["--serve", &format!("127.0.0.1:{port}"), "-o"])
+        .arg(&out_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    std::thread::sleep(Duration::from_secs(3));
+    let mut churn = Command::new("sh")
+        .args([
+            "-c",
+            "end=$(( $(date +%s) + 82 )); n=0; \
+             while [ $(date +%s) -lt $end ]; do /bin/true; sleep 0.01; n=$((n+1)); done; echo $n",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let (mut samples, mut answered, mut asked) = (Vec::new(), 0, 0);
+    while start.elapsed() < Duration::from_secs(84) {
+        std::thread::sleep(Duration::from_secs(5));
+        if let Some(r) = rss_kib(pid) {
+            samples.push((start.elapsed().as_secs(), r));
+        }
+        for path in ["/metrics", "/api/snapshot"] {
+            asked += 1;
+            answered += usize::from(answers(port, path));
+        }
+    }
+    let mut n = String::new();
+    churn.stdout.take().unwrap().read_to_string(&mut n).unwrap();
+    assert!(churn.wait().unwrap().success());
+    assert!(child.wait().unwrap().success());
+    let spawned: u64 = n.trim().parse().unwrap();
+    eprintln!("{spawned} processes; RSS KiB over time: {samples:?}; {answered}/{asked} answered");
+    assert!(spawned >= 1000, "only {spawned} processes");
+    // Flat after the warm-up: from 30 s to the end, at most 16 MiB more.
+    let at = |t: u64| samples.iter().find(|s| s.0 >= t).map(|s| s.1).unwrap();
+    let (warm, last) = (at(30), samples.last().unwrap().1);
+    assert!(
+        last <= warm + 16 * 1024,
+        "RSS {warm} KiB at 30 s, {last} KiB at the end: {samples:?}"
+    );
+    // The server kept answering (the tracer never waits for it, but it
+    // shares the runtime).
+    assert!(
+        answered * 2 >= asked,
+        "{answered} of {asked} requests answered"
+    );
+    let recs = records(&out_path);
+    let s = summary(&recs);
+    assert_eq!(u(&s["lost_faults"]), 0, "{}", s["errors"]);
+    let folded: u64 = s["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["folded_processes"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(folded >= spawned, "{folded} folded of {spawned}");
+}

@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use mmtrace_common::{FaultCounters, Notice, notice};
+
+use crate::model::FileId;
 use tokio::io::unix::AsyncFd;
 
 use super::{
@@ -487,8 +489,11 @@ impl Collector {
 
     /// The report now: names refreshed (renames), residency measured.
     pub fn report(&mut self) -> Report {
-        refresh_names(&mut self.ledger, &mut self.names);
-        update_residency(&mut self.ledger, &self.snap);
+        // Host-wide, thousands of files may be known: names and residency
+        // (a syscall or three per file) are refreshed for the busiest only.
+        let only = self.all.then(|| busiest_files(&self.snap, BUSIEST_FILES));
+        refresh_names(&mut self.ledger, &mut self.names, only.as_ref());
+        update_residency(&mut self.ledger, &self.snap, only.as_ref());
         self.ledger.report(&self.snap)
     }
 
@@ -594,8 +599,11 @@ fn take_handles(
 
 /// Every known path becomes the file's name now (after renames), or is
 /// marked deleted.
-fn refresh_names(ledger: &mut Ledger, names: &mut Names) {
+fn refresh_names(ledger: &mut Ledger, names: &mut Names, only: Option<&BTreeSet<FileId>>) {
     for (id, info) in ledger.paths.iter_mut() {
+        if only.is_some_and(|o| !o.contains(id)) {
+            continue;
+        }
         let now = names.current(*id, info);
         if now.path.is_empty() {
             info.deleted = true;
@@ -606,7 +614,7 @@ fn refresh_names(ledger: &mut Ledger, names: &mut Names) {
 }
 
 /// Residency of every reported file (cachestat, or mincore).
-fn update_residency(ledger: &mut Ledger, snap: &Snapshot) {
+fn update_residency(ledger: &mut Ledger, snap: &Snapshot, only: Option<&BTreeSet<FileId>>) {
     let mut ids: BTreeSet<(u32, u64)> = snap.files.keys().map(|k| (k.dev, k.ino)).collect();
     ids.extend(
         snap.mappings
@@ -614,6 +622,9 @@ fn update_residency(ledger: &mut Ledger, snap: &Snapshot) {
             .filter(|k| k.kind & mmtrace_common::kind::FILE != 0)
             .map(|k| (k.dev, k.ino)),
     );
+    if let Some(o) = only {
+        ids.retain(|id| o.contains(id));
+    }
     for id in ids {
         let Some(p) = ledger.paths.get(&id) else {
             continue;
@@ -664,4 +675,24 @@ fn boot_ticks_now() -> u64 {
         libc::sysconf(libc::_SC_CLK_TCK).max(1) as u64
     };
     ts.tv_sec as u64 * hz + ts.tv_nsec as u64 * hz / 1_000_000_000
+}
+
+/// Files whose names and residency are refreshed every interval under
+/// `--all` (the rest keep their last values).
+const BUSIEST_FILES: usize = 500;
+
+/// The `n` files with the most faults, additions and evictions so far.
+fn busiest_files(snap: &Snapshot, n: usize) -> BTreeSet<FileId> {
+    let mut activity: HashMap<FileId, u64> = HashMap::new();
+    for (k, c) in &snap.files {
+        *activity.entry((k.dev, k.ino)).or_default() += c.added + c.evicted;
+    }
+    for (k, c) in &snap.mappings {
+        if k.kind & mmtrace_common::kind::FILE != 0 {
+            *activity.entry((k.dev, k.ino)).or_default() += c.minor + c.major;
+        }
+    }
+    let mut v: Vec<(u64, FileId)> = activity.into_iter().map(|(id, a)| (a, id)).collect();
+    v.sort_unstable_by(|a, b| b.cmp(a));
+    v.into_iter().take(n).map(|(_, id)| id).collect()
 }
