@@ -645,6 +645,8 @@ pub enum FileKind {
     File,
     Anon,
     Unattributed,
+    /// Host-wide traces: the files beyond the busiest, summed.
+    Others,
 }
 
 /// One file's line (or the anonymous-memory line) of the report.
@@ -779,6 +781,46 @@ pub fn by_cgroup(processes: &[ProcessRow]) -> Vec<crate::record::CgroupRow> {
             .then_with(|| a.cgroup.cmp(&b.cgroup))
     });
     v
+}
+
+/// Keeps the special rows and the `keep` busiest files; the rest become one
+/// `others` row (kind `others`) whose counters are their sums, so totals
+/// still add up. For host-wide traces, where every file the host's
+/// reclaim touches is counted (DAMON alone: thousands of files, a page
+/// each).
+pub fn bound_files(mut rows: Vec<FileRow>, keep: usize) -> Vec<FileRow> {
+    let files = rows.iter().filter(|f| f.kind == FileKind::File).count();
+    if files <= keep {
+        return rows;
+    }
+    rows.sort_by(|a, b| {
+        (a.kind != FileKind::File)
+            .cmp(&(b.kind != FileKind::File))
+            .then_with(|| b.activity().cmp(&a.activity()))
+            .then_with(|| (a.dev, a.ino).cmp(&(b.dev, b.ino)))
+    });
+    let specials = rows.split_off(files);
+    let rest = rows.split_off(keep);
+    let mut others = FileRow::special(&format!("others ({} files)", rest.len()), FileKind::Others);
+    others.path_known = false;
+    for f in &rest {
+        others.mappings += f.mappings;
+        others.minor_faults += f.minor_faults;
+        others.major_faults += f.major_faults;
+        others.write_faults += f.write_faults;
+        others.cow_faults += f.cow_faults;
+        others.pages_mapped += f.pages_mapped;
+        others.pages_added += f.pages_added;
+        others.pages_evicted += f.pages_evicted;
+        others.refault_pages += f.refault_pages;
+        others.readded_pages += f.readded_pages;
+        for (r, n) in &f.evicted_by {
+            *others.evicted_by.entry(r).or_default() += n;
+        }
+    }
+    rows.extend(specials);
+    rows.push(others);
+    rows
 }
 
 /// Keeps targets and the `top` busiest processes; the rest become one
@@ -972,6 +1014,41 @@ mod tests {
             (Some(1400), Some(7))
         );
         assert_eq!(p.rss_anon_pages, None);
+    }
+
+    #[test]
+    fn host_wide_files_are_bounded_with_an_others_row_that_keeps_the_sums() {
+        let file = |ino: u64, minor: u64, evicted: u64| {
+            let mut f = FileRow {
+                path: format!("/f{ino}"),
+                ino,
+                minor_faults: minor,
+                pages_evicted: evicted,
+                ..Default::default()
+            };
+            f.evicted_by.insert("damon", evicted);
+            f
+        };
+        let mut rows: Vec<FileRow> = (1..=10).map(|i| file(i, i * 10, 1)).collect();
+        rows.push(FileRow::special("[anon]", FileKind::Anon));
+        let sum = |r: &[FileRow], f: fn(&FileRow) -> u64| r.iter().map(f).sum::<u64>();
+        let out = bound_files(rows.clone(), 3);
+        assert_eq!(out.len(), 3 + 1 + 1);
+        let kept: Vec<u64> = out.iter().take(3).map(|f| f.ino).collect();
+        assert_eq!(kept, [10, 9, 8]);
+        assert_eq!(out[3].kind, FileKind::Anon);
+        let o = &out[4];
+        assert_eq!(
+            (o.kind, o.path.as_str()),
+            (FileKind::Others, "others (7 files)")
+        );
+        assert_eq!(
+            sum(&out, |f| f.minor_faults),
+            sum(&rows, |f| f.minor_faults)
+        );
+        assert_eq!(sum(&out, |f| f.pages_evicted), 10);
+        assert_eq!(o.evicted_by["damon"], 7);
+        assert_eq!(bound_files(rows.clone(), 10), rows);
     }
 
     #[test]

@@ -505,6 +505,7 @@ impl Collector {
         }
         let cgroups = model::by_cgroup(&r.processes);
         r.processes = model::bound_processes(std::mem::take(&mut r.processes), top);
+        r.files = model::bound_files(std::mem::take(&mut r.files), BUSIEST_FILES);
         (r, cgroups)
     }
 

@@ -146,6 +146,9 @@ pub struct Accum {
     page_size: u64,
     files: HashMap<(Option<Dev>, u64, String), FileAcc>,
     other: FileCounts,
+    /// The records' own `others` row (host-wide: files beyond the busiest
+    /// 500) as last seen; its growth goes to `file="other"`.
+    others_row: FileCounts,
     other_resident: Option<u64>,
     cgroups: BTreeMap<String, CgroupCounts>,
     gauges: BTreeMap<String, CgroupGauges>,
@@ -182,6 +185,7 @@ impl Accum {
             page_size: 4096,
             files: HashMap::new(),
             other: FileCounts::default(),
+            others_row: FileCounts::default(),
             other_resident: None,
             cgroups: BTreeMap::new(),
             gauges: BTreeMap::new(),
@@ -355,6 +359,11 @@ impl Accum {
         let now = i.elapsed_s;
         for f in self.files.values_mut() {
             f.present = false;
+        }
+        if let Some(o) = i.report.files.iter().find(|f| f.kind == FileKind::Others) {
+            let cur = FileCounts::of(o);
+            self.other.add(&cur.growth(&self.others_row));
+            self.others_row = cur;
         }
         let mut rows: Vec<&FileRow> = i
             .report

@@ -8,9 +8,10 @@
 //! dashboard's files (embedded at build time from assets/dashboard/).
 //!
 //! The sink folds each record into [`state::State`] under a short lock and
-//! broadcasts it; it never waits for a client. The server runs on the
-//! trace's own tokio runtime and stops when the trace ends (after
-//! `--serve-linger`). Bound to loopback by default; a loopback server only
+//! broadcasts it; it never waits for a client. The server runs on a thread
+//! of its own (a current-thread tokio runtime), so a busy trace (`--all` on
+//! a host full of short-lived processes) never starves it, and it stops
+//! when the trace ends (after `--serve-linger`). Bound to loopback by default; a loopback server only
 //! answers requests whose Host is localhost or a loopback address (DNS
 //! rebinding). docs/serve.md describes every route.
 pub mod metrics;
@@ -159,7 +160,7 @@ impl Shared {
 /// the server task.
 pub struct ServeSink {
     shared: Arc<Shared>,
-    server: Option<tokio::task::JoinHandle<()>>,
+    server: Option<std::thread::JoinHandle<()>>,
     linger: Option<f64>,
     quiet: bool,
     url: String,
@@ -167,14 +168,13 @@ pub struct ServeSink {
 
 impl ServeSink {
     /// Binds the address (an error before anything is traced) and starts
-    /// serving on the current tokio runtime.
+    /// serving on a thread of its own.
     pub fn start(opts: &ServeOptions, quiet: bool) -> Result<Self> {
         let addr = parse_addr(&opts.addr, opts.public).map_err(anyhow::Error::msg)?;
         let std_listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("--serve: cannot listen on {addr}"))?;
         std_listener.set_nonblocking(true)?;
         let local = std_listener.local_addr()?;
-        let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let mounts = std::fs::read_to_string("/proc/self/mountinfo")
             .map(|m| {
                 crate::cgroup::mounts(&m)
@@ -186,17 +186,27 @@ impl ServeSink {
         let shared = Shared::new(State::new(opts.files, mounts), local.ip().is_loopback());
         let mut stop = shared.shutdown.subscribe();
         let app = router(shared.clone());
-        let server = tokio::spawn(async move {
-            let done = async move {
-                let _ = stop.wait_for(|v| *v).await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(done)
-                .await
-            {
-                log::warn!("--serve: the server failed: {e}");
-            }
-        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("--serve: starting the server's runtime")?;
+        let server = std::thread::Builder::new()
+            .name("mmtrace-serve".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let done = async move {
+                        let _ = stop.wait_for(|v| *v).await;
+                    };
+                    let served = match tokio::net::TcpListener::from_std(std_listener) {
+                        Ok(l) => axum::serve(l, app).with_graceful_shutdown(done).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = served {
+                        log::warn!("--serve: the server failed: {e}");
+                    }
+                });
+            })
+            .context("--serve: starting the server's thread")?;
         let url = match local.ip() {
             IpAddr::V6(ip) => format!("http://[{ip}]:{}/", local.port()),
             IpAddr::V4(ip) => format!("http://{ip}:{}/", local.port()),
@@ -246,20 +256,25 @@ impl ServeSink {
             }
         }
         let _ = self.shared.shutdown.send_replace(true);
-        if let Some(mut h) = self.server.take()
-            && tokio::time::timeout(CLOSE_DEADLINE, &mut h).await.is_err()
-        {
-            h.abort();
+        // Open streams drain and close; a server still busy after the
+        // deadline is left to end with the process.
+        if let Some(h) = self.server.take() {
+            let deadline = tokio::time::Instant::now() + CLOSE_DEADLINE;
+            while !h.is_finished() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            }
         }
     }
 }
 
 impl Drop for ServeSink {
     fn drop(&mut self) {
+        // The thread sees the shutdown and ends; it is not waited for.
         let _ = self.shared.shutdown.send_replace(true);
-        if let Some(h) = self.server.take() {
-            h.abort();
-        }
+        self.server.take();
     }
 }
 
