@@ -12,6 +12,8 @@ use crate::{
     devnum::Dev,
     procfs::{MapEntry, OpenFile, ProcStat, ProcStatus},
     residency::Residency,
+    signals::SignalRecord,
+    tlb::TlbFlushes,
 };
 
 /// A file as the kernel names it: (`s_dev` in kernel encoding, inode number).
@@ -126,6 +128,13 @@ pub struct Ledger {
     pub oom_kills: Vec<OomKill>,
     /// Processes that exited a while ago, folded away.
     pub retired: Retired,
+    /// Kernel-generated SIGBUS/SIGSEGV of traced processes, the first
+    /// [`crate::signals::LISTED`] in order...
+    pub signals: Vec<SignalRecord>,
+    /// ...and how many there were in all.
+    pub signals_total: u64,
+    /// `tlb:tlb_flush` is attached: process rows carry `tlb_flushes`.
+    pub tlb_known: bool,
 }
 
 /// Processes that exited a while ago, folded away so that a long trace
@@ -171,6 +180,7 @@ impl Retired {
         r.untraced_minor_faults = addi(r.untraced_minor_faults, p.untraced_minor_faults);
         r.untraced_major_faults = addi(r.untraced_major_faults, p.untraced_major_faults);
         r.kernel_source = r.kernel_source.or(p.kernel_source);
+        r.tlb_flushes = TlbFlushes::sum(r.tlb_flushes.as_ref(), p.tlb_flushes.as_ref());
     }
 }
 
@@ -184,6 +194,17 @@ impl Ledger {
             owner_known: false,
             oom_kills: Vec::new(),
             retired: Retired::default(),
+            signals: Vec::new(),
+            signals_total: 0,
+            tlb_known: false,
+        }
+    }
+
+    /// Records a signal (the first [`crate::signals::LISTED`] are kept).
+    pub fn add_signal(&mut self, s: SignalRecord) {
+        self.signals_total += 1;
+        if self.signals.len() < crate::signals::LISTED {
+            self.signals.push(s);
         }
     }
 
@@ -282,6 +303,7 @@ impl Ledger {
         let mut pids: Vec<u32> = self.procs.keys().copied().collect();
         pids.extend(traced.keys().copied());
         pids.extend(snap.exits.keys().copied());
+        pids.extend(snap.tlb.keys().copied());
         pids.sort_unstable();
         pids.dedup();
         pids.retain(|p| only.is_none_or(|o| o.contains(p)));
@@ -341,6 +363,12 @@ impl Ledger {
                     rss_anon_pages: status.map(|s| pages(s.rss_anon_kib)),
                     rss_shmem_pages: status.map(|s| pages(s.rss_shmem_kib)),
                     folded_processes: 0,
+                    tlb_flushes: self.tlb_known.then(|| {
+                        snap.tlb
+                            .get(&pid)
+                            .map(TlbFlushes::from_counters)
+                            .unwrap_or_default()
+                    }),
                 }
             })
             .collect()
@@ -364,6 +392,12 @@ impl Ledger {
                 .iter()
                 .filter(|(p, _)| pids.contains(p))
                 .map(|(p, e)| (*p, *e))
+                .collect(),
+            tlb: snap
+                .tlb
+                .iter()
+                .filter(|(p, _)| pids.contains(p))
+                .map(|(p, t)| (*p, *t))
                 .collect(),
             ..Default::default()
         };
@@ -482,6 +516,8 @@ impl Ledger {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
+            signals: self.signals.clone(),
+            signals_not_listed: self.signals_total - self.signals.len() as u64,
         }
     }
 
@@ -625,6 +661,10 @@ pub struct ProcessRow {
     /// ago it sums (they were folded away to keep a long trace bounded).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub folded_processes: u64,
+    /// TLB flushes of the process by reason (`tlb:tlb_flush`): per
+    /// process, not per file. Null when the hook is not attached.
+    #[serde(default)]
+    pub tlb_flushes: Option<TlbFlushes>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -747,6 +787,13 @@ pub struct Report {
     /// Pages of files of interest evicted by tasks outside syscalls and
     /// cgroup/global reclaim, by command name (kdamond.0, khugepaged, ...).
     pub reclaimers: BTreeMap<String, u64>,
+    /// Kernel-generated SIGBUS/SIGSEGV of traced processes, in order (the
+    /// first 100; the same records as the `signal` records).
+    #[serde(default)]
+    pub signals: Vec<SignalRecord>,
+    /// Signals beyond the listed ones.
+    #[serde(default)]
+    pub signals_not_listed: u64,
 }
 
 /// Processes summed by cgroup, busiest (most faults) first.
@@ -807,6 +854,9 @@ pub fn bound_processes(mut rows: Vec<ProcessRow>, top: usize) -> Vec<ProcessRow>
         rss_file_pages: sum_opt(|p| p.rss_file_pages),
         rss_anon_pages: sum_opt(|p| p.rss_anon_pages),
         rss_shmem_pages: sum_opt(|p| p.rss_shmem_pages),
+        tlb_flushes: rest.iter().fold(None, |a, p| {
+            TlbFlushes::sum(a.as_ref(), p.tlb_flushes.as_ref())
+        }),
         ..Default::default()
     };
     rows.push(others);

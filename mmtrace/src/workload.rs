@@ -16,6 +16,9 @@ use anyhow::{Context as _, Result, bail, ensure};
 use mmtrace::datafile::{self, drop_cache, fadvise_dontneed, parse_size};
 use serde_json::{Map, Value};
 
+#[path = "workload_mm.rs"]
+mod mm;
+
 /// Size of the chunks `make-file` writes and `evict` reads.
 const CHUNK: usize = 1 << 20;
 
@@ -120,6 +123,39 @@ pub enum Workload {
         #[arg(long, value_parser = parse_size)]
         size: u64,
     },
+    /// Write a file, map it shared, truncate it and touch a page beyond the
+    /// new end: SIGBUS (BUS_ADRERR), caught by a handler unless --die.
+    Sigbus {
+        /// file to create
+        #[arg(long)]
+        path: PathBuf,
+        /// pages written and mapped
+        #[arg(long, default_value_t = 4)]
+        pages: u64,
+        /// pages left after the truncation
+        #[arg(long, default_value_t = 1)]
+        keep: u64,
+        /// no handler: die of the SIGBUS (the report is written first)
+        #[arg(long)]
+        die: bool,
+    },
+    /// TLB shootdowns: per round, map and write anonymous pages (with
+    /// --threads 2 a sibling thread on the other CPU writes them too), then
+    /// mprotect them read-only and unmap them.
+    Shootdown {
+        /// rounds (per chunk)
+        #[arg(long)]
+        rounds: u64,
+        /// pages per round
+        #[arg(long, default_value_t = 16)]
+        pages: u64,
+        /// 2: a sibling thread shares the mm; 1: the single-threaded control
+        #[arg(long, default_value_t = 2)]
+        threads: u64,
+        /// repeat the rounds this many times, timing each chunk
+        #[arg(long, default_value_t = 1)]
+        chunks: u64,
+    },
     /// Sleep.
     Sleep {
         /// milliseconds to sleep
@@ -221,6 +257,21 @@ pub fn run(args: &WorkloadArgs) -> Result<Value> {
             let (report, maps) = leak(*size, *steps, Duration::from_millis(*step_ms))?;
             (report, Some(maps))
         }
+        Workload::Sigbus {
+            path,
+            pages,
+            keep,
+            die,
+        } => (
+            mm::sigbus(path, *pages, *keep, *die, args.report.as_deref())?,
+            None,
+        ),
+        Workload::Shootdown {
+            rounds,
+            pages,
+            threads,
+            chunks,
+        } => (mm::shootdown(*rounds, *pages, *threads, *chunks)?, None),
         Workload::Sleep { ms } => {
             nap(Duration::from_millis(*ms));
             (report_base("sleep").with("ms", *ms), None)

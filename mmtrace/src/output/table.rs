@@ -269,6 +269,9 @@ pub fn render_table(r: &Report, o: &TableOptions, legend: bool) -> String {
     for line in process_table(&r.processes, ps) {
         let _ = writeln!(s, "{line}");
     }
+    for line in cost_lines(r) {
+        let _ = writeln!(s, "{}", fit_line(&line, WIDTH * 2));
+    }
     if legend {
         for line in LEGEND {
             let _ = writeln!(s, "{line}");
@@ -285,6 +288,59 @@ pub fn render_table(r: &Report, o: &TableOptions, legend: bool) -> String {
         let _ = writeln!(s, "warning: {} × {}: {}", count(e.count), e.name, e.meaning);
     }
     s
+}
+
+/// Signals shown in the table (the JSON lists up to 100).
+const SIGNALS_SHOWN: usize = 10;
+/// Processes with TLB flush lines.
+const TLB_SHOWN: usize = 5;
+
+/// The SIGNALS section (which process got SIGBUS/SIGSEGV where, and what it
+/// means) and the TLB FLUSHES lines (per process, remote shootdowns first).
+pub fn cost_lines(r: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    if !r.signals.is_empty() {
+        out.push("SIGNALS (kernel-generated SIGBUS/SIGSEGV of traced processes)".into());
+        for g in r.signals.iter().take(SIGNALS_SHOWN) {
+            out.push(format!(
+                "  pid {} ({}) {} {} at 0x{:x}: {}",
+                g.pid,
+                display_path(&g.comm),
+                g.signal,
+                g.code_name,
+                g.address,
+                display_path(&g.explanation)
+            ));
+        }
+        let more = (r.signals.len().saturating_sub(SIGNALS_SHOWN)) as u64 + r.signals_not_listed;
+        if more > 0 {
+            out.push(format!("  ... and {} more", count(more)));
+        }
+    }
+    let mut tlb: Vec<(&ProcessRow, &crate::tlb::TlbFlushes)> = r
+        .processes
+        .iter()
+        .filter_map(|p| p.tlb_flushes.as_ref().map(|t| (p, t)))
+        .filter(|(_, t)| t.remote_shootdowns + t.remote_flush_requests > 0)
+        .collect();
+    tlb.sort_by_key(|(p, t)| {
+        (
+            std::cmp::Reverse(t.remote_shootdowns),
+            std::cmp::Reverse(t.remote_flush_requests),
+            p.pid,
+        )
+    });
+    if !tlb.is_empty() {
+        out.push(
+            "TLB FLUSHES (per process, not per file; a flush request is logged even when no \
+             other CPU needed an interrupt)"
+                .into(),
+        );
+        for (p, t) in tlb.iter().take(TLB_SHOWN) {
+            out.push(format!("  pid {} ({}): {}", p.pid, comm(p), t.line()));
+        }
+    }
+    out
 }
 
 /// The heading of the file table (the live view marks its sort column in it).
