@@ -1073,6 +1073,71 @@ mod tests {
     }
 
     #[test]
+    fn folded_processes_keep_their_tlb_flushes_in_the_exited_row() {
+        let mut l = ledger();
+        l.tlb_known = true;
+        l.set_cgroup(10, Some("/svc".into()));
+        l.add_process(11, false, None, (0, 0));
+        l.set_cgroup(11, Some("/svc".into()));
+        let mut s = Snapshot::default();
+        for (pid, n) in [(10, 3), (11, 5)] {
+            let mut t = mmtrace_common::TlbCounters::default();
+            t.flushes[mmtrace_common::tlb_reason::REMOTE_SHOOTDOWN] = n;
+            t.flushes[mmtrace_common::tlb_reason::LOCAL_MM_SHOOTDOWN] = 2 * n;
+            t.pages[mmtrace_common::tlb_reason::LOCAL_MM_SHOOTDOWN] = 10 * n;
+            s.tlb.insert(pid, t);
+        }
+        let before = l.report(&s);
+        let remote = |r: &Report| -> u64 {
+            r.processes
+                .iter()
+                .filter_map(|p| p.tlb_flushes.as_ref())
+                .map(|t| t.remote_shootdowns)
+                .sum()
+        };
+        assert_eq!(remote(&before), 8);
+        // What the collector does: the deleted entry's counts are in the
+        // snapshot when folding, and gone from it afterwards.
+        let gone: BTreeSet<u32> = [11].into();
+        l.fold(&gone, &BTreeMap::new(), &s);
+        s.tlb.remove(&11);
+        let after = l.report(&s);
+        assert_eq!(remote(&after), 8);
+        let row = after.processes.iter().find(|p| p.pid == 0).unwrap();
+        let t = row.tlb_flushes.as_ref().unwrap();
+        assert_eq!((t.remote_shootdowns, t.flushes), (5, 15));
+        assert_eq!(t.by_reason["local_mm_shootdown"].pages, 50);
+        // Without the hook the rows say so (null), not zero.
+        l.tlb_known = false;
+        assert!(
+            l.report(&s)
+                .processes
+                .iter()
+                .all(|p| p.pid == 0 || p.tlb_flushes.is_none())
+        );
+        // Bounded rows sum it into `others`.
+        let rows = bound_processes(before.processes.clone(), 1);
+        let others = rows.last().unwrap();
+        assert!(others.comm.starts_with("others"));
+        assert!(others.tlb_flushes.is_some());
+    }
+
+    #[test]
+    fn signals_are_listed_up_to_the_bound_and_counted_beyond() {
+        let mut l = ledger();
+        for i in 0..(crate::signals::LISTED as u32 + 7) {
+            l.add_signal(SignalRecord {
+                pid: i,
+                ..Default::default()
+            });
+        }
+        let r = l.report(&Snapshot::default());
+        assert_eq!(r.signals.len(), crate::signals::LISTED);
+        assert_eq!(r.signals_not_listed, 7);
+        assert_eq!(r.signals[0].pid, 0);
+    }
+
+    #[test]
     fn a_child_known_only_to_the_kernel_still_gets_a_row_with_its_comm() {
         let l = Ledger::new(4096);
         let mut s = Snapshot::default();

@@ -177,13 +177,15 @@ pub fn explain(r: &SignalRecord) -> String {
         ("SIGBUS", "BUS_ADRERR", SignalMapping::File) => {
             match (r.offset_pages, r.file_size_pages) {
                 (Some(o), Some(size)) if o >= size => format!(
-                    "{at} is beyond the end of the file ({size} pages now): the file was truncated \
-                 (or never that long) under the mapping"
+                    "{at} is beyond the end of the file ({}): the file was truncated (or never \
+                     that long) under the mapping",
+                    pages_now(size)
                 ),
                 (Some(_), Some(size)) => format!(
-                    "{at} is inside the file ({size} pages now): the page could not be read (I/O \
-                 error) or allocated (out of space on tmpfs/hugetlbfs), or the file was \
-                 truncated and has grown again since"
+                    "{at} is inside the file ({}): the page could not be read (I/O error) or \
+                     allocated (out of space on tmpfs/hugetlbfs), or the file was truncated \
+                     and has grown again since",
+                    pages_now(size)
                 ),
                 _ => format!(
                     "{at} could not be provided: most often the file was truncated under the \
@@ -214,6 +216,10 @@ pub fn explain(r: &SignalRecord) -> String {
         }
         _ => format!("{}: {}", r.code_name, r.code_meaning),
     }
+}
+
+fn pages_now(n: u64) -> String {
+    format!("{n} page{} now", if n == 1 { "" } else { "s" })
 }
 
 /// The record of a notice, resolved. `path` names a file by (dev, ino);

@@ -886,6 +886,80 @@ mod tests {
     }
 
     #[test]
+    fn signals_and_tlb_shootdowns_get_their_own_lines() {
+        let mut r = Report::default();
+        assert!(cost_lines(&r).is_empty(), "nothing to say, no section");
+        let mut g = crate::signals::SignalRecord {
+            pid: 42,
+            comm: "db".into(),
+            signal: "SIGBUS".into(),
+            code: 2,
+            code_name: "BUS_ADRERR".into(),
+            code_meaning: "access beyond the end of the file".into(),
+            address: 0x7f00_0000_3000,
+            mapping: crate::signals::SignalMapping::File,
+            path: Some("/data/t.bin".into()),
+            offset_pages: Some(3),
+            file_size_pages: Some(1),
+            ..Default::default()
+        };
+        g.explanation = crate::signals::explain(&g);
+        r.signals = vec![g; 12];
+        r.signals_not_listed = 3;
+        let mut c = mmtrace_common::TlbCounters::default();
+        c.flushes[1] = 3996;
+        c.flushes[4] = 3998;
+        c.flushes[3] = 4030;
+        c.pages[3] = 64_000;
+        let mut quiet = c;
+        quiet.flushes[1] = 0;
+        quiet.flushes[4] = 0;
+        r.processes = vec![
+            ProcessRow {
+                pid: 7,
+                comm: "quiet".into(),
+                tlb_flushes: Some(crate::tlb::TlbFlushes::from_counters(&quiet)),
+                ..ProcessRow::default()
+            },
+            ProcessRow {
+                pid: 42,
+                comm: "db".into(),
+                tlb_flushes: Some(crate::tlb::TlbFlushes::from_counters(&c)),
+                ..ProcessRow::default()
+            },
+            ProcessRow {
+                pid: 8,
+                comm: "no-hook".into(),
+                ..ProcessRow::default()
+            },
+        ];
+        let lines = cost_lines(&r);
+        assert!(lines[0].starts_with("SIGNALS"));
+        assert!(
+            lines[1].contains("pid 42 (db) SIGBUS BUS_ADRERR at 0x7f0000003000: page 3 of /data/t.bin is beyond the end of the file (1 page now)"),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(
+            lines.iter().filter(|l| l.contains("BUS_ADRERR")).count(),
+            10
+        );
+        assert!(lines.iter().any(|l| l == "  ... and 5 more"), "{lines:#?}");
+        let tlb: Vec<&String> = lines.iter().skip_while(|l| !l.starts_with("TLB")).collect();
+        assert!(tlb[0].contains("per process, not per file"));
+        // Only processes with remote activity get a line.
+        assert_eq!(tlb.len(), 2, "{tlb:#?}");
+        assert!(
+            tlb[1].starts_with(
+                "  pid 42 (db): 3,996 remote shootdowns received, 3,998 remote flush requests"
+            ),
+            "{}",
+            tlb[1]
+        );
+        assert!(render(&r, &opts(5)).contains("TLB FLUSHES"));
+    }
+
+    #[test]
     fn the_legend_is_printed_only_when_asked() {
         let r = report();
         let with = render_table(&r, &opts(5), true);
