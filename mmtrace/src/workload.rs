@@ -138,6 +138,10 @@ pub enum Workload {
         /// no handler: die of the SIGBUS (the report is written first)
         #[arg(long)]
         die: bool,
+        /// instead: map the file read-only and write its last page, a
+        /// SIGSEGV (SEGV_ACCERR), caught
+        #[arg(long, conflicts_with = "die")]
+        segv: bool,
     },
     /// TLB shootdowns: per round, map and write anonymous pages (with
     /// --threads 2 a sibling thread on the other CPU writes them too), then
@@ -262,8 +266,9 @@ pub fn run(args: &WorkloadArgs) -> Result<Value> {
             pages,
             keep,
             die,
+            segv,
         } => (
-            mm::sigbus(path, *pages, *keep, *die, args.report.as_deref())?,
+            mm::sigbus(path, *pages, *keep, *die, *segv, args.report.as_deref())?,
             None,
         ),
         Workload::Shootdown {
@@ -878,9 +883,23 @@ mod tests {
             &["w", "fork", "--parent-pages", "1", "--child-pages", "2"],
             &["w", "make-file", "--path", "f", "--size", "512M"],
             &["w", "sleep", "--ms", "5"],
+            &["w", "sigbus", "--path", "f", "--die"],
+            &["w", "sigbus", "--path", "f", "--segv", "--pages", "8"],
+            &["w", "shootdown", "--rounds", "10", "--threads", "1"],
+            &[
+                "w",
+                "shootdown",
+                "--rounds",
+                "10",
+                "--chunks",
+                "3",
+                "--pages",
+                "1",
+            ],
         ] {
             Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
         }
+        assert!(Cli::try_parse_from(["w", "sigbus", "--path", "f", "--die", "--segv"]).is_err());
         let cli = Cli::try_parse_from(["w", "make-file", "--path", "f", "--size", "2k"]).unwrap();
         assert!(matches!(
             cli.args.workload,

@@ -40,6 +40,79 @@ extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
     }
 }
 
+/// SIGSEGV handler of `sigbus --segv`: records the signal and makes the
+/// faulting page writable, so the write succeeds when the handler returns.
+extern "C" fn on_sigsegv(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
+    SIGBUS_ADDR.store(addr, Ordering::SeqCst);
+    SIGBUS_CODE.store(code as usize, Ordering::SeqCst);
+    SIGBUS_COUNT.fetch_add(1, Ordering::SeqCst);
+    let ps = page_size();
+    // SAFETY: changes the protection of one page of this process's own mapping.
+    unsafe {
+        libc::mprotect(
+            (addr & !(ps - 1)) as *mut libc::c_void,
+            ps,
+            libc::PROT_READ | libc::PROT_WRITE,
+        );
+    }
+}
+
+/// Installs `handler` for `sig` (SA_SIGINFO).
+fn install(
+    sig: libc::c_int,
+    handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void),
+) -> Result<()> {
+    // SAFETY: installs an SA_SIGINFO handler that only stores atomics and
+    // makes one syscall.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        ensure!(
+            libc::sigaction(sig, &sa, std::ptr::null_mut()) == 0,
+            "sigaction: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// `sigbus --segv --path F`: maps F (`pages` pages) shared read-only, reads
+/// it, then writes page `pages - 1`: SIGSEGV (SEGV_ACCERR), caught.
+fn segv_on_read_only(path: &Path, pages: u64) -> Result<Map<String, Value>> {
+    let ps = page_size();
+    let len = pages as usize * ps;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(&vec![0x5a; len])
+        .with_context(|| format!("writing {}", path.display()))?;
+    let map = Mapping::file(&f, len, libc::PROT_READ, libc::MAP_SHARED)?;
+    map.read_pages(pages as usize);
+    let touch = pages - 1;
+    let addr = map.addr() + touch * ps as u64;
+    install(libc::SIGSEGV, on_sigsegv)?;
+    // SAFETY: inside the mapping; the handler makes the page writable.
+    unsafe { std::ptr::write_volatile(addr as *mut u8, 1) };
+    let caught = SIGBUS_COUNT.load(Ordering::SeqCst);
+    ensure!(caught > 0, "writing a read-only mapping raised no SIGSEGV");
+    Ok(with_file_id(report_base("sigbus"), path, &f)?
+        .with("segv", true)
+        .with("pages", pages)
+        .with("touched_page", touch)
+        .with("address", addr)
+        .with("caught", caught as u64)
+        .with("si_addr", SIGBUS_ADDR.load(Ordering::SeqCst) as u64)
+        .with("si_code", SIGBUS_CODE.load(Ordering::SeqCst) as u64))
+}
+
 /// `sigbus --path F`: writes F (`pages` pages), maps it shared, reads every
 /// page, truncates it to `keep` pages and reads page `pages - 1`: the
 /// kernel sends SIGBUS (BUS_ADRERR). With `die` the process dies of it (the
@@ -49,8 +122,12 @@ pub fn sigbus(
     pages: u64,
     keep: u64,
     die: bool,
+    segv: bool,
     report: Option<&Path>,
 ) -> Result<Map<String, Value>> {
+    if segv {
+        return segv_on_read_only(path, pages);
+    }
     ensure!(keep < pages, "--keep must be below --pages");
     let ps = page_size();
     let len = pages as usize * ps;
@@ -83,19 +160,7 @@ pub fn sigbus(
         map.read_range(touch as usize, pages as usize);
         anyhow::bail!("touching page {touch} beyond the end did not raise SIGBUS");
     }
-    // SAFETY: installs an SA_SIGINFO handler that only stores atomics and
-    // calls mmap.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_sigbus as *const () as usize;
-        sa.sa_flags = libc::SA_SIGINFO;
-        libc::sigemptyset(&mut sa.sa_mask);
-        ensure!(
-            libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut()) == 0,
-            "sigaction: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    install(libc::SIGBUS, on_sigbus)?;
     map.read_range(touch as usize, pages as usize);
     let caught = SIGBUS_COUNT.load(Ordering::SeqCst);
     ensure!(

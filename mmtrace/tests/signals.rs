@@ -99,6 +99,46 @@ fn a_caught_sigbus_beyond_a_truncated_end_names_the_file_and_page() {
         s["signals"]
     );
     assert_eq!(s["signals_not_listed"], 0);
+    // Every record, the signal one included, validates against the schema.
+    let out = mmtrace().arg("schema").output().unwrap();
+    ok(&out);
+    let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    for r in &recs {
+        if let Err(e) = validator.validate(r) {
+            panic!("invalid against the schema: {e}\n{r}");
+        }
+    }
+}
+
+#[test]
+fn a_write_to_a_read_only_file_mapping_is_a_sigsegv_accerr_on_that_page() {
+    let _g = lock();
+    require_root();
+    let dir = scratch();
+    let f = dir.path().join("readonly.bin");
+    let rep = dir.path().join("report.json");
+    let (recs, out) = trace(&workload(&[
+        "sigbus",
+        "--segv",
+        "--path",
+        f.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]));
+    ok(&out);
+    let w = report(&rep);
+    assert_eq!(w["si_code"], 2, "SEGV_ACCERR: {w}");
+    let sigs = signals_of(&recs, u(&w["pid"]));
+    assert_eq!(sigs.len(), 1, "{sigs:?}");
+    let g = sigs[0];
+    assert_eq!(g["signal"], "SIGSEGV", "{g}");
+    assert_eq!(g["code_name"], "SEGV_ACCERR", "{g}");
+    assert_eq!(g["mapping"], "file", "{g}");
+    assert_eq!(g["path"], f.to_str().unwrap(), "{g}");
+    assert_eq!(g["offset_pages"], 3, "{g}");
+    assert_eq!(g["file_size_pages"], 4, "{g}");
+    assert_eq!(g["address"], w["si_addr"], "{g}");
 }
 
 #[test]
