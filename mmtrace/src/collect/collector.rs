@@ -57,6 +57,9 @@ pub struct Collector {
     /// Clock ticks since boot when tracing began (`starttime` of a process
     /// born later is larger: its counters started at zero, all traced).
     start_ticks: u64,
+    /// `--all`: counters of the processes alive at the attach, taken when
+    /// each is first looked at.
+    baselines: HashMap<u32, Baseline>,
     /// When each process was first seen gone (it is folded away after
     /// `retain_exited`).
     gone_since: HashMap<u32, Instant>,
@@ -86,6 +89,24 @@ pub struct Setup {
     pub write_faults: bool,
     /// Exited processes are folded away after this long.
     pub retain_exited: Duration,
+    /// `--all`: every process's counters taken just before the attach.
+    pub baselines: HashMap<u32, Baseline>,
+}
+
+/// A process's kernel fault counters at one moment: its stat and the sum
+/// over its threads.
+pub type Baseline = (procfs::ProcStat, (u64, u64));
+
+/// The counters of every process on the host now (`--all`, before attach).
+pub fn host_baselines(root: &Path) -> HashMap<u32, Baseline> {
+    procfs::list_pids(root)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|pid| {
+            let stat = procfs::read_stat(root, pid).ok()?;
+            Some((pid, (stat, thread_faults(root, pid))))
+        })
+        .collect()
 }
 
 impl Collector {
@@ -122,6 +143,7 @@ impl Collector {
             page_size: s.page_size,
             retain_exited: s.retain_exited,
             start_ticks: boot_ticks_now(),
+            baselines: s.baselines,
             gone_since: HashMap::new(),
             new_signals: Vec::new(),
         })
@@ -334,12 +356,57 @@ impl Collector {
         self.tracer.register_files(&self.ledger.known_files())?;
         if let Some(w) = &mut self.watch {
             let tracer = &mut self.tracer;
-            w.sync(|keys| tracer.set_cgroups(keys))?;
+            if self.all {
+                // The kernel's scope is every process: no cgroup set to keep.
+                w.rescan_dirs();
+            } else {
+                w.sync(|keys| tracer.set_cgroups(keys))?;
+            }
             let members = if self.all { Vec::new() } else { w.procs() };
             w.sample();
             self.join_members(members)?;
         }
+        self.cgroups_at_exit();
         self.fold_exited()
+    }
+
+    /// Processes that died before their cgroup was read from /proc get the
+    /// memory cgroup the kernel saw them die in.
+    fn cgroups_at_exit(&mut self) {
+        let Some(w) = &self.watch else {
+            return;
+        };
+        let unknown: Vec<(u32, u64)> = self
+            .snap
+            .exits
+            .iter()
+            .filter(|(pid, e)| {
+                e.group_dead != 0
+                    && e.memcg_id != 0
+                    && self
+                        .ledger
+                        .procs
+                        .get(pid)
+                        .is_none_or(|p| p.cgroup.is_none())
+            })
+            .map(|(pid, e)| (*pid, e.memcg_id))
+            .collect();
+        if unknown.is_empty() {
+            return;
+        }
+        let by_id: HashMap<u64, String> = w
+            .dirs
+            .iter()
+            .filter_map(|(dir, id)| {
+                let rel = dir.strip_prefix(&w.cg.path).ok()?;
+                Some((*id, format!("/{}", rel.display())))
+            })
+            .collect();
+        for (pid, id) in unknown {
+            if let Some(cg) = by_id.get(&id) {
+                self.ledger.cgroup_at_exit(pid, cg.clone());
+            }
+        }
     }
 
     /// Folds processes gone for longer than `retain_exited` into their
@@ -408,6 +475,7 @@ impl Collector {
             // Born inside the trace: its counters started at zero. Moved
             // into the traced cgroup, or already running under --all: it
             // lived before, so take a baseline now.
+            let at_attach = self.baselines.remove(&pid);
             let joined = |stat: &procfs::ProcStat| {
                 if self.all {
                     // Under --all every process is traced from its first
@@ -417,8 +485,12 @@ impl Collector {
                     self.snap.scope[&pid].flags & mmtrace_common::scope::JOINED != 0
                 }
             };
-            match procfs::read_stat(root, pid) {
-                Ok(stat) if joined(&stat) => {
+            match (procfs::read_stat(root, pid), at_attach) {
+                // Alive at the attach (the same process: same start time).
+                (Ok(now), Some((then, threads))) if now.starttime == then.starttime => {
+                    self.ledger.add_process(pid, false, Some(&then), threads)
+                }
+                (Ok(stat), _) if joined(&stat) => {
                     self.ledger
                         .add_process(pid, false, Some(&stat), thread_faults(root, pid))
                 }
