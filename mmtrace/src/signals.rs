@@ -42,8 +42,12 @@ pub struct SignalRecord {
     /// The fault address (`si_addr`).
     pub address: u64,
     pub mapping: SignalMapping,
-    /// The mapped file (`mapping` `file`), when its path is known.
+    /// The mapped file (`mapping` `file`): its path, `[dev:ino]` until the
+    /// path is learnt (filled in later when it is).
     pub path: Option<String>,
+    /// The mapped file's device and inode (`mapping` `file`).
+    pub dev: Option<Dev>,
+    pub ino: Option<u64>,
     pub shared: Option<bool>,
     /// The page of the file the address maps (`mapping` `file`).
     pub offset_pages: Option<u64>,
@@ -252,6 +256,8 @@ pub fn record(
         address: n.addr,
         mapping: res.mapping,
         path,
+        dev: res.file.map(|id| Dev::from_kernel(id.0)),
+        ino: res.file.map(|id| id.1),
         shared: res.shared,
         offset_pages: res.offset_pages,
         file_size_pages,
@@ -260,6 +266,24 @@ pub fn record(
     };
     r.explanation = explain(&r);
     r
+}
+
+/// Names the files of records made before their path was known (the
+/// process was gone before its maps could be read), from `path`.
+pub fn fill_paths(records: &mut [SignalRecord], path: impl Fn((u32, u64)) -> Option<String>) {
+    for r in records.iter_mut() {
+        let (Some(dev), Some(ino)) = (r.dev, r.ino) else {
+            continue;
+        };
+        if r.path.as_deref().is_none_or(|p| p.starts_with('['))
+            && let Some(p) = path((dev.to_kernel(), ino))
+        {
+            r.explanation = r
+                .explanation
+                .replace(r.path.as_deref().unwrap_or("a mapped file"), &p);
+            r.path = Some(p);
+        }
+    }
 }
 
 /// The file's size in pages (rounded up), if `path` is still that file.
@@ -401,6 +425,17 @@ mod tests {
             r.explanation.contains("inside the file"),
             "{}",
             r.explanation
+        );
+        assert_eq!((r.dev.unwrap().to_kernel(), r.ino), (8 << 20, Some(99)));
+        let mut v = vec![r.clone()];
+        fill_paths(&mut v, |id| {
+            (id == (8 << 20, 99)).then(|| "/late/name".to_string())
+        });
+        assert_eq!(v[0].path.as_deref(), Some("/late/name"));
+        assert!(
+            v[0].explanation.contains("page 15 of /late/name"),
+            "{}",
+            v[0].explanation
         );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["mapping"], "file");

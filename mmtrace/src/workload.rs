@@ -142,6 +142,9 @@ pub enum Workload {
         /// SIGSEGV (SEGV_ACCERR), caught
         #[arg(long, conflicts_with = "die")]
         segv: bool,
+        /// ms to keep the file mapped before truncating it (or writing it)
+        #[arg(long, default_value_t = 300)]
+        settle_ms: u64,
     },
     /// TLB shootdowns: per round, map and write anonymous pages (with
     /// --threads 2 a sibling thread on the other CPU writes them too), then
@@ -267,8 +270,17 @@ pub fn run(args: &WorkloadArgs) -> Result<Value> {
             keep,
             die,
             segv,
+            settle_ms,
         } => (
-            mm::sigbus(path, *pages, *keep, *die, *segv, args.report.as_deref())?,
+            mm::sigbus(
+                path,
+                *pages,
+                *keep,
+                *die,
+                *segv,
+                Duration::from_millis(*settle_ms),
+                args.report.as_deref(),
+            )?,
             None,
         ),
         Workload::Shootdown {

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::{Map, Value};
@@ -82,7 +82,7 @@ fn install(
 
 /// `sigbus --segv --path F`: maps F (`pages` pages) shared read-only, reads
 /// it, then writes page `pages - 1`: SIGSEGV (SEGV_ACCERR), caught.
-fn segv_on_read_only(path: &Path, pages: u64) -> Result<Map<String, Value>> {
+fn segv_on_read_only(path: &Path, pages: u64, settle: Duration) -> Result<Map<String, Value>> {
     let ps = page_size();
     let len = pages as usize * ps;
     let mut f = OpenOptions::new()
@@ -96,6 +96,7 @@ fn segv_on_read_only(path: &Path, pages: u64) -> Result<Map<String, Value>> {
         .with_context(|| format!("writing {}", path.display()))?;
     let map = Mapping::file(&f, len, libc::PROT_READ, libc::MAP_SHARED)?;
     map.read_pages(pages as usize);
+    std::thread::sleep(settle);
     let touch = pages - 1;
     let addr = map.addr() + touch * ps as u64;
     install(libc::SIGSEGV, on_sigsegv)?;
@@ -117,16 +118,20 @@ fn segv_on_read_only(path: &Path, pages: u64) -> Result<Map<String, Value>> {
 /// page, truncates it to `keep` pages and reads page `pages - 1`: the
 /// kernel sends SIGBUS (BUS_ADRERR). With `die` the process dies of it (the
 /// report is written before the touch); otherwise a handler catches it.
+/// It sleeps `settle` with the file mapped before truncating, as a program
+/// that runs longer than a few milliseconds would (a tracer learns the
+/// mapping's path from /proc meanwhile).
 pub fn sigbus(
     path: &Path,
     pages: u64,
     keep: u64,
     die: bool,
     segv: bool,
+    settle: Duration,
     report: Option<&Path>,
 ) -> Result<Map<String, Value>> {
     if segv {
-        return segv_on_read_only(path, pages);
+        return segv_on_read_only(path, pages, settle);
     }
     ensure!(keep < pages, "--keep must be below --pages");
     let ps = page_size();
@@ -143,6 +148,7 @@ pub fn sigbus(
     f.sync_all()?;
     let map = Mapping::file(&f, len, libc::PROT_READ, libc::MAP_SHARED)?;
     map.read_pages(pages as usize);
+    std::thread::sleep(settle);
     f.set_len(keep * ps as u64)
         .with_context(|| format!("truncating {}", path.display()))?;
     let touch = pages - 1;

@@ -557,6 +557,10 @@ impl Collector {
     /// The report now: names refreshed (renames), residency measured.
     pub fn report(&mut self) -> Report {
         refresh_names(&mut self.ledger, &mut self.names);
+        let paths = &self.ledger.paths;
+        signals::fill_paths(&mut self.ledger.signals, |id| {
+            paths.get(&id).map(|p| p.path.clone())
+        });
         update_residency(&mut self.ledger, &self.snap);
         self.ledger.report(&self.snap)
     }
