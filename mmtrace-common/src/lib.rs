@@ -433,7 +433,9 @@ pub mod errors {
     /// `RECLAIMERS` was full: evicted pages of some reclaimer commands are
     /// counted per file but not per command.
     pub const RECLAIMER_FULL: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// `TLB_FLUSHES` was full: TLB flushes of some processes were not counted.
+    pub const TLB_FULL: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// A rare event userspace should act on at once, sent through the `NOTICES`
@@ -458,6 +460,113 @@ pub mod notice {
     pub const NEW_FILE: u32 = 1;
     /// The OOM killer chose a victim: an [`OomKill`](super::OomKill) record.
     pub const OOM_KILL: u32 = 2;
+    /// A traced task got a kernel-generated SIGBUS or SIGSEGV: a
+    /// [`SignalNotice`](super::SignalNotice) record.
+    pub const SIGNAL: u32 = 3;
+}
+
+/// A kernel-generated SIGBUS or SIGSEGV (`si_code > 0`) sent to a traced
+/// task (raw tracepoint `signal:signal_generate`), with the vma holding the
+/// fault address as the faulting task saw it (looked up in the task itself:
+/// the signal is generated inside the fault, before the task can unmap it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalNotice {
+    /// [`notice::SIGNAL`].
+    pub kind: u32,
+    /// Thread-group id and thread id of the task that got the signal.
+    pub tgid: u32,
+    pub tid: u32,
+    /// `SIGBUS` (7) or `SIGSEGV` (11).
+    pub signo: u32,
+    /// `si_code` (e.g. `BUS_ADRERR` 2, `SEGV_MAPERR` 1).
+    pub code: i32,
+    /// [`signal_vma`] bits: whether a vma was found, file, shared.
+    pub vma: u32,
+    /// `si_addr`: the faulting address.
+    pub addr: u64,
+    /// The vma holding `addr` (when [`signal_vma::FOUND`]).
+    pub vm_start: u64,
+    pub vm_end: u64,
+    /// `vm_pgoff`: the file page of `vm_start`.
+    pub pgoff: u64,
+    pub ino: u64,
+    /// Kernel encoding (`major << 20 | minor`).
+    pub dev: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` when the signal was generated.
+    pub ktime_ns: u64,
+    pub comm: [u8; 16],
+}
+
+/// Bits of [`SignalNotice::vma`].
+pub mod signal_vma {
+    /// `bpf_find_vma` found a vma containing the address.
+    pub const FOUND: u32 = 1 << 0;
+    /// It maps a file.
+    pub const FILE: u32 = 1 << 1;
+    /// It is `VM_SHARED`.
+    pub const SHARED: u32 = 1 << 2;
+    /// The lookup itself failed (mmap lock busy): nothing is known.
+    pub const LOOKUP_FAILED: u32 = 1 << 3;
+}
+
+/// Reasons of the `tlb:tlb_flush` tracepoint (`enum tlb_flush_reason`, x86;
+/// the tracepoint's print fmt on Linux 6.18 lists six).
+pub mod tlb_reason {
+    /// `switch_mm` flushed the TLB while switching to another mm (counted
+    /// against the task switched away from).
+    pub const TASK_SWITCH: usize = 0;
+    /// This CPU received a flush request from another CPU (the IPI handler
+    /// flushing for the mm it runs): a shootdown received.
+    pub const REMOTE_SHOOTDOWN: usize = 1;
+    /// A local flush of a kernel range (rare for user processes).
+    pub const LOCAL_SHOOTDOWN: usize = 2;
+    /// The initiator flushed its own CPU's entries for a range of its mm
+    /// (munmap, mprotect, madvise, migration...).
+    pub const LOCAL_MM_SHOOTDOWN: usize = 3;
+    /// The initiator asked other CPUs that may cache the mm to flush
+    /// (`native_flush_tlb_multi`). Logged even when every other CPU is in
+    /// lazy TLB mode and no interrupt is actually sent.
+    pub const REMOTE_SEND_IPI: usize = 4;
+    /// A flush request arrived on a CPU that no longer runs the mm.
+    pub const REMOTE_WRONG_CPU: usize = 5;
+    /// Slots (reasons above 5 count in the last one).
+    pub const COUNT: usize = 8;
+    /// Names, by index (JSON keys).
+    pub const NAMES: [&str; COUNT] = [
+        "task_switch",
+        "remote_shootdown",
+        "local_shootdown",
+        "local_mm_shootdown",
+        "remote_send_ipi",
+        "remote_wrong_cpu",
+        "unknown_6",
+        "unknown_other",
+    ];
+}
+
+/// TLB flushes of one traced process (a per-CPU value keyed by tgid), by
+/// [`tlb_reason`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlbCounters {
+    /// `tlb_flush` events.
+    pub flushes: [u64; tlb_reason::COUNT],
+    /// Pages of the ranged flushes (`pages != -1`).
+    pub pages: [u64; tlb_reason::COUNT],
+    /// Full flushes (`pages == TLB_FLUSH_ALL`, -1): the whole TLB of the mm.
+    pub full: [u64; tlb_reason::COUNT],
+}
+
+impl TlbCounters {
+    pub fn add(&mut self, o: &Self) {
+        for i in 0..tlb_reason::COUNT {
+            self.flushes[i] += o.flushes[i];
+            self.pages[i] += o.pages[i];
+            self.full[i] += o.full[i];
+        }
+    }
 }
 
 /// The OOM killer marked a victim (`oom:mark_victim`), sent through
@@ -589,7 +698,9 @@ mod user {
         CgroupKey,
         EvictedBits,
         OomKill,
-        Event
+        Event,
+        SignalNotice,
+        TlbCounters
     );
 }
 
@@ -652,6 +763,8 @@ mod tests {
         assert_eq!(size_of::<Event>(), 80);
         assert_eq!(size_of::<VmaCache>(), 16 + 48 + 40);
         assert_eq!(size_of::<Config>() % 8, 0);
+        assert_eq!(size_of::<SignalNotice>(), 24 + 48 + 8 + 16);
+        assert_eq!(size_of::<TlbCounters>(), 3 * 8 * tlb_reason::COUNT);
     }
 
     #[test]

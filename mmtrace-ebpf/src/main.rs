@@ -5,6 +5,9 @@
 //! - `process`: scope maintenance (children joining, processes exiting);
 //! - `reclaim`: reclaim context (why pages leave), cgroup joins;
 //! - `oom`: OOM-killer victims, sent to userspace as they happen;
+//! - `signals`: kernel-generated SIGBUS/SIGSEGV of traced tasks, with the
+//!   vma of the fault address, sent to userspace as they happen;
+//! - `tlb`: TLB flushes per traced process, by reason;
 //! - `events`: single events, only when asked for (`--events`).
 //!
 //! Maps live in `maps`, the scope filter in `scope`, kernel reads at run-time
@@ -27,6 +30,8 @@ mod pagecache;
 mod process;
 mod reclaim;
 mod scope;
+mod signals;
+mod tlb;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use mmtrace_common::{
     CacheCounters, CgroupKey, Comm, EvictedBits, ExitRecord, FaultCounters, FileKey, MappingKey,
-    PageKey, ReclaimCtx, ReclaimStats, ScopeEntry, VmaCache, errors, limits,
+    PageKey, ReclaimCtx, ReclaimStats, ScopeEntry, TlbCounters, VmaCache, errors, limits,
 };
 
 use crate::faults::Pending;
@@ -80,6 +80,11 @@ pub static EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0
 /// Per-CPU candidate counter for `--sample`.
 #[map]
 pub static EVENTS_SAMPLE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// TLB flushes per traced process (key: tgid), by reason (`tlb`).
+#[map]
+pub static TLB_FLUSHES: PerCpuHashMap<u32, TlbCounters> =
+    PerCpuHashMap::with_max_entries(limits::SCOPE, 0);
 
 /// Per-CPU error counters, indexed by `mmtrace_common::errors`.
 #[map]

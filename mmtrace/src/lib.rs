@@ -20,6 +20,8 @@ pub mod procfs;
 pub mod record;
 pub mod residency;
 pub mod session;
+pub mod signals;
 pub mod spec;
 pub mod target;
+pub mod tlb;
 pub mod verdict;

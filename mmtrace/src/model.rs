@@ -12,6 +12,8 @@ use crate::{
     devnum::Dev,
     procfs::{MapEntry, OpenFile, ProcStat, ProcStatus},
     residency::Residency,
+    signals::SignalRecord,
+    tlb::TlbFlushes,
 };
 
 /// A file as the kernel names it: (`s_dev` in kernel encoding, inode number).
@@ -126,6 +128,13 @@ pub struct Ledger {
     pub oom_kills: Vec<OomKill>,
     /// Processes that exited a while ago, folded away.
     pub retired: Retired,
+    /// Kernel-generated SIGBUS/SIGSEGV of traced processes, the first
+    /// [`crate::signals::LISTED`] in order...
+    pub signals: Vec<SignalRecord>,
+    /// ...and how many there were in all.
+    pub signals_total: u64,
+    /// `tlb:tlb_flush` is attached: process rows carry `tlb_flushes`.
+    pub tlb_known: bool,
 }
 
 /// Processes that exited a while ago, folded away so that a long trace
@@ -171,6 +180,7 @@ impl Retired {
         r.untraced_minor_faults = addi(r.untraced_minor_faults, p.untraced_minor_faults);
         r.untraced_major_faults = addi(r.untraced_major_faults, p.untraced_major_faults);
         r.kernel_source = r.kernel_source.or(p.kernel_source);
+        r.tlb_flushes = TlbFlushes::sum(r.tlb_flushes.as_ref(), p.tlb_flushes.as_ref());
     }
 }
 
@@ -184,6 +194,17 @@ impl Ledger {
             owner_known: false,
             oom_kills: Vec::new(),
             retired: Retired::default(),
+            signals: Vec::new(),
+            signals_total: 0,
+            tlb_known: false,
+        }
+    }
+
+    /// Records a signal (the first [`crate::signals::LISTED`] are kept).
+    pub fn add_signal(&mut self, s: SignalRecord) {
+        self.signals_total += 1;
+        if self.signals.len() < crate::signals::LISTED {
+            self.signals.push(s);
         }
     }
 
@@ -289,6 +310,7 @@ impl Ledger {
         let mut pids: Vec<u32> = self.procs.keys().copied().collect();
         pids.extend(traced.keys().copied());
         pids.extend(snap.exits.keys().copied());
+        pids.extend(snap.tlb.keys().copied());
         pids.sort_unstable();
         pids.dedup();
         pids.retain(|p| only.is_none_or(|o| o.contains(p)));
@@ -348,6 +370,12 @@ impl Ledger {
                     rss_anon_pages: status.map(|s| pages(s.rss_anon_kib)),
                     rss_shmem_pages: status.map(|s| pages(s.rss_shmem_kib)),
                     folded_processes: 0,
+                    tlb_flushes: self.tlb_known.then(|| {
+                        snap.tlb
+                            .get(&pid)
+                            .map(TlbFlushes::from_counters)
+                            .unwrap_or_default()
+                    }),
                 }
             })
             .collect()
@@ -371,6 +399,12 @@ impl Ledger {
                 .iter()
                 .filter(|(p, _)| pids.contains(p))
                 .map(|(p, e)| (*p, *e))
+                .collect(),
+            tlb: snap
+                .tlb
+                .iter()
+                .filter(|(p, _)| pids.contains(p))
+                .map(|(p, t)| (*p, *t))
                 .collect(),
             ..Default::default()
         };
@@ -489,6 +523,8 @@ impl Ledger {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
+            signals: self.signals.clone(),
+            signals_not_listed: self.signals_total - self.signals.len() as u64,
         }
     }
 
@@ -632,6 +668,10 @@ pub struct ProcessRow {
     /// ago it sums (they were folded away to keep a long trace bounded).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub folded_processes: u64,
+    /// TLB flushes of the process by reason (`tlb:tlb_flush`): per
+    /// process, not per file. Null when the hook is not attached.
+    #[serde(default)]
+    pub tlb_flushes: Option<TlbFlushes>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -756,6 +796,13 @@ pub struct Report {
     /// Pages of files of interest evicted by tasks outside syscalls and
     /// cgroup/global reclaim, by command name (kdamond.0, khugepaged, ...).
     pub reclaimers: BTreeMap<String, u64>,
+    /// Kernel-generated SIGBUS/SIGSEGV of traced processes, in order (the
+    /// first 100; the same records as the `signal` records).
+    #[serde(default)]
+    pub signals: Vec<SignalRecord>,
+    /// Signals beyond the listed ones.
+    #[serde(default)]
+    pub signals_not_listed: u64,
 }
 
 /// Processes summed by cgroup, busiest (most faults) first.
@@ -856,6 +903,9 @@ pub fn bound_processes(mut rows: Vec<ProcessRow>, top: usize) -> Vec<ProcessRow>
         rss_file_pages: sum_opt(|p| p.rss_file_pages),
         rss_anon_pages: sum_opt(|p| p.rss_anon_pages),
         rss_shmem_pages: sum_opt(|p| p.rss_shmem_pages),
+        tlb_flushes: rest.iter().fold(None, |a, p| {
+            TlbFlushes::sum(a.as_ref(), p.tlb_flushes.as_ref())
+        }),
         ..Default::default()
     };
     rows.push(others);
@@ -1106,6 +1156,71 @@ mod tests {
         let cg = by_cgroup(&after.processes);
         assert_eq!((cg[0].processes, cg[0].minor_faults), (2, 997 + 147));
         assert_eq!(by_cgroup(&before.processes)[0].minor_faults, 997 + 147);
+    }
+
+    #[test]
+    fn folded_processes_keep_their_tlb_flushes_in_the_exited_row() {
+        let mut l = ledger();
+        l.tlb_known = true;
+        l.set_cgroup(10, Some("/svc".into()));
+        l.add_process(11, false, None, (0, 0));
+        l.set_cgroup(11, Some("/svc".into()));
+        let mut s = Snapshot::default();
+        for (pid, n) in [(10, 3), (11, 5)] {
+            let mut t = mmtrace_common::TlbCounters::default();
+            t.flushes[mmtrace_common::tlb_reason::REMOTE_SHOOTDOWN] = n;
+            t.flushes[mmtrace_common::tlb_reason::LOCAL_MM_SHOOTDOWN] = 2 * n;
+            t.pages[mmtrace_common::tlb_reason::LOCAL_MM_SHOOTDOWN] = 10 * n;
+            s.tlb.insert(pid, t);
+        }
+        let before = l.report(&s);
+        let remote = |r: &Report| -> u64 {
+            r.processes
+                .iter()
+                .filter_map(|p| p.tlb_flushes.as_ref())
+                .map(|t| t.remote_shootdowns)
+                .sum()
+        };
+        assert_eq!(remote(&before), 8);
+        // What the collector does: the deleted entry's counts are in the
+        // snapshot when folding, and gone from it afterwards.
+        let gone: BTreeSet<u32> = [11].into();
+        l.fold(&gone, &BTreeMap::new(), &s);
+        s.tlb.remove(&11);
+        let after = l.report(&s);
+        assert_eq!(remote(&after), 8);
+        let row = after.processes.iter().find(|p| p.pid == 0).unwrap();
+        let t = row.tlb_flushes.as_ref().unwrap();
+        assert_eq!((t.remote_shootdowns, t.flushes), (5, 15));
+        assert_eq!(t.by_reason["local_mm_shootdown"].pages, 50);
+        // Without the hook the rows say so (null), not zero.
+        l.tlb_known = false;
+        assert!(
+            l.report(&s)
+                .processes
+                .iter()
+                .all(|p| p.pid == 0 || p.tlb_flushes.is_none())
+        );
+        // Bounded rows sum it into `others`.
+        let rows = bound_processes(before.processes.clone(), 1);
+        let others = rows.last().unwrap();
+        assert!(others.comm.starts_with("others"));
+        assert!(others.tlb_flushes.is_some());
+    }
+
+    #[test]
+    fn signals_are_listed_up_to_the_bound_and_counted_beyond() {
+        let mut l = ledger();
+        for i in 0..(crate::signals::LISTED as u32 + 7) {
+            l.add_signal(SignalRecord {
+                pid: i,
+                ..Default::default()
+            });
+        }
+        let r = l.report(&Snapshot::default());
+        assert_eq!(r.signals.len(), crate::signals::LISTED);
+        assert_eq!(r.signals_not_listed, 7);
+        assert_eq!(r.signals[0].pid, 0);
     }
 
     #[test]

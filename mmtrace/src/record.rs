@@ -1,6 +1,6 @@
 //! The typed record stream every output consumes: a `meta` record first,
-//! `interval` records while tracing, `oom_kill` and raw `event` records as
-//! they happen, then `verdict` records and a final `summary`. JSON Lines is
+//! `interval` records while tracing, `oom_kill`, `signal` and raw `event`
+//! records as they happen, then `verdict` records and a final `summary`. JSON Lines is
 //! this enum serialized; `mmtrace schema` prints its JSON Schema (generated
 //! from these types, so the two cannot drift). docs/json-schema.md explains
 //! the fields; a test checks it names every one.
@@ -31,6 +31,8 @@ pub enum Record {
     Meta(Meta),
     Interval(Interval),
     OomKill(OomKill),
+    /// A traced process got a kernel-generated SIGBUS or SIGSEGV.
+    Signal(crate::signals::SignalRecord),
     Event(crate::collect::events::RawEvent),
     Verdict(Verdict),
     Summary(Summary),
@@ -299,7 +301,7 @@ mod tests {
     fn schema_names_every_record_type() {
         let s = serde_json::to_string(&schema()).unwrap();
         for t in [
-            "meta", "interval", "oom_kill", "event", "verdict", "summary",
+            "meta", "interval", "oom_kill", "signal", "event", "verdict", "summary",
         ] {
             assert!(s.contains(&format!("\"const\":\"{t}\"")), "{t} missing");
         }

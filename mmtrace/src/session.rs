@@ -409,6 +409,9 @@ async fn watch(
                     Ready::Events => c.drain_events(),
                 };
                 emit_kills(sinks, kills, c.kinds().oom)?;
+                for sig in c.take_signals() {
+                    sinks.emit(&Record::Signal(sig))?;
+                }
                 sinks.emit_events(events)?;
                 continue;
             }
@@ -507,7 +510,9 @@ fn finish(
         out.extend(kills.into_iter().flat_map(kill_records));
         out.extend(evs.into_iter().map(Record::Event));
     }
-    match c.finish() {
+    let finished = c.finish();
+    out.extend(c.take_signals().into_iter().map(Record::Signal));
+    match finished {
         Ok(kills) => out.extend(kills.into_iter().flat_map(kill_records)),
         // The maps could not be read one last time: report what was read.
         Err(e) => log::warn!("the final read failed: {e:#}"),

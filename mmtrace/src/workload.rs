@@ -16,6 +16,9 @@ use anyhow::{Context as _, Result, bail, ensure};
 use mmtrace::datafile::{self, drop_cache, fadvise_dontneed, parse_size};
 use serde_json::{Map, Value};
 
+#[path = "workload_mm.rs"]
+mod mm;
+
 /// Size of the chunks `make-file` writes and `evict` reads.
 const CHUNK: usize = 1 << 20;
 
@@ -120,6 +123,46 @@ pub enum Workload {
         #[arg(long, value_parser = parse_size)]
         size: u64,
     },
+    /// Write a file, map it shared, truncate it and touch a page beyond the
+    /// new end: SIGBUS (BUS_ADRERR), caught by a handler unless --die.
+    Sigbus {
+        /// file to create
+        #[arg(long)]
+        path: PathBuf,
+        /// pages written and mapped
+        #[arg(long, default_value_t = 4)]
+        pages: u64,
+        /// pages left after the truncation
+        #[arg(long, default_value_t = 1)]
+        keep: u64,
+        /// no handler: die of the SIGBUS (the report is written first)
+        #[arg(long)]
+        die: bool,
+        /// instead: map the file read-only and write its last page, a
+        /// SIGSEGV (SEGV_ACCERR), caught
+        #[arg(long, conflicts_with = "die")]
+        segv: bool,
+        /// ms to keep the file mapped before truncating it (or writing it)
+        #[arg(long, default_value_t = 300)]
+        settle_ms: u64,
+    },
+    /// TLB shootdowns: per round, map and write anonymous pages (with
+    /// --threads 2 a sibling thread on the other CPU writes them too), then
+    /// mprotect them read-only and unmap them.
+    Shootdown {
+        /// rounds (per chunk)
+        #[arg(long)]
+        rounds: u64,
+        /// pages per round
+        #[arg(long, default_value_t = 16)]
+        pages: u64,
+        /// 2: a sibling thread shares the mm; 1: the single-threaded control
+        #[arg(long, default_value_t = 2)]
+        threads: u64,
+        /// repeat the rounds this many times, timing each chunk
+        #[arg(long, default_value_t = 1)]
+        chunks: u64,
+    },
     /// Sleep.
     Sleep {
         /// milliseconds to sleep
@@ -221,6 +264,31 @@ pub fn run(args: &WorkloadArgs) -> Result<Value> {
             let (report, maps) = leak(*size, *steps, Duration::from_millis(*step_ms))?;
             (report, Some(maps))
         }
+        Workload::Sigbus {
+            path,
+            pages,
+            keep,
+            die,
+            segv,
+            settle_ms,
+        } => (
+            mm::sigbus(
+                path,
+                *pages,
+                *keep,
+                *die,
+                *segv,
+                Duration::from_millis(*settle_ms),
+                args.report.as_deref(),
+            )?,
+            None,
+        ),
+        Workload::Shootdown {
+            rounds,
+            pages,
+            threads,
+            chunks,
+        } => (mm::shootdown(*rounds, *pages, *threads, *chunks)?, None),
         Workload::Sleep { ms } => {
             nap(Duration::from_millis(*ms));
             (report_base("sleep").with("ms", *ms), None)
@@ -827,9 +895,23 @@ mod tests {
             &["w", "fork", "--parent-pages", "1", "--child-pages", "2"],
             &["w", "make-file", "--path", "f", "--size", "512M"],
             &["w", "sleep", "--ms", "5"],
+            &["w", "sigbus", "--path", "f", "--die"],
+            &["w", "sigbus", "--path", "f", "--segv", "--pages", "8"],
+            &["w", "shootdown", "--rounds", "10", "--threads", "1"],
+            &[
+                "w",
+                "shootdown",
+                "--rounds",
+                "10",
+                "--chunks",
+                "3",
+                "--pages",
+                "1",
+            ],
         ] {
             Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
         }
+        assert!(Cli::try_parse_from(["w", "sigbus", "--path", "f", "--die", "--segv"]).is_err());
         let cli = Cli::try_parse_from(["w", "make-file", "--path", "f", "--size", "2k"]).unwrap();
         assert!(matches!(
             cli.args.workload,

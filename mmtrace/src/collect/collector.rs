@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use mmtrace_common::{FaultCounters, Notice, notice};
+use mmtrace_common::{FaultCounters, Notice, SignalNotice, notice};
 
 use crate::model::FileId;
 use tokio::io::unix::AsyncFd;
@@ -30,6 +30,7 @@ use crate::{
     procfs::{self, ProcError},
     record::{CgroupRecord, CgroupRow},
     residency,
+    signals::{self, SignalRecord},
 };
 
 pub struct Collector {
@@ -64,6 +65,8 @@ pub struct Collector {
     /// When each process was first seen gone (it is folded away after
     /// `retain_exited`).
     gone_since: HashMap<u32, Instant>,
+    /// Signal records not handed out yet ([`Collector::take_signals`]).
+    new_signals: Vec<SignalRecord>,
 }
 
 /// Which ring buffer has data.
@@ -119,6 +122,10 @@ impl Collector {
             .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
         let mut ledger = Ledger::new(s.page_size);
         ledger.owner_known = s.owner_known;
+        ledger.tlb_known = tracer
+            .probes()
+            .iter()
+            .any(|p| p.program == "tlb_flush" && p.attached);
         Ok(Self {
             tracer,
             notices,
@@ -140,6 +147,7 @@ impl Collector {
             start_ticks: boot_ticks_now(),
             baselines: s.baselines,
             gone_since: HashMap::new(),
+            new_signals: Vec::new(),
         })
     }
 
@@ -230,6 +238,7 @@ impl Collector {
     /// exists; an OOM kill of a traced process is recorded and returned.
     pub fn drain_notices(&mut self) -> Vec<OomKill> {
         let mut kills = Vec::new();
+        let mut sigs = Vec::new();
         let rb = self.notices.get_mut();
         while let Some(item) = rb.next() {
             let Some(kind) = item
@@ -253,6 +262,12 @@ impl Collector {
                 }
                 continue;
             }
+            if kind == notice::SIGNAL && item.len() >= std::mem::size_of::<SignalNotice>() {
+                // SAFETY: the kernel wrote a SignalNotice; read_unaligned copes with alignment.
+                let n: SignalNotice = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                sigs.push(n);
+                continue;
+            }
             if kind != notice::NEW_FILE || item.len() < std::mem::size_of::<Notice>() {
                 continue;
             }
@@ -267,8 +282,56 @@ impl Collector {
             take_handles(&mut self.names, &self.root, n.pid, &maps, &fds);
             self.ledger.learn_paths(&maps, &fds);
         }
+        for n in sigs {
+            let r = self.signal_record(&n);
+            self.ledger.add_signal(r.clone());
+            self.new_signals.push(r);
+        }
         self.ledger.oom_kills.extend(kills.iter().cloned());
         kills
+    }
+
+    /// Signal records since the last call, in order (emitted as they come).
+    pub fn take_signals(&mut self) -> Vec<SignalRecord> {
+        std::mem::take(&mut self.new_signals)
+    }
+
+    /// Resolves a signal notice: the faulting task is usually still there
+    /// (in its handler, or dying), so its maps are read now for the path;
+    /// the ledger's last look at them is the fallback.
+    fn signal_record(&mut self, n: &SignalNotice) -> SignalRecord {
+        let fresh = procfs::read_maps(&self.root, n.tgid).ok();
+        if let Some(maps) = &fresh {
+            let fds = procfs::read_fd_files(&self.root, n.tgid).unwrap_or_default();
+            take_handles(&mut self.names, &self.root, n.tgid, maps, &fds);
+            self.ledger.learn_paths(maps, &fds);
+        }
+        let maps: &[procfs::MapEntry] = match &fresh {
+            Some(m) => m,
+            None => self
+                .ledger
+                .procs
+                .get(&n.tgid)
+                .map(|p| p.maps.as_slice())
+                .unwrap_or_default(),
+        };
+        let ledger = &self.ledger;
+        let ps = self.page_size;
+        signals::record(
+            n,
+            maps,
+            ps,
+            |id| ledger.paths.get(&id).map(|p| p.path.clone()),
+            |id, path| {
+                let p = ledger
+                    .paths
+                    .get(&id)
+                    .map(|p| p.fs_path())
+                    .or_else(|| path.map(Into::into))?;
+                signals::file_size_pages(id, p.to_str(), ps)
+            },
+            self.start.elapsed().as_secs_f64(),
+        )
     }
 
     /// One tick: the maps, then /proc for every process in scope (new
@@ -354,6 +417,7 @@ impl Collector {
         let now = Instant::now();
         let mut seen: BTreeSet<u32> = self.snap.mappings.keys().map(|k| k.tgid).collect();
         seen.extend(self.snap.exits.keys());
+        seen.extend(self.snap.tlb.keys());
         seen.extend(self.ledger.procs.keys());
         let mut due = BTreeSet::new();
         for pid in seen {
@@ -378,7 +442,12 @@ impl Collector {
             return Ok(());
         }
         let deleted = self.tracer.forget(&due)?;
+        // TLB counters as they were at the delete (nothing is lost between
+        // this tick's read and the delete); folded into the exited row.
+        let tlb = self.tracer.forget_tlb(&due)?;
+        self.snap.tlb.extend(tlb);
         self.ledger.fold(&due, &deleted, &self.snap);
+        self.snap.tlb.retain(|p, _| !due.contains(p));
         // This tick's snapshot must not count them twice.
         for (k, c) in &deleted {
             if let Some(m) = self.snap.mappings.get_mut(k) {
@@ -493,6 +562,10 @@ impl Collector {
         // (a syscall or three per file) are refreshed for the busiest only.
         let only = self.all.then(|| busiest_files(&self.snap, BUSIEST_FILES));
         refresh_names(&mut self.ledger, &mut self.names, only.as_ref());
+        let paths = &self.ledger.paths;
+        signals::fill_paths(&mut self.ledger.signals, |id| {
+            paths.get(&id).map(|p| p.path.clone())
+        });
         update_residency(&mut self.ledger, &self.snap, only.as_ref());
         self.ledger.report(&self.snap)
     }

@@ -15,7 +15,7 @@ use aya::{
 };
 use mmtrace_common::{
     CacheCounters, CgroupKey, Comm, Config, ExitRecord, FaultCounters, FileKey, MappingKey,
-    ReclaimStats, ScopeEntry, VmaCache, errors,
+    ReclaimStats, ScopeEntry, TlbCounters, VmaCache, errors,
 };
 
 use super::maps::{Snapshot, comm_string, merge_exit, sum_cache, sum_faults};
@@ -74,6 +74,13 @@ loadable!(TracePoint, RawTracePoint, PerfEvent);
 /// Why an optional probe cannot be attached on this kernel, known before
 /// trying (its tracepoint is missing or has another layout).
 fn unavailable(p: &Probe, f: &Features) -> Option<&'static str> {
+    // A diagnostic knob for side-by-side cost measurements: optional probes
+    // named in MMTRACE_SKIP_PROBES (comma-separated programs) stay detached.
+    if !p.required()
+        && std::env::var("MMTRACE_SKIP_PROBES").is_ok_and(|v| v.split(',').any(|x| x == p.program))
+    {
+        return Some("skipped (MMTRACE_SKIP_PROBES)");
+    }
     match p.program {
         "oom_mark_victim" if !f.oom_kills => Some("missing, or its layout is not the expected one"),
         "page_fault_user" | "page_fault_kernel" if !f.write_faults => {
@@ -142,6 +149,7 @@ impl Tracer {
             .override_global("AYA_LOG_LEVEL", &log_level, false)
             .map_max_entries("SCOPE", cap.processes)
             .map_max_entries("EXITS", cap.processes)
+            .map_max_entries("TLB_FLUSHES", cap.processes)
             .map_max_entries("MAPPING_FAULTS", cap.mappings)
             .map_max_entries("FILE_CACHE", cap.files)
             .map_max_entries("EVICTED", cap.evicted)
@@ -434,6 +442,22 @@ impl Tracer {
         Ok(deleted)
     }
 
+    /// Deletes the TLB counters of processes that are gone; returns what
+    /// they held (read just before the delete).
+    pub fn forget_tlb(&mut self, pids: &BTreeSet<u32>) -> Result<BTreeMap<u32, TlbCounters>> {
+        let mut m: PerCpuHashMap<&mut MapData, u32, TlbCounters> =
+            PerCpuHashMap::try_from(self.map_mut("TLB_FLUSHES")?)?;
+        let mut deleted = BTreeMap::new();
+        for p in pids {
+            let Ok(v) = m.get(p, 0) else { continue };
+            let mut sum = TlbCounters::default();
+            v.iter().for_each(|c| sum.add(c));
+            m.remove(p).context("deleting from TLB_FLUSHES")?;
+            deleted.insert(*p, sum);
+        }
+        Ok(deleted)
+    }
+
     /// Reads every map.
     pub fn snapshot(&self) -> Result<Snapshot> {
         let mut s = Snapshot::default();
@@ -483,6 +507,13 @@ impl Tracer {
         for r in m.iter() {
             let (k, v) = r.context("reading RECLAIMERS")?;
             s.reclaimers.insert(comm_string(&k), v.iter().sum());
+        }
+        let m: PerCpuHashMap<&MapData, u32, TlbCounters> =
+            PerCpuHashMap::try_from(self.map("TLB_FLUSHES")?)?;
+        for r in m.iter() {
+            let (k, v) = r.context("reading TLB_FLUSHES")?;
+            let t = s.tlb.entry(k).or_default();
+            v.iter().for_each(|c| t.add(c));
         }
         let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map("ERRORS")?)?;
         for i in 0..errors::COUNT {

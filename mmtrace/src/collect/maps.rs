@@ -3,7 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use mmtrace_common::{
-    CacheCounters, ExitRecord, FaultCounters, FileKey, MappingKey, ReclaimStats, ScopeEntry, errors,
+    CacheCounters, ExitRecord, FaultCounters, FileKey, MappingKey, ReclaimStats, ScopeEntry,
+    TlbCounters, errors,
 };
 
 /// Everything the kernel side has counted so far (cumulative since start).
@@ -29,6 +30,8 @@ pub struct Snapshot {
     pub reclaimers: BTreeMap<String, u64>,
     /// Error counters, indexed by `mmtrace_common::errors`.
     pub errors: [u64; errors::COUNT as usize],
+    /// TLB flushes per traced process (tgid), summed over CPUs.
+    pub tlb: BTreeMap<u32, TlbCounters>,
 }
 
 /// A kernel `comm` (NUL-padded) as text.
@@ -82,6 +85,7 @@ pub fn error_name(index: u32) -> &'static str {
         errors::READ_FAILED => "kernel_read_failed",
         errors::NOTICE_DROPPED => "notice_dropped",
         errors::RECLAIMER_FULL => "reclaimer_map_full",
+        errors::TLB_FULL => "tlb_map_full",
         _ => "other",
     }
 }
@@ -105,6 +109,7 @@ pub fn error_advice(index: u32) -> &'static str {
             "the notice ring buffer overflowed: some paths or OOM-kill records were lost"
         }
         errors::RECLAIMER_FULL => "some evictions were not counted by reclaimer command name",
+        errors::TLB_FULL => "TLB flushes of some processes were not counted: raise --max-processes",
         _ => "",
     }
 }

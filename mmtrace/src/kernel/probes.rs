@@ -204,6 +204,28 @@ pub const PROBES: &[Probe] = &[
         },
         purpose: "write faults taken in kernel mode",
     },
+    Probe {
+        program: "signal_generate",
+        hook: Hook::RawTracepoint {
+            category: "signal",
+            event: "signal_generate",
+        },
+        need: Need::Optional {
+            without: "SIGBUS/SIGSEGV of traced processes are not reported (no signal records)",
+        },
+        purpose: "SIGBUS/SIGSEGV on mappings, with the file and page",
+    },
+    Probe {
+        program: "tlb_flush",
+        hook: Hook::RawTracepoint {
+            category: "tlb",
+            event: "tlb_flush",
+        },
+        need: Need::Optional {
+            without: "TLB flushes per process are not counted (tlb_flushes null; x86 only)",
+        },
+        purpose: "TLB flushes and shootdowns per process, by reason",
+    },
 ];
 
 /// The probe of a program.
@@ -267,6 +289,8 @@ mod tests {
             "process.rs",
             "reclaim.rs",
             "oom.rs",
+            "signals.rs",
+            "tlb.rs",
         ]
         .iter()
         .map(|f| {

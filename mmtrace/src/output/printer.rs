@@ -68,6 +68,11 @@ impl Printer {
                 self.tables(title, &i.report, &i.cgroups, i.cgroup.as_ref())
             }
             Record::OomKill(k) => format!("{}\n", oom_line(k)),
+            Record::Signal(g) if self.final_only => {
+                self.held.push(format!("{}\n", signal_line(g)));
+                return Ok(());
+            }
+            Record::Signal(g) => format!("{}\n", signal_line(g)),
             Record::Verdict(v) => {
                 self.verdicts.push(verdict_line(v));
                 return Ok(());
@@ -126,6 +131,20 @@ pub fn oom_line(k: &crate::model::OomKill) -> String {
             .as_deref()
             .map(|c| format!(" (cgroup {c})"))
             .unwrap_or_default()
+    )
+}
+
+/// The line a SIGBUS/SIGSEGV prints when it happens.
+pub fn signal_line(g: &crate::signals::SignalRecord) -> String {
+    format!(
+        "mmtrace: pid {} ({}) got {} {} at 0x{:x} (+{:.1} s): {}",
+        g.pid,
+        super::escape::display_path(&g.comm),
+        g.signal,
+        g.code_name,
+        g.address,
+        g.elapsed_s,
+        super::escape::display_path(&g.explanation)
     )
 }
 

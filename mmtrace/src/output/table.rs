@@ -269,6 +269,9 @@ pub fn render_table(r: &Report, o: &TableOptions, legend: bool) -> String {
     for line in process_table(&r.processes, ps) {
         let _ = writeln!(s, "{line}");
     }
+    for line in cost_lines(r) {
+        let _ = writeln!(s, "{}", fit_line(&line, WIDTH * 2));
+    }
     if legend {
         for line in LEGEND {
             let _ = writeln!(s, "{line}");
@@ -285,6 +288,59 @@ pub fn render_table(r: &Report, o: &TableOptions, legend: bool) -> String {
         let _ = writeln!(s, "warning: {} × {}: {}", count(e.count), e.name, e.meaning);
     }
     s
+}
+
+/// Signals shown in the table (the JSON lists up to 100).
+const SIGNALS_SHOWN: usize = 10;
+/// Processes with TLB flush lines.
+const TLB_SHOWN: usize = 5;
+
+/// The SIGNALS section (which process got SIGBUS/SIGSEGV where, and what it
+/// means) and the TLB FLUSHES lines (per process, remote shootdowns first).
+pub fn cost_lines(r: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    if !r.signals.is_empty() {
+        out.push("SIGNALS (kernel-generated SIGBUS/SIGSEGV of traced processes)".into());
+        for g in r.signals.iter().take(SIGNALS_SHOWN) {
+            out.push(format!(
+                "  pid {} ({}) {} {} at 0x{:x}: {}",
+                g.pid,
+                display_path(&g.comm),
+                g.signal,
+                g.code_name,
+                g.address,
+                display_path(&g.explanation)
+            ));
+        }
+        let more = (r.signals.len().saturating_sub(SIGNALS_SHOWN)) as u64 + r.signals_not_listed;
+        if more > 0 {
+            out.push(format!("  ... and {} more", count(more)));
+        }
+    }
+    let mut tlb: Vec<(&ProcessRow, &crate::tlb::TlbFlushes)> = r
+        .processes
+        .iter()
+        .filter_map(|p| p.tlb_flushes.as_ref().map(|t| (p, t)))
+        .filter(|(_, t)| t.remote_shootdowns + t.remote_flush_requests > 0)
+        .collect();
+    tlb.sort_by_key(|(p, t)| {
+        (
+            std::cmp::Reverse(t.remote_shootdowns),
+            std::cmp::Reverse(t.remote_flush_requests),
+            p.pid,
+        )
+    });
+    if !tlb.is_empty() {
+        out.push(
+            "TLB FLUSHES (per process, not per file; a flush request is logged even when no \
+             other CPU needed an interrupt)"
+                .into(),
+        );
+        for (p, t) in tlb.iter().take(TLB_SHOWN) {
+            out.push(format!("  pid {} ({}): {}", p.pid, comm(p), t.line()));
+        }
+    }
+    out
 }
 
 /// The heading of the file table (the live view marks its sort column in it).
@@ -827,6 +883,80 @@ mod tests {
         // The group sits where its first member was: after python3.
         let at = |s: &str| out.find(s).unwrap();
         assert!(at("  python3\n") < at("bash ×40") && at("bash ×40") < at("  uname"));
+    }
+
+    #[test]
+    fn signals_and_tlb_shootdowns_get_their_own_lines() {
+        let mut r = Report::default();
+        assert!(cost_lines(&r).is_empty(), "nothing to say, no section");
+        let mut g = crate::signals::SignalRecord {
+            pid: 42,
+            comm: "db".into(),
+            signal: "SIGBUS".into(),
+            code: 2,
+            code_name: "BUS_ADRERR".into(),
+            code_meaning: "access beyond the end of the file".into(),
+            address: 0x7f00_0000_3000,
+            mapping: crate::signals::SignalMapping::File,
+            path: Some("/data/t.bin".into()),
+            offset_pages: Some(3),
+            file_size_pages: Some(1),
+            ..Default::default()
+        };
+        g.explanation = crate::signals::explain(&g);
+        r.signals = vec![g; 12];
+        r.signals_not_listed = 3;
+        let mut c = mmtrace_common::TlbCounters::default();
+        c.flushes[1] = 3996;
+        c.flushes[4] = 3998;
+        c.flushes[3] = 4030;
+        c.pages[3] = 64_000;
+        let mut quiet = c;
+        quiet.flushes[1] = 0;
+        quiet.flushes[4] = 0;
+        r.processes = vec![
+            ProcessRow {
+                pid: 7,
+                comm: "quiet".into(),
+                tlb_flushes: Some(crate::tlb::TlbFlushes::from_counters(&quiet)),
+                ..ProcessRow::default()
+            },
+            ProcessRow {
+                pid: 42,
+                comm: "db".into(),
+                tlb_flushes: Some(crate::tlb::TlbFlushes::from_counters(&c)),
+                ..ProcessRow::default()
+            },
+            ProcessRow {
+                pid: 8,
+                comm: "no-hook".into(),
+                ..ProcessRow::default()
+            },
+        ];
+        let lines = cost_lines(&r);
+        assert!(lines[0].starts_with("SIGNALS"));
+        assert!(
+            lines[1].contains("pid 42 (db) SIGBUS BUS_ADRERR at 0x7f0000003000: page 3 of /data/t.bin is beyond the end of the file (1 page now)"),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(
+            lines.iter().filter(|l| l.contains("BUS_ADRERR")).count(),
+            10
+        );
+        assert!(lines.iter().any(|l| l == "  ... and 5 more"), "{lines:#?}");
+        let tlb: Vec<&String> = lines.iter().skip_while(|l| !l.starts_with("TLB")).collect();
+        assert!(tlb[0].contains("per process, not per file"));
+        // Only processes with remote activity get a line.
+        assert_eq!(tlb.len(), 2, "{tlb:#?}");
+        assert!(
+            tlb[1].starts_with(
+                "  pid 42 (db): 3,996 remote shootdowns received, 3,998 remote flush requests"
+            ),
+            "{}",
+            tlb[1]
+        );
+        assert!(render(&r, &opts(5)).contains("TLB FLUSHES"));
     }
 
     #[test]

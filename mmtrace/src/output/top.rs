@@ -215,6 +215,7 @@ impl TopView {
             }
             Record::Interval(i) => self.last = Some(i.clone()),
             Record::OomKill(k) => self.ooms.push(oom_line(k)),
+            Record::Signal(g) => self.ooms.push(super::printer::signal_line(g)),
             Record::Verdict(v) => self.verdicts.push(verdict_line(v)),
             Record::Summary(s) => self.summary = Some(s.clone()),
             Record::Event(_) => {}

@@ -34,6 +34,7 @@ pub fn type_name(r: &Record) -> &'static str {
         Record::Meta(_) => "meta",
         Record::Interval(_) => "interval",
         Record::OomKill(_) => "oom_kill",
+        Record::Signal(_) => "signal",
         Record::Event(_) => "event",
         Record::Verdict(_) => "verdict",
         Record::Summary(_) => "summary",
@@ -275,6 +276,8 @@ impl State {
                 }
                 self.oom_kills.push_back(msg.clone());
             }
+            // Signals are also in every interval's and the summary's report.
+            Record::Signal(_) => {}
             Record::Event(e) => {
                 self.files.event(e);
                 if self.events.len() == EVENTS_KEPT {
