@@ -5,7 +5,8 @@
 //! - `process`: scope maintenance (children joining, processes exiting);
 //! - `reclaim`: reclaim context (why pages leave), cgroup joins;
 //! - `oom`: OOM-killer victims, sent to userspace as they happen;
-//! - `events`: single events, only when asked for (`--events`).
+//! - `events`: single events, only when asked for (`--events`);
+//! - `latency`: fault latency histograms (`--latency`).
 //!
 //! Maps live in `maps`, the scope filter in `scope`, kernel reads at run-time
 //! offsets in `kread`. Aggregation happens here: no per-fault record crosses
@@ -21,6 +22,7 @@
 mod events;
 mod faults;
 mod kread;
+mod latency;
 mod maps;
 mod oom;
 mod pagecache;

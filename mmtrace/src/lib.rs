@@ -21,5 +21,6 @@ pub mod record;
 pub mod residency;
 pub mod session;
 pub mod spec;
+pub mod stall;
 pub mod target;
 pub mod verdict;

@@ -12,6 +12,7 @@ use crate::{
     devnum::Dev,
     procfs::{MapEntry, OpenFile, ProcStat, ProcStatus},
     residency::Residency,
+    stall::{self, FaultStall},
 };
 
 /// A file as the kernel names it: (`s_dev` in kernel encoding, inode number).
@@ -126,6 +127,8 @@ pub struct Ledger {
     pub oom_kills: Vec<OomKill>,
     /// Processes that exited a while ago, folded away.
     pub retired: Retired,
+    /// `--latency`: report fault stall per file and per process.
+    pub latency: bool,
 }
 
 /// Processes that exited a while ago, folded away so that a long trace
@@ -171,6 +174,11 @@ impl Retired {
         r.untraced_minor_faults = addi(r.untraced_minor_faults, p.untraced_minor_faults);
         r.untraced_major_faults = addi(r.untraced_major_faults, p.untraced_major_faults);
         r.kernel_source = r.kernel_source.or(p.kernel_source);
+        if let Some(st) = &p.fault_stall {
+            r.fault_stall
+                .get_or_insert_with(Default::default)
+                .add_totals(st);
+        }
     }
 }
 
@@ -184,6 +192,7 @@ impl Ledger {
             owner_known: false,
             oom_kills: Vec::new(),
             retired: Retired::default(),
+            latency: false,
         }
     }
 
@@ -341,6 +350,11 @@ impl Ledger {
                     rss_anon_pages: status.map(|s| pages(s.rss_anon_kib)),
                     rss_shmem_pages: status.map(|s| pages(s.rss_shmem_kib)),
                     folded_processes: 0,
+                    fault_stall: self.latency.then(|| {
+                        FaultStall::from_totals(
+                            &snap.proc_stall.get(&pid).copied().unwrap_or_default(),
+                        )
+                    }),
                 }
             })
             .collect()
@@ -364,6 +378,14 @@ impl Ledger {
                 .iter()
                 .filter(|(p, _)| pids.contains(p))
                 .map(|(p, e)| (*p, *e))
+                .collect(),
+            // Their fault stall totals (--latency), deleted from the kernel
+            // with their mapping counters.
+            proc_stall: snap
+                .proc_stall
+                .iter()
+                .filter(|(p, _)| pids.contains(p))
+                .map(|(p, s)| (*p, *s))
                 .collect(),
             ..Default::default()
         };
@@ -437,6 +459,9 @@ impl Ledger {
                 *r.evicted_owned_pages.get_or_insert(0) += c.evicted_owned;
             }
         }
+        if self.latency {
+            self.add_stall(snap, &mut by_file, &mut anon, &mut unattributed);
+        }
         let mut files: Vec<FileRow> = by_file
             .into_values()
             .filter(|f| f.activity() > 0 || f.mappings > 0)
@@ -482,7 +507,46 @@ impl Ledger {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
+            fault_stall_unpaired: self.latency.then(|| {
+                mmtrace_common::latency_miss::NAMES
+                    .iter()
+                    .zip(snap.latency_misses)
+                    .map(|(k, n)| (*k, n))
+                    .collect()
+            }),
         }
+    }
+
+    /// `--latency`: each file's (and anonymous memory's) stall from the
+    /// kernel's histograms; a file with none gets zeros.
+    fn add_stall(
+        &self,
+        snap: &Snapshot,
+        by_file: &mut BTreeMap<FileId, FileRow>,
+        anon: &mut FileRow,
+        unattributed: &mut FileRow,
+    ) {
+        let mut h: BTreeMap<FileId, [mmtrace_common::LatencyHist; 2]> = BTreeMap::new();
+        for (k, v) in &snap.latency {
+            h.entry((k.dev, k.ino)).or_default()[k.major.min(1) as usize].add(v);
+        }
+        let stall = |id: FileId| {
+            h.get(&id)
+                .map(|[mi, ma]| {
+                    FaultStall::new(stall::class_from_hist(mi), stall::class_from_hist(ma))
+                })
+                .unwrap_or_default()
+        };
+        for &id in h.keys() {
+            if id != ANON_STALL && id != UNATTRIBUTED_STALL {
+                by_file.entry(id).or_insert_with(|| self.file_row(id));
+            }
+        }
+        for (id, row) in by_file.iter_mut() {
+            row.fault_stall = Some(stall(*id));
+        }
+        anon.fault_stall = Some(stall(ANON_STALL));
+        unattributed.fault_stall = Some(stall(UNATTRIBUTED_STALL));
     }
 
     fn file_row(&self, id: FileId) -> FileRow {
@@ -625,6 +689,10 @@ pub struct ProcessRow {
     /// ago it sums (they were folded away to keep a long trace bounded).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub folded_processes: u64,
+    /// `--latency` only: the stall totals of its faults (fault entry to the
+    /// kernel's accounting), no percentiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_stall: Option<FaultStall>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -674,6 +742,10 @@ pub struct FileRow {
     pub evicted_owned_pages: Option<u64>,
     pub resident_pages: Option<u64>,
     pub file_pages: Option<u64>,
+    /// `--latency` only: the time from fault entry to the kernel's
+    /// accounting of the fault, per minor/major, with percentiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_stall: Option<FaultStall>,
 }
 
 impl FileRow {
@@ -747,7 +819,16 @@ pub struct Report {
     /// Pages of files of interest evicted by tasks outside syscalls and
     /// cgroup/global reclaim, by command name (kdamond.0, khugepaged, ...).
     pub reclaimers: BTreeMap<String, u64>,
+    /// `--latency` only: accounted faults whose latency was not measured,
+    /// by why (`no_entry`, `address_mismatch`, `implausible_time`,
+    /// `map_full`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_stall_unpaired: Option<BTreeMap<&'static str, u64>>,
 }
+
+/// Stall histogram keys of anonymous memory and of unattributed faults.
+const ANON_STALL: FileId = (0, 0);
+const UNATTRIBUTED_STALL: FileId = (u32::MAX, 0);
 
 /// Processes summed by cgroup, busiest (most faults) first.
 pub fn by_cgroup(processes: &[ProcessRow]) -> Vec<crate::record::CgroupRow> {
@@ -807,6 +888,14 @@ pub fn bound_processes(mut rows: Vec<ProcessRow>, top: usize) -> Vec<ProcessRow>
         rss_file_pages: sum_opt(|p| p.rss_file_pages),
         rss_anon_pages: sum_opt(|p| p.rss_anon_pages),
         rss_shmem_pages: sum_opt(|p| p.rss_shmem_pages),
+        fault_stall: rest.iter().filter_map(|p| p.fault_stall.as_ref()).fold(
+            None,
+            |acc: Option<FaultStall>, s| {
+                let mut a = acc.unwrap_or_default();
+                a.add_totals(s);
+                Some(a)
+            },
+        ),
         ..Default::default()
     };
     rows.push(others);

@@ -83,6 +83,8 @@ pub struct Setup {
     pub write_faults: bool,
     /// Exited processes are folded away after this long.
     pub retain_exited: Duration,
+    /// `--latency`: fault stall is reported.
+    pub latency: bool,
 }
 
 impl Collector {
@@ -96,6 +98,7 @@ impl Collector {
             .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
         let mut ledger = Ledger::new(s.page_size);
         ledger.owner_known = s.owner_known;
+        ledger.latency = s.latency;
         Ok(Self {
             tracer,
             notices,
@@ -320,6 +323,7 @@ impl Collector {
             }
         }
         self.snap.exits.retain(|p, _| !due.contains(p));
+        self.snap.proc_stall.retain(|p, _| !due.contains(p));
         Ok(())
     }
 

@@ -3,7 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use mmtrace_common::{
-    CacheCounters, ExitRecord, FaultCounters, FileKey, MappingKey, ReclaimStats, ScopeEntry, errors,
+    CacheCounters, ExitRecord, FaultCounters, FileKey, LatencyHist, LatencyKey, MappingKey,
+    ProcStall, ReclaimStats, ScopeEntry, errors, latency_miss,
 };
 
 /// Everything the kernel side has counted so far (cumulative since start).
@@ -29,6 +30,13 @@ pub struct Snapshot {
     pub reclaimers: BTreeMap<String, u64>,
     /// Error counters, indexed by `mmtrace_common::errors`.
     pub errors: [u64; errors::COUNT as usize],
+    /// `--latency`: fault latency histograms per (file, major?), summed.
+    pub latency: BTreeMap<LatencyKey, LatencyHist>,
+    /// `--latency`: fault stall totals per process, summed.
+    pub proc_stall: BTreeMap<u32, ProcStall>,
+    /// `--latency`: accounted faults not paired with their entry, by
+    /// `mmtrace_common::latency_miss` index.
+    pub latency_misses: [u64; latency_miss::COUNT as usize],
 }
 
 /// A kernel `comm` (NUL-padded) as text.

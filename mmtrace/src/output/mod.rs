@@ -5,6 +5,7 @@
 pub mod escape;
 pub mod json;
 pub mod printer;
+pub mod stall_table;
 pub mod table;
 pub mod top;
 
