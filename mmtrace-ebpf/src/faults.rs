@@ -159,31 +159,44 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
     // SAFETY: ctx points at the kernel's bpf_perf_event_data.
     let addr = unsafe { (*ctx.ctx).addr };
 
-    let (error_code, map_pages, mut start_ns, entry_addr) = take_pending(tid);
+    let latency_on = conf!(latency) != 0;
+    // The accounting time, before this program's own work (vma lookup).
+    // SAFETY: plain helper call.
+    let now = if latency_on {
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
+    let (mut error_code, map_pages, mut start_ns, entry_addr) = take_pending(tid);
+    let mut stall = None;
+    if latency_on {
+        stall = latency::paired(addr, entry_addr, start_ns, now);
+        if start_ns != 0 && entry_addr != addr {
+            // A stale entry (a failed fault's): its error code is not
+            // this fault's either.
+            error_code = 0;
+        }
+        if stall.is_none() {
+            // A raw event gets no latency either.
+            start_ns = 0;
+        }
+    }
 
     let write = error_code & X86_PF_WRITE != 0;
     let Some((c, k, dev, ino)) = vma_counters(addr, tgid) else {
         return;
     };
-    if conf!(latency) != 0 {
-        // SAFETY: plain helper call.
-        let now = unsafe { bpf_ktime_get_ns() };
-        match latency::paired(addr, entry_addr, start_ns, now) {
-            Some(ns) => {
-                let key = LatencyKey {
-                    ino,
-                    dev: if k & kind::UNATTRIBUTED != 0 {
-                        u32::MAX
-                    } else {
-                        dev
-                    },
-                    major: major as u32,
-                };
-                latency::record(&key, tgid, ns);
-            }
-            // A raw event gets no latency either.
-            None => start_ns = 0,
-        }
+    if let Some(ns) = stall {
+        let key = LatencyKey {
+            ino,
+            dev: if k & kind::UNATTRIBUTED != 0 {
+                u32::MAX
+            } else {
+                dev
+            },
+            major: major as u32,
+        };
+        latency::record(&key, tgid, ns);
     }
     let cow = write && k & kind::FILE != 0 && k & kind::SHARED == 0;
     // SAFETY: per-CPU value or per-CPU cache slot: no other writer on this CPU.

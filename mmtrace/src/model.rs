@@ -1112,6 +1112,104 @@ mod tests {
     }
 
     #[test]
+    fn latency_gives_files_anon_and_processes_their_stall_and_folding_keeps_it() {
+        use mmtrace_common::{LatencyHist, LatencyKey, ProcStall};
+        let mut l = ledger();
+        l.latency = true;
+        l.add_process(11, false, None, (0, 0));
+        l.set_cgroup(11, Some("/svc".into()));
+        let mut s = Snapshot::default();
+        s.mappings.insert(
+            key(10, kind::FILE | kind::SHARED, 0x1000, 42),
+            faults(10, 4, 0, 0),
+        );
+        s.mappings
+            .insert(key(11, 0, 0x20000, 0), faults(97, 0, 97, 0));
+        let hist = |n: u64, bucket: usize, max_ns: u64| {
+            let mut h = LatencyHist {
+                count: n,
+                sum_ns: n * max_ns,
+                max_ns,
+                ..Default::default()
+            };
+            h.buckets[bucket] = n;
+            h
+        };
+        let dev = key(10, kind::FILE, 0, 42).dev;
+        let fk = |ino, major| LatencyKey { ino, dev, major };
+        s.latency.insert(fk(42, 0), hist(10, 11, 2000));
+        s.latency.insert(fk(42, 1), hist(4, 20, 1_000_000));
+        s.latency.insert(LatencyKey::default(), hist(97, 10, 900));
+        s.proc_stall.insert(
+            10,
+            ProcStall {
+                minor_count: 10,
+                minor_sum_ns: 20_000,
+                minor_max_ns: 2000,
+                major_count: 4,
+                major_sum_ns: 4_000_000,
+                major_max_ns: 1_000_000,
+            },
+        );
+        s.proc_stall.insert(
+            11,
+            ProcStall {
+                minor_count: 97,
+                minor_sum_ns: 97 * 900,
+                minor_max_ns: 900,
+                ..Default::default()
+            },
+        );
+        s.latency_misses[mmtrace_common::latency_miss::ADDR_MISMATCH as usize] = 2;
+        let r = l.report(&s);
+        let file = r.files.iter().find(|f| f.ino == 42).unwrap();
+        let st = file.fault_stall.as_ref().unwrap();
+        assert_eq!((st.minor.faults, st.major.faults), (10, 4));
+        assert_eq!(st.total_ns, 20_000 + 4_000_000);
+        assert_eq!(st.major.p99_us, Some(1000.0));
+        assert_eq!(st.minor.p50_us, Some(2.0));
+        let anon = r.files.iter().find(|f| f.kind == FileKind::Anon).unwrap();
+        assert_eq!(anon.fault_stall.as_ref().unwrap().minor.faults, 97);
+        assert_eq!(
+            r.fault_stall_unpaired.as_ref().unwrap()["address_mismatch"],
+            2
+        );
+        let p10 = r.processes.iter().find(|p| p.pid == 10).unwrap();
+        assert_eq!(p10.fault_stall.as_ref().unwrap().total_ns, 4_020_000);
+
+        // 11 exits and is folded: its stall totals move to the exited row.
+        let gone: BTreeSet<u32> = [11].into();
+        let deleted: BTreeMap<MappingKey, FaultCounters> = s
+            .mappings
+            .iter()
+            .filter(|(k, _)| k.tgid == 11)
+            .map(|(k, c)| (*k, *c))
+            .collect();
+        l.fold(&gone, &deleted, &s);
+        s.mappings.retain(|k, _| k.tgid != 11);
+        s.proc_stall.remove(&11);
+        let r = l.report(&s);
+        let exited = r.processes.iter().find(|p| p.pid == 0).unwrap();
+        let st = exited.fault_stall.as_ref().unwrap();
+        assert_eq!((st.minor.faults, st.minor.total_ns), (97, 97 * 900));
+        assert_eq!(st.minor.max_us, Some(0.9));
+        let total: u64 = r
+            .processes
+            .iter()
+            .filter_map(|p| p.fault_stall.as_ref())
+            .map(|s| s.total_ns)
+            .sum();
+        assert_eq!(total, 4_020_000 + 97 * 900);
+
+        // Without --latency: no stall fields at all.
+        l.latency = false;
+        let r = l.report(&s);
+        assert!(r.files.iter().all(|f| f.fault_stall.is_none()));
+        assert!(r.processes.iter().all(|p| p.fault_stall.is_none()));
+        assert!(r.fault_stall_unpaired.is_none());
+    }
+
+    #[test]
     fn a_child_known_only_to_the_kernel_still_gets_a_row_with_its_comm() {
         let l = Ledger::new(4096);
         let mut s = Snapshot::default();

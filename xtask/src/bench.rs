@@ -126,7 +126,8 @@ pub fn bench(ctx: &Ctx, opts: &BenchOpts) -> Result<()> {
         opts.pairs,
         &storm,
     )?);
-    let bpf = b.bpf_cost(&storm(&b.report))?;
+    let bpf = b.bpf_cost(&[], &storm(&b.report))?;
+    let bpf_lat = b.bpf_cost(&["--latency"], &storm(&b.report))?;
 
     let file = work.join("cold.dat");
     let bytes = opts.file_mib << 20;
@@ -165,8 +166,22 @@ pub fn bench(ctx: &Ctx, opts: &BenchOpts) -> Result<()> {
         bpf.0,
         bpf.1
     );
+    let untraced = samples
+        .first()
+        .map(|s| median(&s.untraced))
+        .unwrap_or(f64::NAN);
+    let added = (bpf_lat.0 + bpf_lat.1) - (bpf.0 + bpf.1);
+    println!(
+        "  with --latency: {:.0} ns (perf-event program {:.0} ns + entry raw tracepoint {:.0} ns): \
+         +{added:.0} ns per fault, {:+.1}% of an untraced fault ({untraced:.0} ns)",
+        bpf_lat.0 + bpf_lat.1,
+        bpf_lat.0,
+        bpf_lat.1,
+        100.0 * added / untraced
+    );
     let results = json!({
         "bpf_ns_per_fault": { "page_faults_min": bpf.0, "page_fault_user": bpf.1 },
+        "bpf_ns_per_fault_latency": { "page_faults_min": bpf_lat.0, "page_fault_user": bpf_lat.1 },
         "binary": b.bin.display().to_string(),
         "kernel": kernel_release(),
         "pairs": opts.pairs,
@@ -277,10 +292,12 @@ impl Bencher<'_> {
 
     /// Mean BPF run time per fault of the fault-path programs, from one
     /// traced run with `--bpf-stats` (kernel BPF_ENABLE_STATS).
-    fn bpf_cost(&self, args: &[String]) -> Result<(f64, f64)> {
+    fn bpf_cost(&self, extra: &[&str], args: &[String]) -> Result<(f64, f64)> {
         let out = self.report.with_extension("stats.jsonl");
         let mut cmd = self.ctx.as_root(&self.bin)?;
-        cmd.args(["--quiet", "--bpf-stats", "-o"])
+        cmd.args(["--quiet", "--bpf-stats"])
+            .args(extra)
+            .arg("-o")
             .arg(&out)
             .arg("--")
             .arg(&self.bin)
