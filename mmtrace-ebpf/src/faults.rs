@@ -161,8 +161,8 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
 
     let latency_on = conf!(latency) != 0;
     // The accounting time, before this program's own work (vma lookup).
-    // SAFETY: plain helper call.
     let now = if latency_on {
+        // SAFETY: plain helper call.
         unsafe { bpf_ktime_get_ns() }
     } else {
         0
