@@ -37,7 +37,7 @@ fn trace(cmd: &[String], rep: &Path) -> (Value, Value) {
     (s, r)
 }
 
-fn row<'a>(s: &'a Value, pred: impl Fn(&Value) -> bool) -> &'a Value {
+fn row(s: &Value, pred: impl Fn(&Value) -> bool) -> &Value {
     s["files"]
         .as_array()
         .unwrap()
