@@ -1202,8 +1202,7 @@ mod tests {
         assert_eq!(total, 4_020_000 + 97 * 900);
 
         // Without --latency: no stall fields at all.
-        l.latency = false;
-        let r = l.report(&s);
+        let r = ledger().report(&s);
         assert!(r.files.iter().all(|f| f.fault_stall.is_none()));
         assert!(r.processes.iter().all(|p| p.fault_stall.is_none()));
         assert!(r.fault_stall_unpaired.is_none());
