@@ -188,49 +188,58 @@ fn a_failed_fault_leaves_no_stale_pairing() {
     require_root();
     let dir = scratch();
     let f = make_file(dir.path(), "cold.bin", 8 << 20);
-    let rep = dir.path().join("r.json");
-    let (s, r) = trace(
-        &workload(&[
-            "stale-fault",
-            "--path",
-            f.to_str().unwrap(),
-            "--gap-ms",
-            "300",
-        ]),
-        &rep,
-    );
-    assert_eq!(r["efault"], true, "{r}");
-    let gap_us = u(&r["gap_ns"]) as f64 / 1000.0;
-    // No fault of the run took as long as the pause after the failed fault:
-    // a stale pairing would (its entry is older than the pause).
-    for f in s["files"].as_array().unwrap() {
-        for c in ["minor", "major"] {
-            if let Some(max) = f["fault_stall"][c]["max_us"].as_f64() {
-                assert!(max < gap_us, "{c} stall of {max} µs on {}", f["path"]);
+    // The stale entry is met only if no other thread with the same slot
+    // (tid % 1024) faults on CPU 0 first: likely, not certain, on a busy
+    // host. Every attempt must be free of garbage; one must meet it.
+    let mut met = false;
+    for attempt in 0..3 {
+        let rep = dir.path().join(format!("r{attempt}.json"));
+        let (s, r) = trace(
+            &workload(&[
+                "stale-fault",
+                "--path",
+                f.to_str().unwrap(),
+                "--gap-ms",
+                "150",
+            ]),
+            &rep,
+        );
+        assert_eq!(r["efault"], true, "{r}");
+        let gap_us = u(&r["gap_ns"]) as f64 / 1000.0;
+        // No fault of the run took as long as the pause after the failed
+        // fault: a stale pairing would (its entry is older than the pause).
+        for f in s["files"].as_array().unwrap() {
+            for c in ["minor", "major"] {
+                if let Some(max) = f["fault_stall"][c]["max_us"].as_f64() {
+                    assert!(max < gap_us, "{c} stall of {max} µs on {}", f["path"]);
+                }
             }
         }
-    }
-    let p = process(&s, u(&r["pid"]));
-    for c in ["minor", "major"] {
-        if let Some(max) = p["fault_stall"][c]["max_us"].as_f64() {
-            assert!(max < gap_us, "{p}");
+        let p = process(&s, u(&r["pid"]));
+        for c in ["minor", "major"] {
+            if let Some(max) = p["fault_stall"][c]["max_us"].as_f64() {
+                assert!(max < gap_us, "{p}");
+            }
+        }
+        // Every major fault is either measured or counted as a miss.
+        let miss = &s["fault_stall_unpaired"];
+        let file = row(&s, |f| f["ino"] == u(&r["ino"]));
+        let measured = u(&file["fault_stall"]["major"]["faults"]);
+        assert!(measured <= u(&file["major_faults"]), "{file}");
+        assert!(
+            measured + u(&miss["no_entry"]) + u(&miss["address_mismatch"])
+                >= u(&file["major_faults"]),
+            "{file} {miss}"
+        );
+        // The stale entry was found (the sibling took the reader's slot
+        // while it slept) and refused.
+        eprintln!("attempt {attempt}: misses {miss}, {measured} majors measured");
+        if u(&miss["address_mismatch"]) >= 1 {
+            met = true;
+            break;
         }
     }
-    // The stale entry was found (the sibling took the reader's slot while
-    // it slept) and refused.
-    let miss = &s["fault_stall_unpaired"];
-    assert!(
-        u(&miss["address_mismatch"]) >= 1,
-        "the stale entry was never met: {miss}"
-    );
-    // Every major fault is either measured or counted as a miss.
-    let file = row(&s, |f| f["ino"] == u(&r["ino"]));
-    let measured = u(&file["fault_stall"]["major"]["faults"]);
-    assert!(measured <= u(&file["major_faults"]), "{file}");
-    assert!(
-        measured + u(&miss["no_entry"]) + u(&miss["address_mismatch"]) >= u(&file["major_faults"]),
-        "{file} {miss}"
-    );
+    assert!(met, "the stale entry was never met in 3 attempts");
 }
 
 #[test]
