@@ -251,6 +251,11 @@ pub struct ExitRecord {
     pub group_dead: u64,
     /// `comm` of the last exiting thread.
     pub comm: [u8; 16],
+    /// `kernfs_node.id` of the memory cgroup the process died in (the inode
+    /// number of its directory; 0: unknown), read when the group died: a
+    /// process too short-lived for userspace to read /proc/<pid>/cgroup
+    /// still gets its cgroup.
+    pub memcg_id: u64,
 }
 
 /// Value of the `SCOPE` map (key: tgid).
@@ -351,6 +356,13 @@ pub struct Config {
     pub kn_id: u32,
     pub cgroup_root: u32,
     pub root_hierarchy_id: u32,
+    /// `task_struct.cgroups`, `css_set.subsys[memory_cgrp_id]`,
+    /// `cgroup_subsys_state.cgroup` (0: the memcg of an exiting task is not
+    /// read).
+    pub task_cgroups: u32,
+    pub css_set_memcg: u32,
+    pub css_cgroup: u32,
+    pub _pad_memcg: u32,
     /// oom:mark_victim `pid`, `comm` (`__data_loc`), `total_vm`,
     /// `anon_rss`, `file_rss`, `shmem_rss` (kB), `oom_score_adj`; ABSENT
     /// pid: the tracepoint is missing.
@@ -742,7 +754,7 @@ mod tests {
         assert_eq!(size_of::<OomKill>(), 16 + 40 + 16);
         assert_eq!(size_of::<CgroupKey>(), 16);
         assert_eq!(size_of::<PageKey>(), 24);
-        assert_eq!(size_of::<ExitRecord>(), 48);
+        assert_eq!(size_of::<ExitRecord>(), 56);
         assert_eq!(size_of::<ScopeEntry>(), 8);
         assert_eq!(size_of::<Notice>(), 24);
         assert_eq!(size_of::<Event>(), 80);

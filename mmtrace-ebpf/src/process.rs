@@ -96,10 +96,33 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
             if let Ok(comm) = bpf_get_current_comm() {
                 (*r).comm = comm;
             }
+            (*r).memcg_id = memcg_id(task);
         }
     }
     if group_dead {
         let _ = SCOPE.remove(&tgid);
     }
     Ok(())
+}
+
+/// `task->cgroups->subsys[memory_cgrp_id]->cgroup->kn->id`: the inode
+/// number of the memory cgroup's directory (0 when unreadable).
+#[inline(always)]
+fn memcg_id(task: u64) -> u64 {
+    if conf!(task_cgroups) == 0 {
+        return 0;
+    }
+    let Some(cset) = read::<u64>(task, conf!(task_cgroups)) else {
+        return 0;
+    };
+    let Some(css) = read::<u64>(cset, conf!(css_set_memcg)).filter(|c| *c != 0) else {
+        return 0;
+    };
+    let Some(cgrp) = read::<u64>(css, conf!(css_cgroup)) else {
+        return 0;
+    };
+    let Some(kn) = read::<u64>(cgrp, conf!(cgroup_kn)) else {
+        return 0;
+    };
+    read::<u64>(kn, conf!(kn_id)).unwrap_or(0)
 }

@@ -101,8 +101,47 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "BYTES", value_parser = crate::datafile::parse_u32_size)]
     pub events_buffer: Option<u32>,
 
+    /// Serve a live dashboard, Prometheus metrics (/metrics), the records
+    /// as Server-Sent Events (/events) and a JSON snapshot (/api/snapshot)
+    /// over HTTP on ADDR while tracing [default: 127.0.0.1:9723]. Loopback
+    /// only unless --serve-public. Intervals default to 1 s (the table
+    /// still prints only the final report unless -i is given).
+    #[arg(long, global = true, value_name = "ADDR", num_args = 0..=1,
+          default_missing_value = crate::output::serve::DEFAULT_ADDR)]
+    pub serve: Option<String>,
+
+    /// Allow --serve on a non-loopback address (file paths and command
+    /// names become visible to the network; there is no authentication).
+    #[arg(long, global = true)]
+    pub serve_public: bool,
+
+    /// Files exported one by one in /metrics (the busiest; the rest sum
+    /// into file="other"); at most 500.
+    #[arg(long, global = true, value_name = "N",
+          default_value_t = crate::output::serve::metrics::DEFAULT_FILES,
+          value_parser = serve_files)]
+    pub serve_files: usize,
+
+    /// Keep serving the final state this many seconds after the trace
+    /// ends (Ctrl-C stops earlier).
+    #[arg(long, global = true, value_name = "SECS", value_parser = positive_secs)]
+    pub serve_linger: Option<f64>,
+
     #[command(subcommand)]
     pub sub: Option<Sub>,
+}
+
+fn serve_files(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of files"))?;
+    if n > crate::output::serve::metrics::MAX_FILES {
+        return Err(format!(
+            "`{s}`: at most {} files (each is a few series)",
+            crate::output::serve::metrics::MAX_FILES
+        ));
+    }
+    Ok(n)
 }
 
 /// What to trace; `mmtrace` and `mmtrace top` take the same.

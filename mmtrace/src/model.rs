@@ -266,6 +266,13 @@ impl Ledger {
         }
     }
 
+    /// The cgroup a process died in, for one whose cgroup was never read
+    /// (it lived between two looks at /proc).
+    pub fn cgroup_at_exit(&mut self, pid: u32, cgroup: String) {
+        let p = self.procs.entry(pid).or_default();
+        p.cgroup.get_or_insert(cgroup);
+    }
+
     pub fn mark_gone(&mut self, pid: u32) {
         if let Some(p) = self.procs.get_mut(&pid) {
             p.alive = false;
@@ -1042,6 +1049,7 @@ mod tests {
                 threads: 2,
                 group_dead: 1,
                 comm: [0; 16],
+                memcg_id: 0,
             },
         );
         let r = l.report(&s);
@@ -1077,6 +1085,7 @@ mod tests {
                     threads: 1,
                     group_dead: 1,
                     comm: [0; 16],
+                    memcg_id: 0,
                 },
             );
         }
@@ -1222,6 +1231,7 @@ mod tests {
                 threads: 1,
                 group_dead: 1,
                 comm,
+                memcg_id: 0,
             },
         );
         s.mappings

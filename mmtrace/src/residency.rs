@@ -273,8 +273,65 @@ fn mincore_count(
     page: u64,
     what: &str,
 ) -> Result<u64, ResidencyError> {
-    let window = MINCORE_WINDOW.max(page) / page * page;
     let mut cached = 0;
+    mincore_each(fd, size, page, what, |_, resident| {
+        cached += resident as u64
+    })?;
+    Ok(cached)
+}
+
+/// The file at `path`, page by page: `each(page_index, resident)` for every
+/// page of it (mmap PROT_READ + mincore, never reading the contents). If
+/// `expect` (device, inode) is given and the path now names another file,
+/// returns [`ResidencyError::Replaced`]. Returns the file's size in bytes.
+pub fn each_page(
+    path: &Path,
+    expect: Option<(Dev, u64)>,
+    each: impl FnMut(u64, bool),
+) -> Result<u64, ResidencyError> {
+    let what = path.display().to_string();
+    let fd = open_readonly(path).map_err(|source| ResidencyError::Open {
+        what: what.clone(),
+        source,
+    })?;
+    let st = fstat(fd.as_fd()).map_err(|source| ResidencyError::Stat {
+        what: what.clone(),
+        source,
+    })?;
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "dev_t and ino_t are u64 on 64-bit Linux but not everywhere"
+    )]
+    let (found_dev, found_ino) = (Dev::from_user(st.st_dev as u64), st.st_ino as u64);
+    if let Some((expected_dev, expected_ino)) = expect
+        && (expected_dev, expected_ino) != (found_dev, found_ino)
+    {
+        return Err(ResidencyError::Replaced {
+            what,
+            expected_dev,
+            expected_ino,
+            found_dev,
+            found_ino,
+        });
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(ResidencyError::NotRegular { what });
+    }
+    let size = st.st_size.max(0) as u64;
+    if size > 0 {
+        mincore_each(fd.as_fd(), size, page_size(), &what, each)?;
+    }
+    Ok(size)
+}
+
+fn mincore_each(
+    fd: BorrowedFd<'_>,
+    size: u64,
+    page: u64,
+    what: &str,
+    mut each: impl FnMut(u64, bool),
+) -> Result<(), ResidencyError> {
+    let window = MINCORE_WINDOW.max(page) / page * page;
     let mut off = 0;
     let mut vec = Vec::new();
     while off < size {
@@ -310,10 +367,13 @@ fn mincore_count(
                 source: io::Error::last_os_error(),
             });
         }
-        cached += vec.iter().filter(|&&b| b & 1 != 0).count() as u64;
+        let first = off / page;
+        for (i, b) in vec.iter().enumerate() {
+            each(first + i as u64, b & 1 != 0);
+        }
         off += len as u64;
     }
-    Ok(cached)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -460,6 +520,29 @@ mod tests {
                 ..Residency::default()
             }
         );
+    }
+
+    #[test]
+    fn each_page_walks_every_page_and_agrees_with_the_count() {
+        let (dir, tmpfs) = scratch_dir();
+        let path = write_file(dir.path(), "f", (1 << 20) + 100);
+        let meta = fs::metadata(&path).unwrap();
+        let id = (Dev::from_user(meta.dev()), meta.ino());
+        if !tmpfs {
+            drop_cache(&path);
+        }
+        let mut seen = Vec::new();
+        let size = each_page(&path, Some(id), |i, r| seen.push((i, r))).unwrap();
+        assert_eq!(size, (1 << 20) + 100);
+        let pages = size.div_ceil(page_size());
+        assert_eq!(seen.len() as u64, pages);
+        assert!(seen.iter().enumerate().all(|(n, (i, _))| n as u64 == *i));
+        let resident = seen.iter().filter(|(_, r)| *r).count() as u64;
+        let f = File::open(&path).unwrap();
+        let counted = fd_residency_with(f.as_fd(), Method::Mincore).unwrap();
+        assert_eq!(resident, counted.cached_pages);
+        let e = each_page(&path, Some((Dev::new(12345, 6), id.1)), |_, _| {}).unwrap_err();
+        assert!(matches!(e, ResidencyError::Replaced { .. }), "{e:?}");
     }
 
     #[test]

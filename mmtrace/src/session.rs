@@ -226,7 +226,21 @@ fn attach(
     if let Some(g) = gated {
         targets.push((g.pid, follow));
     }
-    let mut tracer = Tracer::load(config, features, capacity(spec), &targets, spec.bpf_log)?;
+    // --all: every process's counters just before the attach, so a process
+    // first looked at later is not charged faults from before its baseline.
+    let mut baselines = Default::default();
+    let mut tracer = Tracer::load(
+        config,
+        features,
+        capacity(spec),
+        &targets,
+        spec.bpf_log,
+        || {
+            if spec.all {
+                baselines = crate::collect::collector::host_baselines(Path::new("/proc"));
+            }
+        },
+    )?;
     if spec.bpf_stats {
         tracer.enable_stats()?;
     }
@@ -248,6 +262,7 @@ fn attach(
         write_faults: features.write_faults,
         retain_exited: spec.retain_exited,
         latency: spec.latency,
+        baselines,
     })?;
     if let Some(w) = &mut c.watch {
         w.sample();
@@ -567,6 +582,8 @@ fn memory_root() -> Result<Cgroup> {
     let mountinfo =
         std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     let mounts = cgroup::mounts(&mountinfo);
-    let cg = cgroup::resolve("/", &mounts, "")?;
+    // "" is relative: the root of the memory hierarchy (v1 memory, else v2).
+    // ("/" is an absolute path: the file system's root, not a cgroup.)
+    let cg = cgroup::resolve("", &mounts, "")?;
     Ok(cg)
 }

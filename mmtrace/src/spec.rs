@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::{cli::Cli, collect::events::Kinds};
+use crate::{cli::Cli, collect::events::Kinds, output::serve::ServeOptions};
 
 /// Where the JSON Lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +65,11 @@ pub struct TraceSpec {
     pub sample: u32,
     /// The eBPF programs' own diagnostics (`-vv`).
     pub bpf_log: bool,
+    /// `--serve`: the HTTP server.
+    pub serve: Option<ServeOptions>,
+    /// Interval records go to the table too (false when only `--serve`
+    /// asked for them).
+    pub table_intervals: bool,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -82,9 +87,11 @@ pub enum SpecError {
     #[error("--events: {0}")]
     Events(String),
     #[error(
-        "--events streams JSON records: add --json (stdout) or -o FILE; the table shows only totals"
+        "--events streams JSON records: add --json (stdout), -o FILE or --serve; the table shows only totals"
     )]
     EventsWithoutJson,
+    #[error("{0}")]
+    Serve(String),
     #[error(
         "--events-buffer {0}: the ring buffer's size must be a power of two of at least 4096 bytes (e.g. 1M, 16M)"
     )]
@@ -101,13 +108,22 @@ impl TraceSpec {
             (None, false) => None,
         };
         let view = if cli.quiet { View::Quiet } else { View::Table };
+        let serve = cli.serve.as_ref().map(|addr| ServeOptions {
+            addr: addr.clone(),
+            public: cli.serve_public,
+            files: cli.serve_files,
+            linger: cli.serve_linger,
+        });
         Self {
             pids: cli.target.pids.clone(),
             cgroup: cli.target.cgroup.clone(),
             all: cli.target.all,
             command: cli.target.command.clone(),
             follow_children: !cli.target.no_children,
-            interval: cli.interval,
+            // The server updates from interval records: one a second
+            // unless -i says otherwise.
+            interval: cli.interval.or_else(|| serve.as_ref().map(|_| 1.0)),
+            table_intervals: cli.interval.is_some() || serve.is_none(),
             duration: cli.duration,
             json,
             view,
@@ -126,6 +142,7 @@ impl TraceSpec {
             events: cli.events.clone(),
             sample: cli.sample.unwrap_or(1),
             bpf_log: cli.verbose >= 2,
+            serve,
         }
     }
 
@@ -144,8 +161,11 @@ impl TraceSpec {
             return Err(SpecError::SampleWithoutEvents);
         }
         Kinds::parse(&self.events).map_err(SpecError::Events)?;
-        if !self.events.is_empty() && self.json.is_none() {
+        if !self.events.is_empty() && self.json.is_none() && self.serve.is_none() {
             return Err(SpecError::EventsWithoutJson);
+        }
+        if let Some(s) = &self.serve {
+            crate::output::serve::parse_addr(&s.addr, s.public).map_err(SpecError::Serve)?;
         }
         if let Some(b) = self.capacity.events_bytes
             && (b < 4096 || !b.is_power_of_two())
@@ -256,5 +276,39 @@ mod tests {
         }
         let s = spec(&["-a", "--json", "--events", "adds", "--events-buffer", "1M"]);
         assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
+    fn serve_takes_events_without_json_and_checks_its_address() {
+        let s = spec(&["-a", "--serve", "--events", "faults"]);
+        assert_eq!(s.validate(), Ok(()));
+        let o = s.serve.as_ref().unwrap();
+        assert_eq!(o.addr, "127.0.0.1:9723");
+        assert_eq!(o.files, 50);
+        assert_eq!(s.interval, Some(1.0));
+        assert!(!s.table_intervals);
+        assert_eq!(
+            spec(&["-a", "--serve=[::1]:9000", "-i", "2"]).interval,
+            Some(2.0)
+        );
+        let e = spec(&["-a", "--serve", "0.0.0.0:9723"]).validate();
+        assert!(
+            matches!(&e, Err(SpecError::Serve(m)) if m.contains("--serve-public")),
+            "{e:?}"
+        );
+        assert_eq!(
+            spec(&["-a", "--serve", "0.0.0.0:9723", "--serve-public"]).validate(),
+            Ok(())
+        );
+        let e = spec(&["-a", "--serve", "nowhere:x"]).validate();
+        assert!(
+            matches!(&e, Err(SpecError::Serve(m)) if m.contains("not an address")),
+            "{e:?}"
+        );
+        let s = spec(&["--serve", "--", "sleep", "1"]);
+        assert_eq!(s.command, ["sleep", "1"]);
+        assert!(s.serve.is_some());
+        assert!(Cli::try_parse_from(["mmtrace", "-a", "--serve-files", "501"]).is_err());
+        assert!(spec(&["-p", "1"]).table_intervals && spec(&["-p", "1"]).interval.is_none());
     }
 }

@@ -114,21 +114,44 @@ fn bpf_linker(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Debian packages the tests drive for real, by the command each provides:
-/// tmux (the live view in a terminal), promtool and a real Prometheus (the
-/// metrics endpoint), headless Chromium (the web dashboard).
+/// Debian packages the tests drive for real, by the command each provides
+/// (or, `python3:MODULE`, the Python module): tmux (the live view in a
+/// terminal), promtool and a real Prometheus (the metrics endpoint),
+/// Python's prometheus_client (its OpenMetrics parser checks /metrics),
+/// headless Chromium (the web dashboard).
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("tmux", "tmux"),
     ("promtool", "prometheus"),
     ("prometheus", "prometheus"),
+    ("python3:prometheus_client", "python3-prometheus-client"),
     ("chromium", "chromium"),
 ];
+
+/// Whether what a [`TEST_PACKAGES`] entry provides is there.
+fn provided(ctx: &Ctx, what: &str) -> bool {
+    match what.strip_prefix("python3:") {
+        // Debian's python3-* packages serve the system Python.
+        Some(module) => {
+            std::process::Command::new(if std::path::Path::new("/usr/bin/python3").exists() {
+                "/usr/bin/python3"
+            } else {
+                "python3"
+            })
+            .args(["-c", &format!("import {module}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        }
+        None => ctx.which(what).is_some(),
+    }
+}
 
 /// Installs the [`TEST_PACKAGES`] whose command is missing (one apt run).
 fn test_packages(ctx: &Ctx) -> Result<()> {
     let mut missing: Vec<&str> = TEST_PACKAGES
         .iter()
-        .filter(|(cmd, _)| ctx.which(cmd).is_none())
+        .filter(|(what, _)| !provided(ctx, what))
         .map(|(_, pkg)| *pkg)
         .collect();
     missing.dedup();

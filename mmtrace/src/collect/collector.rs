@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use mmtrace_common::{FaultCounters, Notice, notice};
+
+use crate::model::FileId;
 use tokio::io::unix::AsyncFd;
 
 use super::{
@@ -56,6 +58,9 @@ pub struct Collector {
     /// Clock ticks since boot when tracing began (`starttime` of a process
     /// born later is larger: its counters started at zero, all traced).
     start_ticks: u64,
+    /// `--all`: counters of the processes alive at the attach, taken when
+    /// each is first looked at.
+    baselines: HashMap<u32, Baseline>,
     /// When each process was first seen gone (it is folded away after
     /// `retain_exited`).
     gone_since: HashMap<u32, Instant>,
@@ -85,6 +90,24 @@ pub struct Setup {
     pub retain_exited: Duration,
     /// `--latency`: fault stall is reported.
     pub latency: bool,
+    /// `--all`: every process's counters taken just before the attach.
+    pub baselines: HashMap<u32, Baseline>,
+}
+
+/// A process's kernel fault counters at one moment: its stat and the sum
+/// over its threads.
+pub type Baseline = (procfs::ProcStat, (u64, u64));
+
+/// The counters of every process on the host now (`--all`, before attach).
+pub fn host_baselines(root: &Path) -> HashMap<u32, Baseline> {
+    procfs::list_pids(root)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|pid| {
+            let stat = procfs::read_stat(root, pid).ok()?;
+            Some((pid, (stat, thread_faults(root, pid))))
+        })
+        .collect()
 }
 
 impl Collector {
@@ -118,6 +141,7 @@ impl Collector {
             page_size: s.page_size,
             retain_exited: s.retain_exited,
             start_ticks: boot_ticks_now(),
+            baselines: s.baselines,
             gone_since: HashMap::new(),
         })
     }
@@ -274,12 +298,57 @@ impl Collector {
         self.tracer.register_files(&self.ledger.known_files())?;
         if let Some(w) = &mut self.watch {
             let tracer = &mut self.tracer;
-            w.sync(|keys| tracer.set_cgroups(keys))?;
+            if self.all {
+                // The kernel's scope is every process: no cgroup set to keep.
+                w.rescan_dirs();
+            } else {
+                w.sync(|keys| tracer.set_cgroups(keys))?;
+            }
             let members = if self.all { Vec::new() } else { w.procs() };
             w.sample();
             self.join_members(members)?;
         }
+        self.cgroups_at_exit();
         self.fold_exited()
+    }
+
+    /// Processes that died before their cgroup was read from /proc get the
+    /// memory cgroup the kernel saw them die in.
+    fn cgroups_at_exit(&mut self) {
+        let Some(w) = &self.watch else {
+            return;
+        };
+        let unknown: Vec<(u32, u64)> = self
+            .snap
+            .exits
+            .iter()
+            .filter(|(pid, e)| {
+                e.group_dead != 0
+                    && e.memcg_id != 0
+                    && self
+                        .ledger
+                        .procs
+                        .get(pid)
+                        .is_none_or(|p| p.cgroup.is_none())
+            })
+            .map(|(pid, e)| (*pid, e.memcg_id))
+            .collect();
+        if unknown.is_empty() {
+            return;
+        }
+        let by_id: HashMap<u64, String> = w
+            .dirs
+            .iter()
+            .filter_map(|(dir, id)| {
+                let rel = dir.strip_prefix(&w.cg.path).ok()?;
+                Some((*id, format!("/{}", rel.display())))
+            })
+            .collect();
+        for (pid, id) in unknown {
+            if let Some(cg) = by_id.get(&id) {
+                self.ledger.cgroup_at_exit(pid, cg.clone());
+            }
+        }
     }
 
     /// Folds processes gone for longer than `retain_exited` into their
@@ -343,6 +412,7 @@ impl Collector {
             // Born inside the trace: its counters started at zero. Moved
             // into the traced cgroup, or already running under --all: it
             // lived before, so take a baseline now.
+            let at_attach = self.baselines.remove(&pid);
             let joined = |stat: &procfs::ProcStat| {
                 if self.all {
                     // Under --all every process is traced from its first
@@ -352,8 +422,12 @@ impl Collector {
                     self.snap.scope[&pid].flags & mmtrace_common::scope::JOINED != 0
                 }
             };
-            match procfs::read_stat(root, pid) {
-                Ok(stat) if joined(&stat) => {
+            match (procfs::read_stat(root, pid), at_attach) {
+                // Alive at the attach (the same process: same start time).
+                (Ok(now), Some((then, threads))) if now.starttime == then.starttime => {
+                    self.ledger.add_process(pid, false, Some(&then), threads)
+                }
+                (Ok(stat), _) if joined(&stat) => {
                     self.ledger
                         .add_process(pid, false, Some(&stat), thread_faults(root, pid))
                 }
@@ -419,8 +493,11 @@ impl Collector {
 
     /// The report now: names refreshed (renames), residency measured.
     pub fn report(&mut self) -> Report {
-        refresh_names(&mut self.ledger, &mut self.names);
-        update_residency(&mut self.ledger, &self.snap);
+        // Host-wide, thousands of files may be known: names and residency
+        // (a syscall or three per file) are refreshed for the busiest only.
+        let only = self.all.then(|| busiest_files(&self.snap, BUSIEST_FILES));
+        refresh_names(&mut self.ledger, &mut self.names, only.as_ref());
+        update_residency(&mut self.ledger, &self.snap, only.as_ref());
         self.ledger.report(&self.snap)
     }
 
@@ -526,8 +603,11 @@ fn take_handles(
 
 /// Every known path becomes the file's name now (after renames), or is
 /// marked deleted.
-fn refresh_names(ledger: &mut Ledger, names: &mut Names) {
+fn refresh_names(ledger: &mut Ledger, names: &mut Names, only: Option<&BTreeSet<FileId>>) {
     for (id, info) in ledger.paths.iter_mut() {
+        if only.is_some_and(|o| !o.contains(id)) {
+            continue;
+        }
         let now = names.current(*id, info);
         if now.path.is_empty() {
             info.deleted = true;
@@ -538,7 +618,7 @@ fn refresh_names(ledger: &mut Ledger, names: &mut Names) {
 }
 
 /// Residency of every reported file (cachestat, or mincore).
-fn update_residency(ledger: &mut Ledger, snap: &Snapshot) {
+fn update_residency(ledger: &mut Ledger, snap: &Snapshot, only: Option<&BTreeSet<FileId>>) {
     let mut ids: BTreeSet<(u32, u64)> = snap.files.keys().map(|k| (k.dev, k.ino)).collect();
     ids.extend(
         snap.mappings
@@ -546,6 +626,9 @@ fn update_residency(ledger: &mut Ledger, snap: &Snapshot) {
             .filter(|k| k.kind & mmtrace_common::kind::FILE != 0)
             .map(|k| (k.dev, k.ino)),
     );
+    if let Some(o) = only {
+        ids.retain(|id| o.contains(id));
+    }
     for id in ids {
         let Some(p) = ledger.paths.get(&id) else {
             continue;
@@ -596,4 +679,24 @@ fn boot_ticks_now() -> u64 {
         libc::sysconf(libc::_SC_CLK_TCK).max(1) as u64
     };
     ts.tv_sec as u64 * hz + ts.tv_nsec as u64 * hz / 1_000_000_000
+}
+
+/// Files whose names and residency are refreshed every interval under
+/// `--all` (the rest keep their last values).
+const BUSIEST_FILES: usize = 500;
+
+/// The `n` files with the most faults, additions and evictions so far.
+fn busiest_files(snap: &Snapshot, n: usize) -> BTreeSet<FileId> {
+    let mut activity: HashMap<FileId, u64> = HashMap::new();
+    for (k, c) in &snap.files {
+        *activity.entry((k.dev, k.ino)).or_default() += c.added + c.evicted;
+    }
+    for (k, c) in &snap.mappings {
+        if k.kind & mmtrace_common::kind::FILE != 0 {
+            *activity.entry((k.dev, k.ino)).or_default() += c.minor + c.major;
+        }
+    }
+    let mut v: Vec<(u64, FileId)> = activity.into_iter().map(|(id, a)| (a, id)).collect();
+    v.sort_unstable_by(|a, b| b.cmp(a));
+    v.into_iter().take(n).map(|(_, id)| id).collect()
 }

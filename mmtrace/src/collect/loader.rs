@@ -59,7 +59,11 @@ trait Loadable {
 macro_rules! loadable {
     ($($t:ty),*) => {$(
         impl Loadable for $t {
+            /// Loads once (the verifier runs before any attach; see `attach`).
             fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+                if self.fd().is_ok() {
+                    return Ok(());
+                }
                 self.load()
             }
         }
@@ -128,6 +132,7 @@ impl Tracer {
         cap: Capacity,
         targets: &[(u32, bool)],
         bpf_log: bool,
+        before_attach: impl FnOnce(),
     ) -> Result<Self> {
         // The programs' own diagnostics (aya-log): every level with -vv,
         // none otherwise (each log site then costs one global load).
@@ -174,7 +179,7 @@ impl Tracer {
         for &(pid, follow) in targets {
             t.add_to_scope(pid, follow)?;
         }
-        t.probes = t.attach(features)?;
+        t.probes = t.attach(features, before_attach)?;
         Ok(t)
     }
 
@@ -196,14 +201,25 @@ impl Tracer {
 
     /// Attaches every probe of the table; a required one that fails ends
     /// the load, an optional one is reported with what is lost.
-    fn attach(&mut self, features: &Features) -> Result<Vec<ProbeStatus>> {
+    /// Every program is verified first, then `before_attach` runs, then all
+    /// attach: the counting starts within a few milliseconds of it.
+    fn attach(
+        &mut self,
+        features: &Features,
+        before_attach: impl FnOnce(),
+    ) -> Result<Vec<ProbeStatus>> {
         let cpus = online_cpus().map_err(|(p, e)| anyhow!("reading {p}: {e}"))?;
-        let mut out = Vec::with_capacity(PROBES.len());
-        for p in PROBES {
-            let r = match unavailable(p, features) {
+        let verified: Vec<Result<()>> = PROBES
+            .iter()
+            .map(|p| match unavailable(p, features) {
                 Some(why) => Err(anyhow!(why)),
-                None => self.attach_one(p, &cpus),
-            };
+                None => self.load_one(p),
+            })
+            .collect();
+        before_attach();
+        let mut out = Vec::with_capacity(PROBES.len());
+        for (p, verified) in PROBES.iter().zip(verified) {
+            let r = verified.and_then(|()| self.attach_one(p, &cpus));
             match r {
                 Ok(()) => out.push(ProbeStatus::new(p, Ok(()))),
                 Err(e) if !p.required() => {
@@ -219,6 +235,14 @@ impl Tracer {
             }
         }
         Ok(out)
+    }
+
+    fn load_one(&mut self, p: &Probe) -> Result<()> {
+        match p.hook {
+            Hook::Tracepoint { .. } => self.loaded::<TracePoint>(p.program).map(drop),
+            Hook::RawTracepoint { .. } => self.loaded::<RawTracePoint>(p.program).map(drop),
+            Hook::PerfSoftware(_) => self.loaded::<PerfEvent>(p.program).map(drop),
+        }
     }
 
     fn attach_one(&mut self, p: &Probe, cpus: &[u32]) -> Result<()> {

@@ -55,6 +55,7 @@ pub fn merge_exit(values: impl IntoIterator<Item = ExitRecord>) -> ExitRecord {
         if v.group_dead != 0 {
             out.group_dead = 1;
             out.comm = v.comm;
+            out.memcg_id = v.memcg_id;
         } else if out.comm[0] == 0 {
             out.comm = v.comm;
         }

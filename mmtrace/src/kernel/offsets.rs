@@ -267,6 +267,20 @@ pub fn compute(
         c.root_hierarchy_id = btf.member_offset("cgroup_root", "hierarchy_id")?;
         Ok(())
     })();
+    // The memcg an exiting task dies in (needs the cgroup/kernfs offsets).
+    if owner.is_ok() {
+        let memcg = (|| -> Result<(u32, u32, u32), BtfError> {
+            let id = btf.enum_value("cgroup_subsys_id", "memory_cgrp_id")?;
+            Ok((
+                btf.member_offset("task_struct", "cgroups")?,
+                btf.member_offset("css_set", "subsys")? + 8 * id as u32,
+                btf.member_offset("cgroup_subsys_state", "cgroup")?,
+            ))
+        })();
+        if let Ok((task, cset, css)) = memcg {
+            (c.task_cgroups, c.css_set_memcg, c.css_cgroup) = (task, cset, css);
+        }
+    }
     let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
     let (addr, base) = vmemmap(
         &kallsyms,

@@ -1,10 +1,12 @@
 //! Sinks of the record stream: the human table (`printer`, laid out by
-//! `table`), JSON Lines (`json`), the live view (`top`). Each consumes the
+//! `table`), JSON Lines (`json`), the live view (`top`), the HTTP server
+//! (`serve`). Each consumes the
 //! same [`Record`]s; none computes anything of its own. `escape` makes names
 //! from the traced system safe to print.
 pub mod escape;
 pub mod json;
 pub mod printer;
+pub mod serve;
 pub mod stall_table;
 pub mod table;
 pub mod top;
@@ -28,6 +30,8 @@ pub struct Sinks {
     /// The final record, held for the printer until the live view has
     /// given the terminal back ([`Sinks::close`]).
     held: Option<Record>,
+    /// The HTTP server (`--serve`).
+    serve: Option<serve::ServeSink>,
     quiet: bool,
     /// Held so the trace's stop channel stays open (a closed one reads as
     /// a stop request).
@@ -84,17 +88,24 @@ impl Sinks {
                     write_faults: true,
                 },
             );
-            if spec.view == View::Top {
+            // The live view draws the intervals; intervals that only
+            // `--serve` asked for go to the server, not the table.
+            if spec.view == View::Top || !spec.table_intervals {
                 p.final_only()
             } else {
                 p
             }
         });
+        let serve = match &spec.serve {
+            Some(o) => Some(serve::ServeSink::start(o, spec.view == View::Quiet)?),
+            None => None,
+        };
         Ok(Self {
             json,
             printer,
             top,
             held: None,
+            serve,
             quiet: spec.view == View::Quiet,
             _stop: stop,
         })
@@ -120,6 +131,9 @@ impl Sinks {
             self.json = None;
             first.get_or_insert(e);
         }
+        if let Some(s) = &self.serve {
+            s.record(r);
+        }
         if self.top.is_some() && matches!(r, Record::Summary(_)) {
             // Printed once the view is closed, on the restored terminal.
             self.held = Some(r.clone());
@@ -135,6 +149,9 @@ impl Sinks {
     /// A batch of raw events: JSON only (the table shows totals), flushed
     /// once for the batch.
     pub fn emit_events(&mut self, events: Vec<crate::collect::events::RawEvent>) -> Result<()> {
+        if let Some(s) = &self.serve {
+            s.events(&events);
+        }
         let Some(j) = &mut self.json else {
             return Ok(());
         };
@@ -166,6 +183,11 @@ impl Sinks {
             && let Err(e) = p.record(&r)
         {
             first.get_or_insert(e);
+        }
+        // The server keeps the final state for `--serve-linger`, then
+        // closes (its clients got the summary).
+        if let Some(s) = &mut self.serve {
+            s.finish().await;
         }
         first.map_or(Ok(()), Err)
     }
