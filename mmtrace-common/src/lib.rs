@@ -320,6 +320,11 @@ pub struct Config {
     pub write_faults: u32,
     /// Number of possible CPUs (bounds the cross-CPU hand-over search).
     pub nr_cpus: u32,
+    /// Non-zero with `--latency`: the fault entry hooks record the entry
+    /// time and address of every fault, and the accounting (perf) event
+    /// adds the fault's latency to `FAULT_LATENCY` / `PROC_STALL`.
+    pub latency: u32,
+    pub _pad_latency: u32,
     /// `task_struct.flags` (PF_KSWAPD, PF_MEMALLOC).
     pub task_flags: u32,
     /// filemap:mm_filemap_{add_to,delete_from}_page_cache `pfn`.
@@ -651,6 +656,106 @@ pub struct Event {
     pub flags: u32,
 }
 
+/// Key of `FAULT_LATENCY`: a file (`ino` 0, `dev` 0: anonymous memory)
+/// and the kernel's minor/major classification of the faults.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LatencyKey {
+    pub ino: u64,
+    /// Kernel encoding (`major << 20 | minor`).
+    pub dev: u32,
+    /// 1: major faults (`PAGE_FAULTS_MAJ`), 0: minor.
+    pub major: u32,
+}
+
+/// Log2 buckets of [`LatencyHist`]: bucket 0 holds 0 ns, bucket `i >= 1`
+/// holds `[2^(i-1), 2^i)` ns; the last one also everything above.
+pub const LATENCY_BUCKETS: usize = 40;
+
+/// Fault latency histogram (a per-CPU value): the time from fault entry
+/// (`exceptions:page_fault_user/kernel`) to the kernel's accounting of the
+/// fault (the perf software event), in ns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatencyHist {
+    pub count: u64,
+    pub sum_ns: u64,
+    pub max_ns: u64,
+    pub buckets: [u64; LATENCY_BUCKETS],
+}
+
+impl Default for LatencyHist {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            sum_ns: 0,
+            max_ns: 0,
+            buckets: [0; LATENCY_BUCKETS],
+        }
+    }
+}
+
+impl LatencyHist {
+    pub fn add(&mut self, o: &Self) {
+        self.count += o.count;
+        self.sum_ns += o.sum_ns;
+        self.max_ns = self.max_ns.max(o.max_ns);
+        for (a, b) in self.buckets.iter_mut().zip(o.buckets.iter()) {
+            *a += b;
+        }
+    }
+}
+
+/// Fault stall totals of one process (`PROC_STALL`, a per-CPU value keyed
+/// by tgid), split by the kernel's minor/major classification.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcStall {
+    pub minor_count: u64,
+    pub minor_sum_ns: u64,
+    pub minor_max_ns: u64,
+    pub major_count: u64,
+    pub major_sum_ns: u64,
+    pub major_max_ns: u64,
+}
+
+impl ProcStall {
+    pub fn add(&mut self, o: &Self) {
+        self.minor_count += o.minor_count;
+        self.minor_sum_ns += o.minor_sum_ns;
+        self.minor_max_ns = self.minor_max_ns.max(o.minor_max_ns);
+        self.major_count += o.major_count;
+        self.major_sum_ns += o.major_sum_ns;
+        self.major_max_ns = self.major_max_ns.max(o.major_max_ns);
+    }
+}
+
+/// Indexes of the per-CPU `LATENCY_MISSES` array (`--latency`): accounted
+/// faults whose latency was not recorded, by why.
+pub mod latency_miss {
+    /// No fault entry of this thread was waiting (its slot was taken over
+    /// by another thread, or the entry hook did not run).
+    pub const NO_ENTRY: u32 = 0;
+    /// The waiting entry was for another address: a stale entry (a fault
+    /// that failed, SIGSEGV/SIGBUS, left no accounting event), never paired.
+    pub const ADDR_MISMATCH: u32 = 1;
+    /// Entry time after the accounting, or more than 60 s before it.
+    pub const BAD_TIME: u32 = 2;
+    /// `FAULT_LATENCY` or `PROC_STALL` was full.
+    pub const MAP_FULL: u32 = 3;
+    pub const COUNT: u32 = 4;
+    /// Names, by index (JSON keys).
+    pub const NAMES: [&str; COUNT as usize] = [
+        "no_entry",
+        "address_mismatch",
+        "implausible_time",
+        "map_full",
+    ];
+}
+
+/// Capacity of `FAULT_LATENCY` (files x minor/major) with `--latency`.
+pub const LATENCY_FILES: u32 = 8192;
+
 /// Key of `RECLAIMERS`: the command name of a task that evicted pages of a
 /// file of interest outside syscalls and cgroup/global reclaim (kdamond,
 /// khugepaged, kcompactd, kworkers, ...).
@@ -700,7 +805,10 @@ mod user {
         OomKill,
         Event,
         SignalNotice,
-        TlbCounters
+        TlbCounters,
+        LatencyKey,
+        LatencyHist,
+        ProcStall
     );
 }
 
@@ -765,6 +873,9 @@ mod tests {
         assert_eq!(size_of::<Config>() % 8, 0);
         assert_eq!(size_of::<SignalNotice>(), 24 + 48 + 8 + 16);
         assert_eq!(size_of::<TlbCounters>(), 3 * 8 * tlb_reason::COUNT);
+        assert_eq!(size_of::<LatencyKey>(), 16);
+        assert_eq!(size_of::<LatencyHist>(), 24 + 8 * LATENCY_BUCKETS);
+        assert_eq!(size_of::<ProcStall>(), 48);
     }
 
     #[test]

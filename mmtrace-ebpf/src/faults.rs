@@ -34,12 +34,14 @@ use aya_ebpf::{
     programs::{PerfEventContext, RawTracePointContext, TracePointContext},
 };
 use mmtrace_common::{
-    Config, Event, FaultCounters, FileKey, MappingKey, VmaCache, errors, event, event_mask, kind,
+    Config, Event, FaultCounters, FileKey, LatencyKey, MappingKey, VmaCache, errors, event,
+    event_mask, kind,
 };
 
 use crate::{
     events,
     kread::{conf, read},
+    latency,
     maps::{
         LOST_FAULTS, MAPPING_FAULTS, PENDING, VMA_CACHE, count_error, get_or_insert, pending_slot,
     },
@@ -61,8 +63,11 @@ pub struct Pending {
     pub map_tid: u32,
     pub error_code: u64,
     pub map_pages: u64,
-    /// Fault entry time (only with fault events on: latency).
+    /// Fault entry time (with `--latency` or fault events on).
     pub start_ns: u64,
+    /// Faulting address at entry (with `--latency`): the accounting event
+    /// pairs the entry only if its sample address is the same.
+    pub addr: u64,
 }
 
 #[perf_event]
@@ -82,13 +87,13 @@ pub fn page_faults_maj(ctx: PerfEventContext) -> u32 {
 /// unsigned long error_code)` (arch/x86/include/asm/trace/exceptions.h).
 #[raw_tracepoint(tracepoint = "page_fault_user")]
 pub fn page_fault_user(ctx: RawTracePointContext) -> u32 {
-    stash_error_code(ctx.arg::<u64>(2));
+    stash_error_code(ctx.arg::<u64>(0), ctx.arg::<u64>(2));
     0
 }
 
 #[raw_tracepoint(tracepoint = "page_fault_kernel")]
 pub fn page_fault_kernel(ctx: RawTracePointContext) -> u32 {
-    stash_error_code(ctx.arg::<u64>(2));
+    stash_error_code(ctx.arg::<u64>(0), ctx.arg::<u64>(2));
     0
 }
 
@@ -99,7 +104,7 @@ pub fn filemap_map_pages(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn stash_error_code(code: u64) {
+fn stash_error_code(addr: u64, code: u64) {
     // Deliberately no scope lookup: a per-CPU store is cheaper than a hash
     // lookup, and the perf event checks the thread id anyway.
     let (tid, _) = scope::current_ids();
@@ -108,7 +113,10 @@ fn stash_error_code(code: u64) {
         unsafe {
             (*p).err_tid = tid;
             (*p).error_code = code;
-            if events::wanted(event_mask::FAULTS) {
+            if conf!(latency) != 0 {
+                (*p).start_ns = bpf_ktime_get_ns();
+                (*p).addr = addr;
+            } else if events::wanted(event_mask::FAULTS) {
                 (*p).start_ns = bpf_ktime_get_ns();
             }
             (*p).map_tid = 0;
@@ -151,12 +159,45 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
     // SAFETY: ctx points at the kernel's bpf_perf_event_data.
     let addr = unsafe { (*ctx.ctx).addr };
 
-    let (error_code, map_pages, start_ns) = take_pending(tid);
+    let latency_on = conf!(latency) != 0;
+    // The accounting time, before this program's own work (vma lookup).
+    let now = if latency_on {
+        // SAFETY: plain helper call.
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
+    let (mut error_code, map_pages, mut start_ns, entry_addr) = take_pending(tid);
+    let mut stall = None;
+    if latency_on {
+        stall = latency::paired(addr, entry_addr, start_ns, now);
+        if start_ns != 0 && entry_addr != addr {
+            // A stale entry (a failed fault's): its error code is not
+            // this fault's either.
+            error_code = 0;
+        }
+        if stall.is_none() {
+            // A raw event gets no latency either.
+            start_ns = 0;
+        }
+    }
 
     let write = error_code & X86_PF_WRITE != 0;
-    let Some((c, k)) = vma_counters(addr, tgid) else {
+    let Some((c, k, dev, ino)) = vma_counters(addr, tgid) else {
         return;
     };
+    if let Some(ns) = stall {
+        let key = LatencyKey {
+            ino,
+            dev: if k & kind::UNATTRIBUTED != 0 {
+                u32::MAX
+            } else {
+                dev
+            },
+            major: major as u32,
+        };
+        latency::record(&key, tgid, ns);
+    }
     let cow = write && k & kind::FILE != 0 && k & kind::SHARED == 0;
     // SAFETY: per-CPU value or per-CPU cache slot: no other writer on this CPU.
     unsafe {
@@ -254,10 +295,10 @@ const MAX_CPUS: u32 = 1024;
 /// waiting for I/O) may end on another CPU: then the other CPUs' slots are
 /// searched with `bpf_map_lookup_percpu_elem` — rare, so cheap on average.
 #[inline(always)]
-fn take_pending(tid: u32) -> (u64, u64, u64) {
+fn take_pending(tid: u32) -> (u64, u64, u64, u64) {
     // The error code is 0 when nothing was handed over (a plain u64, not an
     // Option: an Option's uninitialised payload upsets the verifier).
-    let (mut error_code, mut map_pages, mut start_ns) = (0u64, 1u64, 0u64);
+    let (mut error_code, mut map_pages, mut start_ns, mut addr) = (0u64, 1u64, 0u64, 0u64);
     let mut take = |p: *mut Pending| {
         // SAFETY: a slot of PENDING; a racing writer on its own CPU can at
         // worst make us miss this fault's hand-over.
@@ -265,6 +306,7 @@ fn take_pending(tid: u32) -> (u64, u64, u64) {
             if (*p).err_tid == tid {
                 error_code = (*p).error_code;
                 start_ns = (*p).start_ns;
+                addr = (*p).addr;
                 (*p).err_tid = 0;
             }
             if (*p).map_tid == tid {
@@ -277,7 +319,7 @@ fn take_pending(tid: u32) -> (u64, u64, u64) {
     };
     let slot = pending_slot(tid);
     let Some(local) = PENDING.get_ptr_mut(slot) else {
-        return (0, 1, 0);
+        return (0, 1, 0, 0);
     };
     // SAFETY: per-CPU slot of this CPU.
     let stale_here = unsafe { (*local).err_tid != tid };
@@ -304,7 +346,7 @@ fn take_pending(tid: u32) -> (u64, u64, u64) {
             }
         }
     }
-    (error_code, map_pages, start_ns)
+    (error_code, map_pages, start_ns, addr)
 }
 
 /// What `bpf_find_vma`'s callback found.
@@ -363,7 +405,8 @@ extern "C" fn vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
     0
 }
 
-/// The counters for the vma containing `addr`, and the vma's [`kind`] bits.
+/// The counters for the vma containing `addr`, the vma's [`kind`] bits and
+/// its file (dev, ino; 0, 0 for anonymous memory).
 ///
 /// Hot path (same vma as this CPU's last fault, vma layout unchanged): the
 /// counters live in the per-CPU cache slot itself, so a fault costs no hash
@@ -371,7 +414,7 @@ extern "C" fn vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
 /// are flushed into `MAPPING_FAULTS`; userspace adds the slots' unflushed
 /// counters when it reads.
 #[inline(always)]
-fn vma_counters(addr: u64, tgid: u32) -> Option<(*mut FaultCounters, u32)> {
+fn vma_counters(addr: u64, tgid: u32) -> Option<(*mut FaultCounters, u32, u32, u64)> {
     // A trusted (BTF) task pointer: bpf_find_vma refuses a plain scalar.
     // SAFETY: plain helper call.
     let task_btf = unsafe { bpf_get_current_task_btf() };
@@ -399,7 +442,7 @@ fn vma_counters(addr: u64, tgid: u32) -> Option<(*mut FaultCounters, u32)> {
                 && addr >= k.vm_start
                 && addr < k.vm_end
             {
-                return Some((&mut (*cache).counters, k.kind));
+                return Some((&mut (*cache).counters, k.kind, k.dev, k.ino));
             }
         }
     }
@@ -415,7 +458,7 @@ fn vma_counters(addr: u64, tgid: u32) -> Option<(*mut FaultCounters, u32)> {
                 key,
                 counters: FaultCounters::default(),
             };
-            return Some((&mut (*cache).counters, key.kind));
+            return Some((&mut (*cache).counters, key.kind, key.dev, key.ino));
         }
     }
     // Not cacheable: count straight into the map.
@@ -424,7 +467,7 @@ fn vma_counters(addr: u64, tgid: u32) -> Option<(*mut FaultCounters, u32)> {
         Some(c) => c,
         None => LOST_FAULTS.get_ptr_mut(0)?,
     };
-    Some((c, key.kind))
+    Some((c, key.kind, key.dev, key.ino))
 }
 
 /// Moves a cache slot's counters into `MAPPING_FAULTS`.

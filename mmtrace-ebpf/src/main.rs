@@ -8,7 +8,8 @@
 //! - `signals`: kernel-generated SIGBUS/SIGSEGV of traced tasks, with the
 //!   vma of the fault address, sent to userspace as they happen;
 //! - `tlb`: TLB flushes per traced process, by reason;
-//! - `events`: single events, only when asked for (`--events`).
+//! - `events`: single events, only when asked for (`--events`);
+//! - `latency`: fault latency histograms (`--latency`).
 //!
 //! Maps live in `maps`, the scope filter in `scope`, kernel reads at run-time
 //! offsets in `kread`. Aggregation happens here: no per-fault record crosses
@@ -24,6 +25,7 @@
 mod events;
 mod faults;
 mod kread;
+mod latency;
 mod maps;
 mod oom;
 mod pagecache;

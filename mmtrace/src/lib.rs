@@ -22,6 +22,7 @@ pub mod residency;
 pub mod session;
 pub mod signals;
 pub mod spec;
+pub mod stall;
 pub mod target;
 pub mod tlb;
 pub mod verdict;

@@ -13,6 +13,7 @@ use crate::{
     procfs::{MapEntry, OpenFile, ProcStat, ProcStatus},
     residency::Residency,
     signals::SignalRecord,
+    stall::{self, FaultStall},
     tlb::TlbFlushes,
 };
 
@@ -135,6 +136,8 @@ pub struct Ledger {
     pub signals_total: u64,
     /// `tlb:tlb_flush` is attached: process rows carry `tlb_flushes`.
     pub tlb_known: bool,
+    /// `--latency`: report fault stall per file and per process.
+    pub latency: bool,
 }
 
 /// Processes that exited a while ago, folded away so that a long trace
@@ -181,6 +184,11 @@ impl Retired {
         r.untraced_major_faults = addi(r.untraced_major_faults, p.untraced_major_faults);
         r.kernel_source = r.kernel_source.or(p.kernel_source);
         r.tlb_flushes = TlbFlushes::sum(r.tlb_flushes.as_ref(), p.tlb_flushes.as_ref());
+        if let Some(st) = &p.fault_stall {
+            r.fault_stall
+                .get_or_insert_with(Default::default)
+                .add_totals(st);
+        }
     }
 }
 
@@ -197,6 +205,7 @@ impl Ledger {
             signals: Vec::new(),
             signals_total: 0,
             tlb_known: false,
+            latency: false,
         }
     }
 
@@ -376,6 +385,11 @@ impl Ledger {
                             .map(TlbFlushes::from_counters)
                             .unwrap_or_default()
                     }),
+                    fault_stall: self.latency.then(|| {
+                        FaultStall::from_totals(
+                            &snap.proc_stall.get(&pid).copied().unwrap_or_default(),
+                        )
+                    }),
                 }
             })
             .collect()
@@ -405,6 +419,14 @@ impl Ledger {
                 .iter()
                 .filter(|(p, _)| pids.contains(p))
                 .map(|(p, t)| (*p, *t))
+                .collect(),
+            // Their fault stall totals (--latency), deleted from the kernel
+            // with their mapping counters.
+            proc_stall: snap
+                .proc_stall
+                .iter()
+                .filter(|(p, _)| pids.contains(p))
+                .map(|(p, s)| (*p, *s))
                 .collect(),
             ..Default::default()
         };
@@ -478,6 +500,9 @@ impl Ledger {
                 *r.evicted_owned_pages.get_or_insert(0) += c.evicted_owned;
             }
         }
+        if self.latency {
+            self.add_stall(snap, &mut by_file, &mut anon, &mut unattributed);
+        }
         let mut files: Vec<FileRow> = by_file
             .into_values()
             .filter(|f| f.activity() > 0 || f.mappings > 0)
@@ -525,7 +550,46 @@ impl Ledger {
                 .collect(),
             signals: self.signals.clone(),
             signals_not_listed: self.signals_total - self.signals.len() as u64,
+            fault_stall_unpaired: self.latency.then(|| {
+                mmtrace_common::latency_miss::NAMES
+                    .iter()
+                    .zip(snap.latency_misses)
+                    .map(|(k, n)| (*k, n))
+                    .collect()
+            }),
         }
+    }
+
+    /// `--latency`: each file's (and anonymous memory's) stall from the
+    /// kernel's histograms; a file with none gets zeros.
+    fn add_stall(
+        &self,
+        snap: &Snapshot,
+        by_file: &mut BTreeMap<FileId, FileRow>,
+        anon: &mut FileRow,
+        unattributed: &mut FileRow,
+    ) {
+        let mut h: BTreeMap<FileId, [mmtrace_common::LatencyHist; 2]> = BTreeMap::new();
+        for (k, v) in &snap.latency {
+            h.entry((k.dev, k.ino)).or_default()[k.major.min(1) as usize].add(v);
+        }
+        let stall = |id: FileId| {
+            h.get(&id)
+                .map(|[mi, ma]| {
+                    FaultStall::new(stall::class_from_hist(mi), stall::class_from_hist(ma))
+                })
+                .unwrap_or_default()
+        };
+        for &id in h.keys() {
+            if id != ANON_STALL && id != UNATTRIBUTED_STALL {
+                by_file.entry(id).or_insert_with(|| self.file_row(id));
+            }
+        }
+        for (id, row) in by_file.iter_mut() {
+            row.fault_stall = Some(stall(*id));
+        }
+        anon.fault_stall = Some(stall(ANON_STALL));
+        unattributed.fault_stall = Some(stall(UNATTRIBUTED_STALL));
     }
 
     fn file_row(&self, id: FileId) -> FileRow {
@@ -672,6 +736,10 @@ pub struct ProcessRow {
     /// process, not per file. Null when the hook is not attached.
     #[serde(default)]
     pub tlb_flushes: Option<TlbFlushes>,
+    /// `--latency` only: the stall totals of its faults (fault entry to the
+    /// kernel's accounting), no percentiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_stall: Option<FaultStall>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -723,6 +791,10 @@ pub struct FileRow {
     pub evicted_owned_pages: Option<u64>,
     pub resident_pages: Option<u64>,
     pub file_pages: Option<u64>,
+    /// `--latency` only: the time from fault entry to the kernel's
+    /// accounting of the fault, per minor/major, with percentiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_stall: Option<FaultStall>,
 }
 
 impl FileRow {
@@ -803,7 +875,16 @@ pub struct Report {
     /// Signals beyond the listed ones.
     #[serde(default)]
     pub signals_not_listed: u64,
+    /// `--latency` only: accounted faults whose latency was not measured,
+    /// by why (`no_entry`, `address_mismatch`, `implausible_time`,
+    /// `map_full`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_stall_unpaired: Option<BTreeMap<&'static str, u64>>,
 }
+
+/// Stall histogram keys of anonymous memory and of unattributed faults.
+const ANON_STALL: FileId = (0, 0);
+const UNATTRIBUTED_STALL: FileId = (u32::MAX, 0);
 
 /// Processes summed by cgroup, busiest (most faults) first.
 pub fn by_cgroup(processes: &[ProcessRow]) -> Vec<crate::record::CgroupRow> {
@@ -906,6 +987,14 @@ pub fn bound_processes(mut rows: Vec<ProcessRow>, top: usize) -> Vec<ProcessRow>
         tlb_flushes: rest.iter().fold(None, |a, p| {
             TlbFlushes::sum(a.as_ref(), p.tlb_flushes.as_ref())
         }),
+        fault_stall: rest.iter().filter_map(|p| p.fault_stall.as_ref()).fold(
+            None,
+            |acc: Option<FaultStall>, s| {
+                let mut a = acc.unwrap_or_default();
+                a.add_totals(s);
+                Some(a)
+            },
+        ),
         ..Default::default()
     };
     rows.push(others);
@@ -1221,6 +1310,103 @@ mod tests {
         assert_eq!(r.signals.len(), crate::signals::LISTED);
         assert_eq!(r.signals_not_listed, 7);
         assert_eq!(r.signals[0].pid, 0);
+    }
+
+    #[test]
+    fn latency_gives_files_anon_and_processes_their_stall_and_folding_keeps_it() {
+        use mmtrace_common::{LatencyHist, LatencyKey, ProcStall};
+        let mut l = ledger();
+        l.latency = true;
+        l.add_process(11, false, None, (0, 0));
+        l.set_cgroup(11, Some("/svc".into()));
+        let mut s = Snapshot::default();
+        s.mappings.insert(
+            key(10, kind::FILE | kind::SHARED, 0x1000, 42),
+            faults(10, 4, 0, 0),
+        );
+        s.mappings
+            .insert(key(11, 0, 0x20000, 0), faults(97, 0, 97, 0));
+        let hist = |n: u64, bucket: usize, max_ns: u64| {
+            let mut h = LatencyHist {
+                count: n,
+                sum_ns: n * max_ns,
+                max_ns,
+                ..Default::default()
+            };
+            h.buckets[bucket] = n;
+            h
+        };
+        let dev = key(10, kind::FILE, 0, 42).dev;
+        let fk = |ino, major| LatencyKey { ino, dev, major };
+        s.latency.insert(fk(42, 0), hist(10, 11, 2000));
+        s.latency.insert(fk(42, 1), hist(4, 20, 1_000_000));
+        s.latency.insert(LatencyKey::default(), hist(97, 10, 900));
+        s.proc_stall.insert(
+            10,
+            ProcStall {
+                minor_count: 10,
+                minor_sum_ns: 20_000,
+                minor_max_ns: 2000,
+                major_count: 4,
+                major_sum_ns: 4_000_000,
+                major_max_ns: 1_000_000,
+            },
+        );
+        s.proc_stall.insert(
+            11,
+            ProcStall {
+                minor_count: 97,
+                minor_sum_ns: 97 * 900,
+                minor_max_ns: 900,
+                ..Default::default()
+            },
+        );
+        s.latency_misses[mmtrace_common::latency_miss::ADDR_MISMATCH as usize] = 2;
+        let r = l.report(&s);
+        let file = r.files.iter().find(|f| f.ino == 42).unwrap();
+        let st = file.fault_stall.as_ref().unwrap();
+        assert_eq!((st.minor.faults, st.major.faults), (10, 4));
+        assert_eq!(st.total_ns, 20_000 + 4_000_000);
+        assert_eq!(st.major.p99_us, Some(1000.0));
+        assert_eq!(st.minor.p50_us, Some(2.0));
+        let anon = r.files.iter().find(|f| f.kind == FileKind::Anon).unwrap();
+        assert_eq!(anon.fault_stall.as_ref().unwrap().minor.faults, 97);
+        assert_eq!(
+            r.fault_stall_unpaired.as_ref().unwrap()["address_mismatch"],
+            2
+        );
+        let p10 = r.processes.iter().find(|p| p.pid == 10).unwrap();
+        assert_eq!(p10.fault_stall.as_ref().unwrap().total_ns, 4_020_000);
+
+        // 11 exits and is folded: its stall totals move to the exited row.
+        let gone: BTreeSet<u32> = [11].into();
+        let deleted: BTreeMap<MappingKey, FaultCounters> = s
+            .mappings
+            .iter()
+            .filter(|(k, _)| k.tgid == 11)
+            .map(|(k, c)| (*k, *c))
+            .collect();
+        l.fold(&gone, &deleted, &s);
+        s.mappings.retain(|k, _| k.tgid != 11);
+        s.proc_stall.remove(&11);
+        let r = l.report(&s);
+        let exited = r.processes.iter().find(|p| p.pid == 0).unwrap();
+        let st = exited.fault_stall.as_ref().unwrap();
+        assert_eq!((st.minor.faults, st.minor.total_ns), (97, 97 * 900));
+        assert_eq!(st.minor.max_us, Some(0.9));
+        let total: u64 = r
+            .processes
+            .iter()
+            .filter_map(|p| p.fault_stall.as_ref())
+            .map(|s| s.total_ns)
+            .sum();
+        assert_eq!(total, 4_020_000 + 97 * 900);
+
+        // Without --latency: no stall fields at all.
+        let r = ledger().report(&s);
+        assert!(r.files.iter().all(|f| f.fault_stall.is_none()));
+        assert!(r.processes.iter().all(|p| p.fault_stall.is_none()));
+        assert!(r.fault_stall_unpaired.is_none());
     }
 
     #[test]

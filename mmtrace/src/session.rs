@@ -159,6 +159,14 @@ async fn start(spec: &TraceSpec) -> Result<Started> {
     }
     config.events = spec.kinds().mask;
     config.events_sample = spec.sample;
+    if spec.latency {
+        if !features.write_faults {
+            bail!(
+                "--latency needs the exceptions:page_fault_user/kernel tracepoints (x86), missing here"
+            );
+        }
+        config.latency = 1;
+    }
 
     let gated = match &cmd_path {
         Some(p) => {
@@ -253,6 +261,7 @@ fn attach(
         kinds: spec.kinds(),
         write_faults: features.write_faults,
         retain_exited: spec.retain_exited,
+        latency: spec.latency,
         baselines,
     })?;
     if let Some(w) = &mut c.watch {

@@ -57,6 +57,8 @@ pub struct TraceSpec {
     pub mappings: bool,
     pub capacity: Capacities,
     pub bpf_stats: bool,
+    /// `--latency`: fault stall histograms.
+    pub latency: bool,
     /// Raw event kinds to stream (`--events`): names as given, validated.
     pub events: Vec<String>,
     /// Stream one raw event in N.
@@ -136,6 +138,7 @@ impl TraceSpec {
                 events_bytes: cli.events_buffer,
             },
             bpf_stats: cli.bpf_stats,
+            latency: cli.latency,
             events: cli.events.clone(),
             sample: cli.sample.unwrap_or(1),
             bpf_log: cli.verbose >= 2,

@@ -169,6 +169,24 @@ pub enum Workload {
         #[arg(long)]
         ms: u64,
     },
+    /// A fault that fails, then faults that sleep, arranged so a fault
+    /// latency tracer that pairs stale entries would report garbage: on CPU
+    /// 0, read(2) into an unmapped address (the kernel faults, fails with
+    /// EFAULT: no accounting event follows); --gap-ms later, on CPU 1, cold
+    /// major faults of PATH (dropped, MADV_RANDOM) while a sibling thread
+    /// whose tid shares the thread's slot (tid % 1024) takes minor faults
+    /// on CPU 1 whenever the reader sleeps.
+    StaleFault {
+        /// file to read cold
+        #[arg(long)]
+        path: PathBuf,
+        /// pages of it to read (one major fault each)
+        #[arg(long, default_value_t = 256)]
+        pages: u64,
+        /// pause between the failed fault and the reads, ms
+        #[arg(long, default_value_t = 300)]
+        gap_ms: u64,
+    },
 }
 
 /// `madvise()` advice for `mmap-read`.
@@ -293,6 +311,14 @@ pub fn run(args: &WorkloadArgs) -> Result<Value> {
             nap(Duration::from_millis(*ms));
             (report_base("sleep").with("ms", *ms), None)
         }
+        Workload::StaleFault {
+            path,
+            pages,
+            gap_ms,
+        } => (
+            stale_fault(path, *pages, Duration::from_millis(*gap_ms))?,
+            None,
+        ),
     };
     let report = Value::Object(report);
     if let Some(path) = &args.report {
@@ -600,6 +626,108 @@ fn make_file(path: &Path, size: u64) -> Result<Map<String, Value>> {
     Ok(with_file_id(report_base("make-file"), path, &file)?
         .with("bytes", size)
         .with("pages", size.div_ceil(ps)))
+}
+
+/// The calling thread's id.
+fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
+/// Pins the calling thread to `cpu` (best effort: 1-CPU machines).
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; the set is passed by pointer.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// `stale-fault --path F`: see [`Workload::StaleFault`].
+fn stale_fault(path: &Path, pages: u64, gap: Duration) -> Result<Map<String, Value>> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        mpsc,
+    };
+    const SLOTS: u32 = 1024;
+    let ps = page_size();
+    let me = gettid();
+    let go = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let faults = Arc::new(AtomicU64::new(0));
+    // Threads until one's tid shares this thread's slot.
+    let mut sibling = None;
+    for _ in 0..200_000 {
+        let (tx, rx) = mpsc::channel();
+        let (go2, stop2, faults2) = (go.clone(), stop.clone(), faults.clone());
+        let h = std::thread::spawn(move || {
+            let tid = gettid();
+            let _ = tx.send(tid);
+            if tid % SLOTS != me % SLOTS {
+                return;
+            }
+            pin(1);
+            while !go2.load(Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let len = 4 << 20;
+            while !stop2.load(Relaxed) {
+                if let Ok(m) = Mapping::anon(len) {
+                    m.write_pages(len / page_size());
+                    faults2.fetch_add((len / page_size()) as u64, Relaxed);
+                }
+            }
+        });
+        let tid = rx.recv().context("a sibling thread")?;
+        if tid % SLOTS == me % SLOTS {
+            sibling = Some((tid, h));
+            break;
+        }
+        let _ = h.join();
+    }
+    let (sibling_tid, sibling) = sibling.context("no thread id shared this thread's slot")?;
+    let file = open(path)?;
+    let len = file_len(&file, path)?;
+    let n = usize::try_from(pages)
+        .context("--pages too large")?
+        .min(len.div_ceil(ps));
+    drop_cache(&file).with_context(|| format!("dropping the cache of {}", path.display()))?;
+    let map = Mapping::file(&file, len, libc::PROT_READ, libc::MAP_SHARED)?;
+    map.advise(libc::MADV_RANDOM)?;
+    // The failed fault, on CPU 0.
+    pin(0);
+    let zero = open(Path::new("/dev/zero"))?;
+    let start = Instant::now();
+    // SAFETY: the kernel checks the (unmapped) destination and fails.
+    let rc = unsafe { libc::read(zero.as_raw_fd(), 0x1000 as *mut libc::c_void, 1) };
+    let efault = rc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EFAULT);
+    std::thread::sleep(gap);
+    // Cold reads on CPU 1 with the sibling faulting there.
+    go.store(true, Relaxed);
+    pin(1);
+    std::thread::sleep(Duration::from_millis(20));
+    let reads = Instant::now();
+    // One page at a time: each a major fault of its own (MADV_RANDOM).
+    let mut sum = 0u64;
+    for i in 0..n {
+        sum = sum.wrapping_add(map.read_range(i, i + 1));
+    }
+    std::hint::black_box(sum);
+    let reads_elapsed = reads.elapsed();
+    stop.store(true, Relaxed);
+    let _ = sibling.join();
+    let elapsed = start.elapsed();
+    Ok(with_file_id(report_base("stale-fault"), path, &file)?
+        .with("tid", me)
+        .with("sibling_tid", sibling_tid)
+        .with("efault", efault)
+        .with("pages", n)
+        .with("gap_ns", nanos(gap))
+        .with("reads_elapsed_ns", nanos(reads_elapsed))
+        .with("elapsed_ns", nanos(elapsed))
+        .with("sibling_faults", faults.load(Relaxed)))
 }
 
 /// An `mmap()`ed region, unmapped on drop.

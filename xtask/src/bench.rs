@@ -18,9 +18,20 @@ pub struct BenchOpts {
     pub file_mib: u64,
 }
 
-/// One scenario's measurements (ns per fault, per run).
+/// How a run of a pair is made.
+#[derive(Clone, Copy)]
+enum Mode {
+    Untraced,
+    /// `mmtrace --quiet [EXTRA] -- mmtrace ARGS`
+    Traced(&'static [&'static str]),
+}
+
+/// One scenario's measurements (ns per fault, per run): `untraced` holds
+/// the baseline runs (for the `--latency` scenario: traced without it).
 struct Sample {
     name: &'static str,
+    /// What the baseline runs are ("untraced", or "traced" for a flag's cost).
+    baseline: &'static str,
     untraced: Vec<f64>,
     traced: Vec<f64>,
 }
@@ -34,9 +45,20 @@ impl Sample {
             .collect()
     }
 
+    /// ns added per fault, per pair.
+    fn added(&self) -> Vec<f64> {
+        self.untraced
+            .iter()
+            .zip(&self.traced)
+            .map(|(u, t)| t - u)
+            .collect()
+    }
+
     fn to_json(&self) -> Value {
         json!({
             "scenario": self.name,
+            "baseline": self.baseline,
+            "added_ns_per_fault_median": median(&self.added()),
             "untraced_ns_per_fault_median": median(&self.untraced),
             "traced_ns_per_fault_median": median(&self.traced),
             "slowdown_median": median(&self.ratios()),
@@ -96,7 +118,16 @@ pub fn bench(ctx: &Ctx, opts: &BenchOpts) -> Result<()> {
         ]
     };
     samples.push(b.scenario("minor-fault storm", opts.pairs, storm)?);
-    let bpf = b.bpf_cost(&storm(&b.report))?;
+    // The cost of --latency: the same storm traced without and with it,
+    // side by side in the same pairs (ABBA).
+    samples.push(b.scenario_modes(
+        "storm: --latency vs traced",
+        (Mode::Traced(&[]), Mode::Traced(&["--latency"])),
+        opts.pairs,
+        &storm,
+    )?);
+    let bpf = b.bpf_cost(&[], &storm(&b.report))?;
+    let bpf_lat = b.bpf_cost(&["--latency"], &storm(&b.report))?;
 
     let file = work.join("cold.dat");
     let bytes = opts.file_mib << 20;
@@ -135,8 +166,22 @@ pub fn bench(ctx: &Ctx, opts: &BenchOpts) -> Result<()> {
         bpf.0,
         bpf.1
     );
+    let untraced = samples
+        .first()
+        .map(|s| median(&s.untraced))
+        .unwrap_or(f64::NAN);
+    let added = (bpf_lat.0 + bpf_lat.1) - (bpf.0 + bpf.1);
+    println!(
+        "  with --latency: {:.0} ns (perf-event program {:.0} ns + entry raw tracepoint {:.0} ns): \
+         +{added:.0} ns per fault, {:+.1}% of an untraced fault ({untraced:.0} ns)",
+        bpf_lat.0 + bpf_lat.1,
+        bpf_lat.0,
+        bpf_lat.1,
+        100.0 * added / untraced
+    );
     let results = json!({
         "bpf_ns_per_fault": { "page_faults_min": bpf.0, "page_fault_user": bpf.1 },
+        "bpf_ns_per_fault_latency": { "page_faults_min": bpf_lat.0, "page_fault_user": bpf_lat.1 },
         "binary": b.bin.display().to_string(),
         "kernel": kernel_release(),
         "pairs": opts.pairs,
@@ -166,23 +211,45 @@ impl Bencher<'_> {
         pairs: u32,
         workload: impl Fn(&Path) -> Vec<String>,
     ) -> Result<Sample> {
+        self.scenario_modes(name, (Mode::Untraced, Mode::Traced(&[])), pairs, &workload)
+    }
+
+    /// `pairs` pairs of runs in modes `(base, other)`, alternating which of
+    /// the two goes first.
+    fn scenario_modes(
+        &self,
+        name: &'static str,
+        (base, other): (Mode, Mode),
+        pairs: u32,
+        workload: &dyn Fn(&Path) -> Vec<String>,
+    ) -> Result<Sample> {
         let args = workload(&self.report);
         let mut s = Sample {
             name,
+            baseline: match base {
+                Mode::Untraced => "untraced",
+                Mode::Traced(_) => "traced",
+            },
             untraced: Vec::new(),
             traced: Vec::new(),
         };
         for i in 0..pairs {
             let (u, t) = if i % 2 == 0 {
-                let u = self.measure(false, &args)?;
-                (u, self.measure(true, &args)?)
+                let u = self.measure(base, &args)?;
+                (u, self.measure(other, &args)?)
             } else {
-                let t = self.measure(true, &args)?;
-                (self.measure(false, &args)?, t)
+                let t = self.measure(other, &args)?;
+                (self.measure(base, &args)?, t)
             };
             eprintln!(
-                "bench: {name}: pair {}/{pairs}: untraced {u:.0} ns/fault, traced {t:.0} ns/fault ({:.2}x)",
+                "bench: {name}: pair {}/{pairs}: {} {u:.0} ns/fault, {} {t:.0} ns/fault ({:.2}x)",
                 i + 1,
+                s.baseline,
+                if s.baseline == "untraced" {
+                    "traced"
+                } else {
+                    "with the flag"
+                },
                 t / u
             );
             s.untraced.push(u);
@@ -192,12 +259,11 @@ impl Bencher<'_> {
     }
 
     /// One run; ns per page from the workload's own report.
-    fn measure(&self, traced: bool, args: &[String]) -> Result<f64> {
+    fn measure(&self, mode: Mode, args: &[String]) -> Result<f64> {
         let _ = std::fs::remove_file(&self.report);
-        if traced {
-            self.traced(args)?;
-        } else {
-            self.untraced(args)?;
+        match mode {
+            Mode::Traced(extra) => self.traced(extra, args)?,
+            Mode::Untraced => self.untraced(args)?,
         }
         let text = std::fs::read_to_string(&self.report)
             .with_context(|| format!("the workload wrote no report {}", self.report.display()))?;
@@ -226,10 +292,12 @@ impl Bencher<'_> {
 
     /// Mean BPF run time per fault of the fault-path programs, from one
     /// traced run with `--bpf-stats` (kernel BPF_ENABLE_STATS).
-    fn bpf_cost(&self, args: &[String]) -> Result<(f64, f64)> {
+    fn bpf_cost(&self, extra: &[&str], args: &[String]) -> Result<(f64, f64)> {
         let out = self.report.with_extension("stats.jsonl");
         let mut cmd = self.ctx.as_root(&self.bin)?;
-        cmd.args(["--quiet", "--bpf-stats", "-o"])
+        cmd.args(["--quiet", "--bpf-stats"])
+            .args(extra)
+            .arg("-o")
             .arg(&out)
             .arg("--")
             .arg(&self.bin)
@@ -259,10 +327,14 @@ impl Bencher<'_> {
         quiet_run(&mut cmd)
     }
 
-    /// `[sudo -E] mmtrace --quiet -- mmtrace ARGS`
-    fn traced(&self, args: &[String]) -> Result<()> {
+    /// `[sudo -E] mmtrace --quiet [EXTRA] -- mmtrace ARGS`
+    fn traced(&self, extra: &[&str], args: &[String]) -> Result<()> {
         let mut cmd = self.ctx.as_root(&self.bin)?;
-        cmd.args(["--quiet", "--"]).arg(&self.bin).args(args);
+        cmd.arg("--quiet")
+            .args(extra)
+            .arg("--")
+            .arg(&self.bin)
+            .args(args);
         quiet_run(&mut cmd)
     }
 }
@@ -282,21 +354,23 @@ fn quiet_run(cmd: &mut Command) -> Result<()> {
 
 fn print_table(samples: &[Sample]) {
     println!(
-        "{:<22} {:>18} {:>18} {:>10} {:>6}",
-        "scenario", "untraced ns/fault", "traced ns/fault", "slowdown", "pairs"
+        "{:<27} {:>18} {:>18} {:>10} {:>10} {:>6}",
+        "scenario", "baseline ns/fault", "measured ns/fault", "slowdown", "+ns/fault", "pairs"
     );
     for s in samples {
         println!(
-            "{:<22} {:>18.1} {:>18.1} {:>9.2}x {:>6}",
+            "{:<27} {:>18.1} {:>18.1} {:>9.2}x {:>10.0} {:>6}",
             s.name,
             median(&s.untraced),
             median(&s.traced),
             median(&s.ratios()),
+            median(&s.added()),
             s.untraced.len()
         );
     }
     println!(
-        "(medians over pairs; slowdown = median of per-pair traced/untraced; cold-file mmap read is ns per file page)"
+        "(medians over pairs; slowdown = median of per-pair measured/baseline; baseline = untraced, \
+         or traced without --latency for the --latency row; cold-file mmap read is ns per file page)"
     );
 }
 

@@ -91,6 +91,8 @@ pub struct Setup {
     pub write_faults: bool,
     /// Exited processes are folded away after this long.
     pub retain_exited: Duration,
+    /// `--latency`: fault stall is reported.
+    pub latency: bool,
     /// `--all`: every process's counters taken just before the attach.
     pub baselines: HashMap<u32, Baseline>,
 }
@@ -126,6 +128,7 @@ impl Collector {
             .probes()
             .iter()
             .any(|p| p.program == "tlb_flush" && p.attached);
+        ledger.latency = s.latency;
         Ok(Self {
             tracer,
             notices,
@@ -458,6 +461,7 @@ impl Collector {
             }
         }
         self.snap.exits.retain(|p, _| !due.contains(p));
+        self.snap.proc_stall.retain(|p, _| !due.contains(p));
         Ok(())
     }
 

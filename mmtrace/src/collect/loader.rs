@@ -14,8 +14,9 @@ use aya::{
     util::{nr_cpus, online_cpus},
 };
 use mmtrace_common::{
-    CacheCounters, CgroupKey, Comm, Config, ExitRecord, FaultCounters, FileKey, MappingKey,
-    ReclaimStats, ScopeEntry, TlbCounters, VmaCache, errors,
+    CacheCounters, CgroupKey, Comm, Config, ExitRecord, FaultCounters, FileKey, LatencyHist,
+    LatencyKey, MappingKey, ProcStall, ReclaimStats, ScopeEntry, TlbCounters, VmaCache, errors,
+    latency_miss,
 };
 
 use super::maps::{Snapshot, comm_string, merge_exit, sum_cache, sum_faults};
@@ -154,6 +155,23 @@ impl Tracer {
             .map_max_entries("FILE_CACHE", cap.files)
             .map_max_entries("EVICTED", cap.evicted)
             .map_max_entries("EVENTS", cap.events_bytes)
+            // Without --latency nothing is written to them: the smallest.
+            .map_max_entries(
+                "FAULT_LATENCY",
+                if config.latency != 0 {
+                    mmtrace_common::LATENCY_FILES
+                } else {
+                    1
+                },
+            )
+            .map_max_entries(
+                "PROC_STALL",
+                if config.latency != 0 {
+                    cap.processes
+                } else {
+                    1
+                },
+            )
             .load(EBPF_OBJECT)
             .context("loading mmtrace's eBPF object (maps and BTF) into the kernel")?;
         if bpf_log {
@@ -439,6 +457,13 @@ impl Tracer {
             // Absent when the process left no exit record (map full).
             let _ = e.remove(p);
         }
+        // Their fault stall totals (--latency): the snapshot that chose
+        // them holds the totals (a dead process faults no more).
+        let mut st: PerCpuHashMap<&mut MapData, u32, ProcStall> =
+            PerCpuHashMap::try_from(self.map_mut("PROC_STALL")?)?;
+        for p in pids {
+            let _ = st.remove(p);
+        }
         Ok(deleted)
     }
 
@@ -519,6 +544,30 @@ impl Tracer {
         for i in 0..errors::COUNT {
             s.errors[i as usize] = m.get(&i, 0)?.iter().sum();
         }
+        self.read_latency(&mut s)?;
         Ok(s)
+    }
+
+    /// The `--latency` maps (empty without it).
+    fn read_latency(&self, s: &mut Snapshot) -> Result<()> {
+        let m: PerCpuHashMap<&MapData, LatencyKey, LatencyHist> =
+            PerCpuHashMap::try_from(self.map("FAULT_LATENCY")?)?;
+        for r in m.iter() {
+            let (k, v) = r.context("reading FAULT_LATENCY")?;
+            let e = s.latency.entry(k).or_default();
+            v.iter().for_each(|h| e.add(h));
+        }
+        let m: PerCpuHashMap<&MapData, u32, ProcStall> =
+            PerCpuHashMap::try_from(self.map("PROC_STALL")?)?;
+        for r in m.iter() {
+            let (k, v) = r.context("reading PROC_STALL")?;
+            let e = s.proc_stall.entry(k).or_default();
+            v.iter().for_each(|p| e.add(p));
+        }
+        let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map("LATENCY_MISSES")?)?;
+        for i in 0..latency_miss::COUNT {
+            s.latency_misses[i as usize] = m.get(&i, 0)?.iter().sum();
+        }
+        Ok(())
     }
 }

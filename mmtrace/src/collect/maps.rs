@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use mmtrace_common::{
-    CacheCounters, ExitRecord, FaultCounters, FileKey, MappingKey, ReclaimStats, ScopeEntry,
-    TlbCounters, errors,
+    CacheCounters, ExitRecord, FaultCounters, FileKey, LatencyHist, LatencyKey, MappingKey,
+    ProcStall, ReclaimStats, ScopeEntry, TlbCounters, errors, latency_miss,
 };
 
 /// Everything the kernel side has counted so far (cumulative since start).
@@ -32,6 +32,13 @@ pub struct Snapshot {
     pub errors: [u64; errors::COUNT as usize],
     /// TLB flushes per traced process (tgid), summed over CPUs.
     pub tlb: BTreeMap<u32, TlbCounters>,
+    /// `--latency`: fault latency histograms per (file, major?), summed.
+    pub latency: BTreeMap<LatencyKey, LatencyHist>,
+    /// `--latency`: fault stall totals per process, summed.
+    pub proc_stall: BTreeMap<u32, ProcStall>,
+    /// `--latency`: accounted faults not paired with their entry, by
+    /// `mmtrace_common::latency_miss` index.
+    pub latency_misses: [u64; latency_miss::COUNT as usize],
 }
 
 /// A kernel `comm` (NUL-padded) as text.

@@ -7,6 +7,7 @@ pub mod escape;
 pub mod json;
 pub mod printer;
 pub mod serve;
+pub mod stall_table;
 pub mod table;
 pub mod top;
 
