@@ -234,35 +234,47 @@ fn refaults_match_the_kernels_workingset_counter() {
     let dir = scratch();
     let data = make_file(dir.path(), "re.dat", 256 << 20);
     drop_cache(&data);
-    let cg = TestCgroup::new("refault", 64 << 20);
-    let out_path = dir.path().join("t.jsonl");
-    let bin = env!("CARGO_BIN_EXE_mmtrace");
-    let d = data.display();
-    let out = mmtrace()
-        .args(["--quiet", "--cgroup", cg.path(), "-o"])
-        .arg(&out_path)
-        .args([
-            "--",
-            "/bin/sh",
-            "-c",
-            &format!("{bin} workload mmap-read --path {d}"),
-        ])
-        .output()
-        .unwrap();
-    ok(&out);
-    let recs = records(&out_path);
-    let s = summary(&recs);
-    let ours: u64 = s["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| u(&f["refault_pages"]))
-        .sum();
-    let kernel = u(&s["cgroup"]["kernel_refault_pages"]);
+    // The scenario: readahead brings pages in faster than the 64 MiB limit
+    // lets them stay, so some are reclaimed before use and read again
+    // (refaults with shadow entries). Most runs thrash like that; a run
+    // that never did (1 refault seen once on a loaded host) is repeated,
+    // up to three times, before the comparison.
+    let mut attempt = 0;
+    let (ours, kernel, cgroup) = loop {
+        attempt += 1;
+        drop_cache(&data);
+        let cg = TestCgroup::new(&format!("refault{attempt}"), 64 << 20);
+        let out_path = dir.path().join(format!("t{attempt}.jsonl"));
+        let bin = env!("CARGO_BIN_EXE_mmtrace");
+        let d = data.display();
+        let out = mmtrace()
+            .args(["--quiet", "--cgroup", cg.path(), "-o"])
+            .arg(&out_path)
+            .args([
+                "--",
+                "/bin/sh",
+                "-c",
+                &format!("{bin} workload mmap-read --path {d}"),
+            ])
+            .output()
+            .unwrap();
+        ok(&out);
+        let recs = records(&out_path);
+        let s = summary(&recs);
+        let ours: u64 = s["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| u(&f["refault_pages"]))
+            .sum();
+        let kernel = u(&s["cgroup"]["kernel_refault_pages"]);
+        if kernel > 1000 || attempt == 3 {
+            break (ours, kernel, s["cgroup"].clone());
+        }
+    };
     assert!(
         kernel > 1000,
-        "readahead pages were reclaimed and read again: {}",
-        s["cgroup"]
+        "readahead pages were reclaimed and read again: {cgroup}"
     );
     assert!(
         ours.abs_diff(kernel) * 20 <= kernel,
