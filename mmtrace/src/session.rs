@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use tokio::{
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     sync::mpsc,
 };
 
@@ -44,6 +44,13 @@ pub fn page_size() -> u64 {
 
 /// Runs one trace; returns the process exit status.
 pub async fn run(spec: &TraceSpec) -> Result<i32> {
+    // Before anything starts: a Ctrl-C during the attach (or right after
+    // "tracing ...") ends the trace through its report, never by the
+    // default action (which killed mmtrace without one).
+    let mut signals = (
+        signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+    );
     let (stop_tx, mut stop_rx) = mpsc::channel(1);
     let mut sinks = Sinks::open(spec, stop_tx)?;
     let started = start(spec).await?;
@@ -68,7 +75,16 @@ pub async fn run(spec: &TraceSpec) -> Result<i32> {
                 }
             );
         }
-        match watch(spec, &mut collector, child, &mut sinks, &mut stop_rx).await {
+        match watch(
+            spec,
+            &mut collector,
+            child,
+            &mut sinks,
+            &mut stop_rx,
+            &mut signals,
+        )
+        .await
+        {
             Ok((e, x)) => (end, exited) = (e, x),
             Err(e) => error = Some(e),
         }
@@ -400,9 +416,8 @@ async fn watch(
     child: Option<u32>,
     sinks: &mut Sinks,
     stop: &mut mpsc::Receiver<()>,
+    (sigint, sigterm): &mut (Signal, Signal),
 ) -> Result<(EndReason, Option<Exited>)> {
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut tick = tokio::time::interval(if spec.all { SCAN_ALL } else { SCAN });
     let start = Instant::now();
     let interval = spec.interval.map(Duration::from_secs_f64);

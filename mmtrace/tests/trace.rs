@@ -334,8 +334,11 @@ fn f_pid_mode_traces_a_running_process_until_it_exits() {
             "anon",
             "--pages",
             "20000",
+            // Long enough for mmtrace to attach first on a loaded host
+            // (1.5-1.8 s to the first record was measured under parallel
+            // builds; 1.5 s was too short).
             "--pause-ms",
-            "1500",
+            "5000",
             "--report",
         ])
         .arg(&rep)
@@ -424,27 +427,35 @@ fn g_a_pid_gone_before_attach_and_an_interrupt_are_handled() {
     // Ctrl-C: the final report is still written and the command's status returned.
     let dir = scratch();
     let out_path = dir.path().join("t.jsonl");
-    let child = mmtrace()
-        .args(["--quiet", "-o"])
+    let mut child = mmtrace()
+        .args(["-o"])
         .arg(&out_path)
         .args(["--", "sleep", "30"])
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Interrupt once it says it is tracing (a fixed delay raced the attach
+    // on a loaded host).
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("mmtrace: tracing") {
+        let mut l = String::new();
+        if std::io::BufRead::read_line(&mut err, &mut l).unwrap() == 0 {
+            panic!("mmtrace ended before tracing: {said}");
+        }
+        said.push_str(&l);
+    }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
     let out = child.wait_with_output().unwrap();
     let recs = records(&out_path);
     let s = summary(&recs);
     assert_eq!(s["end_reason"], "interrupted");
     // sleep got SIGTERM from mmtrace: 128 + 15.
-    assert_eq!(
-        out.status.code(),
-        Some(143),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(143), "{said}{rest}");
 
     // The command's exit status is mmtrace's.
     let out = mmtrace()
