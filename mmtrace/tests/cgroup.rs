@@ -1,7 +1,7 @@
 //! Privileged tests of cgroup tracing, eviction reasons and the verdict:
 //! real memory cgroups (v2 with a memory controller where there is one, else
 //! v1), real eBPF programs, real workloads. Serialised.
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{path::Path, process::Stdio};
 
 use common::*;
 use serde_json::Value;
@@ -200,13 +200,14 @@ fn cgroup_scope_counts_joiners_and_never_outsiders() {
     let dir = scratch();
     let cg = TestCgroup::new("scope", 1 << 30);
     let out_path = dir.path().join("t.jsonl");
-    let tracer = mmtrace()
-        .args(["--quiet", "--cgroup", cg.path(), "--duration", "4", "-o"])
+    let mut tracer = mmtrace()
+        .args(["--cgroup", cg.path(), "--duration", "4", "-o"])
         .arg(&out_path)
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    let stderr = wait_tracing(&mut tracer);
     let pages = "20000";
     let mut joiner = mmtrace()
         .args(["workload", "anon", "--pages", pages, "--pause-ms", "800"])
@@ -219,8 +220,8 @@ fn cgroup_scope_counts_joiners_and_never_outsiders() {
     cg.add(joiner.id());
     joiner.wait().unwrap();
     outsider.wait().unwrap();
-    let out = tracer.wait_with_output().unwrap();
-    ok(&out);
+    let status = tracer.wait().unwrap();
+    assert!(status.success(), "{}", stderr.join().unwrap());
     let recs = records(&out_path);
     let s = summary(&recs);
     let procs = s["processes"].as_array().unwrap();
@@ -244,18 +245,19 @@ fn removing_the_cgroup_ends_the_trace_with_a_final_report() {
     let dir = scratch();
     let cg = TestCgroup::new("rm", 1 << 30);
     let out_path = dir.path().join("t.jsonl");
-    let tracer = mmtrace()
+    let mut tracer = mmtrace()
         .args(["--cgroup", cg.path(), "--duration", "30", "-o"])
         .arg(&out_path)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    let stderr = wait_tracing(&mut tracer);
     std::fs::remove_dir(&cg.0).unwrap();
     let out = tracer.wait_with_output().unwrap();
-    ok(&out);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("was removed"));
+    let stderr = stderr.join().unwrap();
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("was removed"), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("final report"));
     let recs = records(&out_path);
     assert_eq!(summary(&recs)["end_reason"], "cgroup_removed");

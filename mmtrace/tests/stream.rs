@@ -127,12 +127,14 @@ fn all_attributes_a_known_workload_to_its_cgroup() {
     let cg = TestCgroup::new("all", 1 << 30);
     let out_path = dir.path().join("all.jsonl");
     let mut tracer = mmtrace()
-        .args(["--all", "--quiet", "-d", "4", "-o"])
+        .args(["--all", "-d", "4", "-o"])
         .arg(&out_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Let it attach before the workload starts.
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // The workload starts once it is attached.
+    let _stderr = wait_tracing(&mut tracer);
     // It pauses before touching its pages: time to move it into the cgroup.
     let mut w = mmtrace()
         .args(["workload", "anon", "--pages", "20000", "--pause-ms", "500"])

@@ -2,8 +2,9 @@
 #![allow(dead_code, reason = "each test binary uses its own subset")]
 
 use std::{
+    io::{BufRead as _, BufReader, Read as _},
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Child, Command, Output},
     sync::{Mutex, MutexGuard},
     time::Duration,
 };
@@ -128,10 +129,30 @@ pub fn drop_cache(p: &Path) {
 /// proactively reclaims page cache on the test VM), kswapd, proactive
 /// reclaim and compaction. A test that evicts pages itself allows these on
 /// top, since they may take a page moments before the test's own eviction.
-#[allow(dead_code, reason = "not every test binary needs it")]
 pub fn background_evictions(row: &Value) -> u64 {
     ["damon", "kswapd", "proactive", "compaction"]
         .iter()
         .map(|r| u(&row["evicted_by"][r]))
         .sum()
+}
+
+/// Waits until a tracer started with piped stderr (and without `--quiet`)
+/// says it is tracing, so a test starts its workload after the attach
+/// rather than after a fixed delay (1.5-1.8 s to attach was measured on a
+/// loaded host). The rest of its stderr, from the start, is what the
+/// returned thread gives.
+pub fn wait_tracing(child: &mut Child) -> std::thread::JoinHandle<String> {
+    let mut err = BufReader::new(child.stderr.take().expect("stderr piped"));
+    let mut said = String::new();
+    while !said.contains("mmtrace: tracing") {
+        let mut l = String::new();
+        if err.read_line(&mut l).unwrap() == 0 {
+            panic!("mmtrace ended before tracing: {said}");
+        }
+        said.push_str(&l);
+    }
+    std::thread::spawn(move || {
+        let _ = err.read_to_string(&mut said);
+        said
+    })
 }
