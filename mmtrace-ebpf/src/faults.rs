@@ -49,7 +49,7 @@ use crate::{
     scope,
 };
 
-const VM_SHARED: u64 = 0x8;
+pub(crate) const VM_SHARED: u64 = 0x8;
 /// x86 page-fault error code: the access was a write.
 const X86_PF_WRITE: u64 = 1 << 1;
 
@@ -351,15 +351,38 @@ fn take_pending(tid: u32) -> (u64, u64, u64, u64) {
 
 /// What `bpf_find_vma`'s callback found.
 #[repr(C)]
-struct Found {
-    ok: u64,
-    has_file: u64,
-    start: u64,
-    end: u64,
-    flags: u64,
-    pgoff: u64,
-    ino: u64,
-    dev: u64,
+#[derive(Default)]
+pub(crate) struct Found {
+    pub ok: u64,
+    pub has_file: u64,
+    pub start: u64,
+    pub end: u64,
+    pub flags: u64,
+    pub pgoff: u64,
+    pub ino: u64,
+    pub dev: u64,
+}
+
+/// The vma holding `addr` in the current task (`task_btf`, a trusted BTF
+/// pointer): `bpf_find_vma`'s return (`-ENOENT`: no vma there) and what its
+/// callback read. Shared by the fault path and the signal hook.
+#[inline(always)]
+pub(crate) fn lookup_vma(
+    task_btf: *mut aya_ebpf::bindings::task_struct,
+    addr: u64,
+) -> (i64, Found) {
+    let mut found = Found::default();
+    // SAFETY: callback and context follow the helper's contract.
+    let ret = unsafe {
+        bpf_find_vma(
+            task_btf,
+            addr,
+            vma_callback as *mut c_void,
+            &mut found as *mut Found as *mut c_void,
+            0,
+        )
+    };
+    (ret, found)
 }
 
 /// `bpf_find_vma` callback: `long (*)(struct task_struct *, struct vm_area_struct *, void *)`.
@@ -496,26 +519,7 @@ fn flush(cache: *mut VmaCache) {
 /// Looks the vma up with `bpf_find_vma` (the costly part).
 #[inline(always)]
 fn find_vma(task_btf: *mut aya_ebpf::bindings::task_struct, addr: u64, tgid: u32) -> MappingKey {
-    let mut found = Found {
-        ok: 0,
-        has_file: 0,
-        start: 0,
-        end: 0,
-        flags: 0,
-        pgoff: 0,
-        ino: 0,
-        dev: 0,
-    };
-    // SAFETY: callback and context follow the helper's contract.
-    let ret = unsafe {
-        bpf_find_vma(
-            task_btf,
-            addr,
-            vma_callback as *mut c_void,
-            &mut found as *mut Found as *mut c_void,
-            0,
-        )
-    };
+    let (ret, found) = lookup_vma(task_btf, addr);
     if ret != 0 || found.ok == 0 {
         count_error(errors::FIND_VMA_FAILED);
         return MappingKey {

@@ -17,17 +17,16 @@
 //! its handler or die. A signal generated for another task (e.g. a
 //! memory-failure `BUS_MCEERR_AO` sent to a process that maps the poisoned
 //! page) is not recorded: its vma would be another mm's.
-use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_ktime_get_ns,
-        generated::{bpf_find_vma, bpf_get_current_task, bpf_get_current_task_btf},
+        generated::{bpf_get_current_task, bpf_get_current_task_btf},
     },
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use mmtrace_common::{Config, SignalNotice, errors, notice, signal_vma};
+use mmtrace_common::{SignalNotice, errors, notice, signal_vma};
 
 use crate::{
     kread::read,
@@ -37,7 +36,6 @@ use crate::{
 
 const SIGBUS: u64 = 7;
 const SIGSEGV: u64 = 11;
-const VM_SHARED: u64 = 0x8;
 /// `kernel_siginfo.si_code` and `si_addr` (x86-64, every 6.x kernel).
 const SI_CODE: u32 = 8;
 const SI_ADDR: u32 = 16;
@@ -84,88 +82,13 @@ pub fn signal_generate(ctx: RawTracePointContext) -> u32 {
     0
 }
 
-/// What `bpf_find_vma`'s callback found (same reads as the fault path's).
-#[repr(C)]
-struct Found {
-    ok: u64,
-    has_file: u64,
-    start: u64,
-    end: u64,
-    flags: u64,
-    pgoff: u64,
-    ino: u64,
-    dev: u64,
-}
-
-/// `bpf_find_vma` callback: `long (*)(struct task_struct *, struct vm_area_struct *, void *)`.
-#[inline(never)]
-extern "C" fn signal_vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
-    let vma = vma as u64;
-    let found = ctx as *mut Found;
-    let c: &Config = crate::kread::config();
-    // SAFETY: reads of CONFIG; `found` points at the caller's stack.
-    unsafe {
-        let (Some(start), Some(end), Some(flags), Some(pgoff), Some(file)) = (
-            read::<u64>(vma, core::ptr::read_volatile(&c.vma_vm_start)),
-            read::<u64>(vma, core::ptr::read_volatile(&c.vma_vm_end)),
-            read::<u64>(vma, core::ptr::read_volatile(&c.vma_vm_flags)),
-            read::<u64>(vma, core::ptr::read_volatile(&c.vma_vm_pgoff)),
-            read::<u64>(vma, core::ptr::read_volatile(&c.vma_vm_file)),
-        ) else {
-            return 0;
-        };
-        (*found).start = start;
-        (*found).end = end;
-        (*found).flags = flags;
-        (*found).pgoff = pgoff;
-        if file != 0 {
-            let Some(inode) = read::<u64>(file, core::ptr::read_volatile(&c.file_f_inode)) else {
-                return 0;
-            };
-            let (Some(ino), Some(sb)) = (
-                read::<u64>(inode, core::ptr::read_volatile(&c.inode_i_ino)),
-                read::<u64>(inode, core::ptr::read_volatile(&c.inode_i_sb)),
-            ) else {
-                return 0;
-            };
-            let Some(dev) = read::<u32>(sb, core::ptr::read_volatile(&c.sb_s_dev)) else {
-                return 0;
-            };
-            (*found).ino = ino;
-            (*found).dev = dev as u64;
-            (*found).has_file = 1;
-        }
-        (*found).ok = 1;
-    }
-    0
-}
-
 /// Fills the notice's vma fields: the vma of the current task holding
 /// `n.addr`, if any (`-ENOENT`: the address is in no vma, SEGV_MAPERR).
 #[inline(always)]
 fn find_vma(n: &mut SignalNotice) {
-    let mut found = Found {
-        ok: 0,
-        has_file: 0,
-        start: 0,
-        end: 0,
-        flags: 0,
-        pgoff: 0,
-        ino: 0,
-        dev: 0,
-    };
     // SAFETY: plain helper call; a trusted (BTF) task pointer.
     let task = unsafe { bpf_get_current_task_btf() };
-    // SAFETY: callback and context follow the helper's contract.
-    let ret = unsafe {
-        bpf_find_vma(
-            task,
-            n.addr,
-            signal_vma_callback as *mut c_void,
-            &mut found as *mut Found as *mut c_void,
-            0,
-        )
-    };
+    let (ret, found) = crate::faults::lookup_vma(task, n.addr);
     const ENOENT: i64 = -2;
     if ret == ENOENT {
         return;
@@ -178,7 +101,7 @@ fn find_vma(n: &mut SignalNotice) {
     if found.has_file != 0 {
         n.vma |= signal_vma::FILE;
     }
-    if found.flags & VM_SHARED != 0 {
+    if found.flags & crate::faults::VM_SHARED != 0 {
         n.vma |= signal_vma::SHARED;
     }
     n.vm_start = found.start;

@@ -704,6 +704,19 @@ pub fn hex(b: &[u8]) -> String {
         })
 }
 
+/// The bytes of [`hex`]'s output (`None` if it is not that).
+pub fn unhex(h: &str) -> Option<Vec<u8>> {
+    h.len()
+        .is_multiple_of(2)
+        .then(|| {
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten()
+}
+
 /// One process's line of the report.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ProcessRow {

@@ -49,22 +49,10 @@ pub fn display_bytes(b: &[u8]) -> String {
 /// A name shown from its text, or from its exact bytes (lowercase hex, as
 /// in the JSON's `path_bytes_hex`) when it is not UTF-8.
 pub fn display_name<'a>(text: &'a str, bytes_hex: Option<&str>) -> Cow<'a, str> {
-    match bytes_hex.and_then(unhex) {
+    match bytes_hex.and_then(crate::model::unhex) {
         Some(b) => Cow::Owned(display_bytes(&b)),
         None => display_path(text),
     }
-}
-
-fn unhex(h: &str) -> Option<Vec<u8>> {
-    h.len()
-        .is_multiple_of(2)
-        .then(|| {
-            (0..h.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
-                .collect()
-        })
-        .flatten()
 }
 
 fn needs_escape(c: char) -> bool {

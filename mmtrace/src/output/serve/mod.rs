@@ -681,30 +681,8 @@ mod tests {
         }
     }
 
-    fn meta() -> Record {
-        Record::Meta(crate::record::Meta {
-            schema_version: crate::record::SCHEMA_VERSION,
-            mmtrace_version: "0.0.0".into(),
-            kernel: "6.18".into(),
-            start_time_unix_ms: 0,
-            page_size: 4096,
-            interval_s: Some(1.0),
-            scope: crate::record::Scope::default(),
-            features: Default::default(),
-            probes: vec![],
-        })
-    }
-
-    fn interval(seq: u64) -> Record {
-        Record::Interval(crate::record::Interval {
-            seq,
-            elapsed_s: seq as f64,
-            report: Default::default(),
-            cgroups: vec![],
-            cgroup: None,
-            events_dropped: None,
-        })
-    }
+    // The same records as the state tests use.
+    use super::state::tests::{interval, meta};
 
     fn summary() -> Record {
         Record::Summary(crate::record::Summary {

@@ -92,7 +92,7 @@ impl Files {
             {
                 continue;
             }
-            let path = match f.path_bytes_hex.as_deref().and_then(unhex) {
+            let path = match f.path_bytes_hex.as_deref().and_then(crate::model::unhex) {
                 Some(b) => PathBuf::from(
                     <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(b),
                 ),
@@ -138,18 +138,6 @@ impl Files {
         self.counting
             .then(|| self.counts.get(&(dev, ino)).cloned().unwrap_or_default())
     }
-}
-
-fn unhex(h: &str) -> Option<Vec<u8>> {
-    h.len()
-        .is_multiple_of(2)
-        .then(|| {
-            (0..h.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
-                .collect()
-        })
-        .flatten()
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -294,8 +282,8 @@ mod tests {
 
     #[test]
     fn hex_names_decode() {
-        assert_eq!(unhex("61ff0a"), Some(vec![0x61, 0xff, 0x0a]));
-        assert_eq!(unhex("6"), None);
-        assert_eq!(unhex("zz"), None);
+        assert_eq!(crate::model::unhex("61ff0a"), Some(vec![0x61, 0xff, 0x0a]));
+        assert_eq!(crate::model::unhex("6"), None);
+        assert_eq!(crate::model::unhex("zz"), None);
     }
 }

@@ -358,7 +358,7 @@ impl State {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -403,7 +403,7 @@ mod tests {
         }
     }
 
-    fn meta() -> Record {
+    pub(in crate::output::serve) fn meta() -> Record {
         Record::Meta(crate::record::Meta {
             schema_version: crate::record::SCHEMA_VERSION,
             mmtrace_version: "0.0.0".into(),
@@ -417,7 +417,7 @@ mod tests {
         })
     }
 
-    fn interval(seq: u64) -> Record {
+    pub(in crate::output::serve) fn interval(seq: u64) -> Record {
         Record::Interval(crate::record::Interval {
             seq,
             elapsed_s: seq as f64,
