@@ -56,6 +56,12 @@ pub struct FaultCounters {
     /// Pages mapped by these faults: the fault-around window
     /// (`mm_filemap_map_pages`) where one ran, else 1.
     pub pages_mapped: u64,
+    /// Write faults on a present, write-protected page of a shared
+    /// (`VM_SHARED`) file mapping (x86 error code P|W): the page was clean
+    /// (written back, or mapped read-only by fault-around) and the write
+    /// dirtied it again through `page_mkwrite`. First-touch writes (page not
+    /// present) are not in it.
+    pub wp_shared: u64,
 }
 
 /// The per-CPU vma cache slot of the fault path (`VMA_CACHE`): the last vma
@@ -819,6 +825,7 @@ impl FaultCounters {
         self.write += o.write;
         self.cow += o.cow;
         self.pages_mapped += o.pages_mapped;
+        self.wp_shared += o.wp_shared;
     }
 }
 
@@ -857,7 +864,7 @@ mod tests {
     #[test]
     fn abi_sizes_have_no_hidden_padding() {
         assert_eq!(size_of::<MappingKey>(), 48);
-        assert_eq!(size_of::<FaultCounters>(), 40);
+        assert_eq!(size_of::<FaultCounters>(), 48);
         assert_eq!(size_of::<FileKey>(), 16);
         assert_eq!(size_of::<CacheCounters>(), 32 + 8 * reason::COUNT + 8);
         assert_eq!(size_of::<ReclaimStats>(), 72);
@@ -869,7 +876,7 @@ mod tests {
         assert_eq!(size_of::<ScopeEntry>(), 8);
         assert_eq!(size_of::<Notice>(), 24);
         assert_eq!(size_of::<Event>(), 80);
-        assert_eq!(size_of::<VmaCache>(), 16 + 48 + 40);
+        assert_eq!(size_of::<VmaCache>(), 16 + 48 + 48);
         assert_eq!(size_of::<Config>() % 8, 0);
         assert_eq!(size_of::<SignalNotice>(), 24 + 48 + 8 + 16);
         assert_eq!(size_of::<TlbCounters>(), 3 * 8 * tlb_reason::COUNT);
@@ -886,6 +893,7 @@ mod tests {
             write: 3,
             cow: 4,
             pages_mapped: 5,
+            wp_shared: 6,
         };
         let mut sum = one;
         sum.add(&one);
@@ -896,7 +904,8 @@ mod tests {
                 major: 4,
                 write: 6,
                 cow: 8,
-                pages_mapped: 10
+                pages_mapped: 10,
+                wp_shared: 12,
             }
         );
         let mut c = CacheCounters {

@@ -50,6 +50,8 @@ use crate::{
 };
 
 pub(crate) const VM_SHARED: u64 = 0x8;
+/// x86 page-fault error code: the page was present (a protection fault).
+const X86_PF_PROT: u64 = 1 << 0;
 /// x86 page-fault error code: the access was a write.
 const X86_PF_WRITE: u64 = 1 << 1;
 
@@ -199,6 +201,10 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
         latency::record(&key, tgid, ns);
     }
     let cow = write && k & kind::FILE != 0 && k & kind::SHARED == 0;
+    // A write to a present page of a shared file mapping: write-protected
+    // after writeback cleaned it (or mapped read-only by fault-around).
+    let wp_shared =
+        write && error_code & X86_PF_PROT != 0 && k & kind::FILE != 0 && k & kind::SHARED != 0;
     // SAFETY: per-CPU value or per-CPU cache slot: no other writer on this CPU.
     unsafe {
         if major {
@@ -211,6 +217,9 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
         }
         if cow {
             (*c).cow += 1;
+        }
+        if wp_shared {
+            (*c).wp_shared += 1;
         }
         (*c).pages_mapped += map_pages;
     }

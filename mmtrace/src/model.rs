@@ -1090,6 +1090,7 @@ mod tests {
             write,
             cow,
             pages_mapped: minor + major,
+            wp_shared: 0,
         }
     }
 

@@ -737,6 +737,7 @@ fn minus(a: &FaultCounters, b: &FaultCounters) -> FaultCounters {
         write: a.write.saturating_sub(b.write),
         cow: a.cow.saturating_sub(b.cow),
         pages_mapped: a.pages_mapped.saturating_sub(b.pages_mapped),
+        wp_shared: a.wp_shared.saturating_sub(b.wp_shared),
     }
 }
 
