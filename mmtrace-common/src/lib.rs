@@ -387,6 +387,27 @@ pub struct Config {
     pub events: u32,
     /// Stream one raw event in `events_sample` (per CPU); 0 or 1: all.
     pub events_sample: u32,
+    // --- The write path (BTF offsets; tracefs offsets, ABSENT: no such event).
+    /// `address_space.host`, `folio.flags`, `folio._nr_pages` (ABSENT: large
+    /// folios count one page), the `PG_head` bit number,
+    /// `writeback_control.nr_to_write`.
+    pub mapping_host: u32,
+    pub folio_flags: u32,
+    pub folio_nr_pages: u32,
+    pub pg_head: u32,
+    pub wbc_nr_to_write: u32,
+    /// syscalls:sys_enter_msync `start`, `flags`; sys_exit_msync `ret`.
+    pub tp_msync_start: u32,
+    pub tp_msync_flags: u32,
+    pub tp_msync_ret: u32,
+    /// ext4:ext4_writepages_result `dev`, `ino`, `pages_written`.
+    pub tp_ext4_wp_dev: u32,
+    pub tp_ext4_wp_ino: u32,
+    pub tp_ext4_wp_pages: u32,
+    /// iomap:iomap_writeback_folio `dev`, `ino`, `length` (bytes).
+    pub tp_iomap_wb_dev: u32,
+    pub tp_iomap_wb_ino: u32,
+    pub tp_iomap_wb_length: u32,
     /// Kernel text ranges `[start, end)` of the functions that run memcg
     /// reclaim for a write to a cgroup file (memory.reclaim, force_empty, a
     /// lowered limit): a reclaim whose kernel stack passes through one is
@@ -446,7 +467,10 @@ pub mod errors {
     pub const RECLAIMER_FULL: u32 = 7;
     /// `TLB_FLUSHES` was full: TLB flushes of some processes were not counted.
     pub const TLB_FULL: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// `FILE_WRITES` or `MSYNC_INFLIGHT` was full: write-path events of a
+    /// file or an msync call were not counted.
+    pub const WRITES_FULL: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// A rare event userspace should act on at once, sent through the `NOTICES`
@@ -777,6 +801,10 @@ pub mod limits {
     /// Reclaimer command names remembered.
     pub const RECLAIMERS: u32 = 256;
     pub const EXITS: u32 = 16_384;
+    /// Files with write-path counters (allocated on use).
+    pub const WRITE_FILES: u32 = 16_384;
+    /// msync calls in flight (one per traced thread at most).
+    pub const MSYNC_INFLIGHT: u32 = 4096;
     /// Bytes of the `EVENTS` ring buffer with `--events` (50k events)...
     pub const EVENTS_BYTES: u32 = 4 << 20;
     /// ...and without (nothing is written to it; the smallest allowed).
@@ -814,9 +842,74 @@ mod user {
         TlbCounters,
         LatencyKey,
         LatencyHist,
-        ProcStall
+        ProcStall,
+        WriteCounters,
+        MsyncCall
     );
 }
+
+/// The write path of one file (`FILE_WRITES`, per CPU, keyed by
+/// [`FileKey`]); counted for files of interest only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteCounters {
+    /// Pages that went from clean to dirty (`writeback_dirty_folio`, each
+    /// event weighted by its folio's pages), whoever dirtied them.
+    pub dirtied_pages: u64,
+    /// `writeback_dirty_folio` events (one per folio).
+    pub dirty_events: u64,
+    /// Pages written back as the filesystem reports them, whatever started
+    /// the writeback (flusher, fsync, msync): ext4 `ext4_writepages_result`,
+    /// iomap filesystems (XFS...) `iomap_writeback_folio`. Zero on others.
+    pub written_pages: u64,
+    /// Pages written back by the flusher and sync(2) on any filesystem
+    /// (`writeback_single_inode`: not fsync/msync).
+    pub flusher_pages: u64,
+    /// Times a traced task waited for a page of the file to finish
+    /// writeback (`folio_wait_writeback`).
+    pub wb_waits: u64,
+    /// `msync` calls by traced tasks whose range starts in a mapping of the
+    /// file, with `MS_SYNC` and without (`MS_ASYNC`: a no-op since 2.6.19).
+    pub msync_sync: u64,
+    pub msync_async: u64,
+    /// Their total and longest time in the syscall.
+    pub msync_ns: u64,
+    pub msync_max_ns: u64,
+    /// Pages the filesystem wrote back while those calls ran.
+    pub msync_pages: u64,
+}
+
+impl WriteCounters {
+    pub fn add(&mut self, o: &Self) {
+        self.dirtied_pages += o.dirtied_pages;
+        self.dirty_events += o.dirty_events;
+        self.written_pages += o.written_pages;
+        self.flusher_pages += o.flusher_pages;
+        self.wb_waits += o.wb_waits;
+        self.msync_sync += o.msync_sync;
+        self.msync_async += o.msync_async;
+        self.msync_ns += o.msync_ns;
+        self.msync_max_ns = self.msync_max_ns.max(o.msync_max_ns);
+        self.msync_pages += o.msync_pages;
+    }
+}
+
+/// An msync call in flight (`MSYNC_INFLIGHT`, keyed by thread id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MsyncCall {
+    pub start_ns: u64,
+    /// The file whose mapping holds the range start (ino 0: none).
+    pub ino: u64,
+    pub dev: u32,
+    /// `msync` flags (`MS_SYNC` = 4).
+    pub flags: u32,
+    /// Pages written back by the filesystem during the call.
+    pub pages: u64,
+}
+
+/// `msync(2)` flags.
+pub const MS_SYNC: u32 = 4;
 
 impl FaultCounters {
     pub fn add(&mut self, o: &Self) {
@@ -883,6 +976,8 @@ mod tests {
         assert_eq!(size_of::<LatencyKey>(), 16);
         assert_eq!(size_of::<LatencyHist>(), 24 + 8 * LATENCY_BUCKETS);
         assert_eq!(size_of::<ProcStall>(), 48);
+        assert_eq!(size_of::<WriteCounters>(), 80);
+        assert_eq!(size_of::<MsyncCall>(), 32);
     }
 
     #[test]

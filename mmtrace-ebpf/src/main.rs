@@ -8,6 +8,7 @@
 //! - `signals`: kernel-generated SIGBUS/SIGSEGV of traced tasks, with the
 //!   vma of the fault address, sent to userspace as they happen;
 //! - `tlb`: TLB flushes per traced process, by reason;
+//! - `writes`: the write path per file (dirtied, written back, msync);
 //! - `events`: single events, only when asked for (`--events`);
 //! - `latency`: fault latency histograms (`--latency`).
 //!
@@ -34,6 +35,7 @@ mod reclaim;
 mod scope;
 mod signals;
 mod tlb;
+mod writes;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -6,7 +6,8 @@ use aya_ebpf::{
 };
 use mmtrace_common::{
     CacheCounters, CgroupKey, Comm, EvictedBits, ExitRecord, FaultCounters, FileKey, MappingKey,
-    PageKey, ReclaimCtx, ReclaimStats, ScopeEntry, TlbCounters, VmaCache, errors, limits,
+    MsyncCall, PageKey, ReclaimCtx, ReclaimStats, ScopeEntry, TlbCounters, VmaCache, WriteCounters,
+    errors, limits,
 };
 
 use crate::faults::Pending;
@@ -106,6 +107,20 @@ pub const PENDING_SLOTS: u32 = 1024;
 pub fn pending_slot(tid: u32) -> u32 {
     tid & (PENDING_SLOTS - 1)
 }
+
+/// `BPF_F_NO_PREALLOC`: entries are allocated on insert (once per file, off
+/// the fault path), so an idle map costs no memory.
+const NO_PREALLOC: u32 = 1;
+
+/// The write path per file of interest (dirtied, written back, msync).
+#[map]
+pub static FILE_WRITES: PerCpuHashMap<FileKey, WriteCounters> =
+    PerCpuHashMap::with_max_entries(limits::WRITE_FILES, NO_PREALLOC);
+
+/// msync calls of traced threads in flight, by thread id.
+#[map]
+pub static MSYNC_INFLIGHT: HashMap<u32, MsyncCall> =
+    HashMap::with_max_entries(limits::MSYNC_INFLIGHT, NO_PREALLOC);
 
 /// Per-CPU last vma looked up, valid while the mm's `mm_lock_seq` is unchanged.
 #[map]

@@ -500,12 +500,24 @@ impl Ledger {
                 *r.evicted_owned_pages.get_or_insert(0) += c.evicted_owned;
             }
         }
+        let mut write_path: Option<WritePath> = None;
+        for (fk, c) in &snap.writes {
+            let w = WritePath::from_counters(c);
+            WritePath::add_to(&mut write_path, &w);
+            if fk.ino == 0 && fk.dev == 0 {
+                continue; // msync of memory that is no file of interest
+            }
+            let r = by_file
+                .entry((fk.dev, fk.ino))
+                .or_insert_with(|| self.file_row((fk.dev, fk.ino)));
+            WritePath::add_to(&mut r.write_path, &w);
+        }
         if self.latency {
             self.add_stall(snap, &mut by_file, &mut anon, &mut unattributed);
         }
         let mut files: Vec<FileRow> = by_file
             .into_values()
-            .filter(|f| f.activity() > 0 || f.mappings > 0)
+            .filter(|f| f.activity() > 0 || f.mappings > 0 || f.write_path.is_some())
             .collect();
         files.sort_by(|a, b| {
             b.activity()
@@ -537,7 +549,7 @@ impl Ledger {
                 meaning: crate::collect::maps::error_advice(i as u32),
             })
             .collect();
-        Report {
+        let mut r = Report {
             processes,
             files,
             mappings,
@@ -550,6 +562,8 @@ impl Ledger {
                 .collect(),
             signals: self.signals.clone(),
             signals_not_listed: self.signals_total - self.signals.len() as u64,
+            mmap_cost: MmapCost::default(),
+            write_path,
             fault_stall_unpaired: self.latency.then(|| {
                 mmtrace_common::latency_miss::NAMES
                     .iter()
@@ -557,7 +571,9 @@ impl Ledger {
                     .map(|(k, n)| (*k, n))
                     .collect()
             }),
-        }
+        };
+        r.mmap_cost = MmapCost::of(&r);
+        r
     }
 
     /// `--latency`: each file's (and anonymous memory's) stall from the
@@ -610,6 +626,12 @@ impl Ledger {
             ino: id.1,
             resident_pages: res.map(|r| r.cached_pages),
             file_pages: res.map(|r| r.total_pages),
+            dirty_pages: res
+                .filter(|r| r.method == crate::residency::Method::Cachestat)
+                .map(|r| r.dirty_pages),
+            writeback_pages: res
+                .filter(|r| r.method == crate::residency::Method::Cachestat)
+                .map(|r| r.writeback_pages),
             ..FileRow::default()
         }
     }
@@ -788,6 +810,11 @@ pub struct FileRow {
     pub major_faults: u64,
     pub write_faults: u64,
     pub cow_faults: u64,
+    /// Write faults on present, write-protected pages of shared mappings of
+    /// the file (x86): re-dirtying a page that writeback cleaned (or that
+    /// fault-around mapped read-only). Each one dirties the page again.
+    #[serde(default)]
+    pub wp_shared_faults: u64,
     pub pages_mapped: u64,
     pub pages_added: u64,
     pub pages_evicted: u64,
@@ -804,6 +831,16 @@ pub struct FileRow {
     pub evicted_owned_pages: Option<u64>,
     pub resident_pages: Option<u64>,
     pub file_pages: Option<u64>,
+    /// Dirty pages and pages under writeback now (cachestat(2); null where
+    /// only mincore(2) is available, or not measured).
+    #[serde(default)]
+    pub dirty_pages: Option<u64>,
+    #[serde(default)]
+    pub writeback_pages: Option<u64>,
+    /// The write path of the file during the trace (null: no write-path
+    /// event for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_path: Option<WritePath>,
     /// `--latency` only: the time from fault entry to the kernel's
     /// accounting of the fault, per minor/major, with percentiles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -824,6 +861,7 @@ impl FileRow {
         self.major_faults += c.major;
         self.write_faults += c.write;
         self.cow_faults += c.cow;
+        self.wp_shared_faults += c.wp_shared;
         self.pages_mapped += c.pages_mapped;
     }
     /// Sort key: busiest first.
@@ -888,11 +926,162 @@ pub struct Report {
     /// Signals beyond the listed ones.
     #[serde(default)]
     pub signals_not_listed: u64,
+    /// What mmap cost the traced processes, in one place (the final
+    /// report's WHAT MMAP COST section).
+    #[serde(default)]
+    pub mmap_cost: MmapCost,
+    /// The write path summed over every file, msync calls on memory that
+    /// is no file of interest included (null: no write-path event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_path: Option<WritePath>,
     /// `--latency` only: accounted faults whose latency was not measured,
     /// by why (`no_entry`, `address_mismatch`, `implausible_time`,
     /// `map_full`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_stall_unpaired: Option<BTreeMap<&'static str, u64>>,
+}
+
+/// What mmap cost, summed over the report: fault stall (`--latency`), the
+/// write path, signals and TLB shootdowns. Every figure has its unit in
+/// its name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct MmapCost {
+    /// `--latency` only: the summed fault stall of the traced faults, ns,
+    /// and the faults measured (null without `--latency`).
+    pub fault_stall_ns: Option<u64>,
+    pub fault_stall_faults: Option<u64>,
+    /// The same for major faults only.
+    pub major_fault_stall_ns: Option<u64>,
+    /// Write faults that re-dirtied a clean page of a shared file mapping.
+    pub wp_shared_faults: u64,
+    pub dirtied_pages: u64,
+    pub written_back_pages: u64,
+    pub writeback_waits: u64,
+    pub msync_sync_calls: u64,
+    pub msync_async_calls: u64,
+    /// Total time in msync calls, ns.
+    pub msync_ns: u64,
+    /// Kernel-generated SIGBUS/SIGSEGV of traced processes.
+    pub signals: u64,
+    /// Remote TLB shootdowns received and remote flush requests sent
+    /// (null: the TLB hook is not attached).
+    pub tlb_remote_shootdowns: Option<u64>,
+    pub tlb_remote_flush_requests: Option<u64>,
+}
+
+impl MmapCost {
+    pub fn of(r: &Report) -> Self {
+        let stalls: Vec<&FaultStall> = r
+            .files
+            .iter()
+            .filter_map(|f| f.fault_stall.as_ref())
+            .collect();
+        let latency = !stalls.is_empty();
+        let w = r.write_path.unwrap_or_default();
+        let tlb: Vec<_> = r
+            .processes
+            .iter()
+            .filter_map(|p| p.tlb_flushes.as_ref())
+            .collect();
+        Self {
+            fault_stall_ns: latency.then(|| stalls.iter().map(|s| s.total_ns).sum()),
+            fault_stall_faults: latency
+                .then(|| stalls.iter().map(|s| s.minor.faults + s.major.faults).sum()),
+            major_fault_stall_ns: latency.then(|| stalls.iter().map(|s| s.major.total_ns).sum()),
+            wp_shared_faults: r.files.iter().map(|f| f.wp_shared_faults).sum(),
+            dirtied_pages: w.dirtied_pages,
+            written_back_pages: w.written_back_pages,
+            writeback_waits: w.writeback_waits,
+            msync_sync_calls: w.msync_sync_calls,
+            msync_async_calls: w.msync_async_calls,
+            msync_ns: w.msync_ns,
+            signals: r.signals.len() as u64 + r.signals_not_listed,
+            tlb_remote_shootdowns: (!tlb.is_empty())
+                .then(|| tlb.iter().map(|t| t.remote_shootdowns).sum()),
+            tlb_remote_flush_requests: (!tlb.is_empty())
+                .then(|| tlb.iter().map(|t| t.remote_flush_requests).sum()),
+        }
+    }
+}
+
+/// The write path of a file (or of all files), from the kernel's
+/// per-file counters. Pages are base pages (4 KiB here).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct WritePath {
+    /// Pages that went from clean to dirty (`writeback_dirty_folio`,
+    /// weighted by folio size), whoever dirtied them.
+    pub dirtied_pages: u64,
+    /// Pages written back during the trace. From the filesystem's own
+    /// writeback events where it has them (ext4, XFS and other iomap
+    /// filesystems: flusher, fsync and msync alike); on other filesystems
+    /// only the flusher's and sync(2)'s (`written_back_source`).
+    pub written_back_pages: u64,
+    /// `filesystem`, `flusher_only` or `none`: where `written_back_pages`
+    /// came from.
+    pub written_back_source: &'static str,
+    /// Pages the flusher and sync(2) wrote (any filesystem; a part of
+    /// `written_back_pages` where the filesystem reports its own).
+    pub flusher_pages: u64,
+    /// Times a traced task waited for a page of the file under writeback.
+    pub writeback_waits: u64,
+    /// msync(2) calls with `MS_SYNC` (an fsync of the range: writes the
+    /// dirty pages and waits) and without (`MS_ASYNC`: does nothing on
+    /// Linux since 2.6.19).
+    pub msync_sync_calls: u64,
+    pub msync_async_calls: u64,
+    /// Total and longest time in those msync calls, ns.
+    pub msync_ns: u64,
+    pub msync_max_ns: u64,
+    /// Pages the filesystem wrote back while those calls ran (ext4/iomap).
+    pub msync_pages_written: u64,
+}
+
+impl WritePath {
+    fn from_counters(c: &mmtrace_common::WriteCounters) -> Self {
+        let (written, source) = if c.written_pages > 0 {
+            (c.written_pages, "filesystem")
+        } else if c.flusher_pages > 0 {
+            (c.flusher_pages, "flusher_only")
+        } else {
+            (0, "none")
+        };
+        Self {
+            dirtied_pages: c.dirtied_pages,
+            written_back_pages: written,
+            written_back_source: source,
+            flusher_pages: c.flusher_pages,
+            writeback_waits: c.wb_waits,
+            msync_sync_calls: c.msync_sync,
+            msync_async_calls: c.msync_async,
+            msync_ns: c.msync_ns,
+            msync_max_ns: c.msync_max_ns,
+            msync_pages_written: c.msync_pages,
+        }
+    }
+
+    /// Adds `w` into `acc` (created on first use).
+    pub fn add_to(acc: &mut Option<WritePath>, w: &WritePath) {
+        let a = acc.get_or_insert_with(WritePath::default);
+        a.dirtied_pages += w.dirtied_pages;
+        a.written_back_pages += w.written_back_pages;
+        a.written_back_source = match (a.written_back_source, w.written_back_source) {
+            ("filesystem", _) | (_, "filesystem") => "filesystem",
+            ("flusher_only", _) | (_, "flusher_only") => "flusher_only",
+            _ => "none",
+        };
+        a.flusher_pages += w.flusher_pages;
+        a.writeback_waits += w.writeback_waits;
+        a.msync_sync_calls += w.msync_sync_calls;
+        a.msync_async_calls += w.msync_async_calls;
+        a.msync_ns += w.msync_ns;
+        a.msync_max_ns = a.msync_max_ns.max(w.msync_max_ns);
+        a.msync_pages_written += w.msync_pages_written;
+    }
+
+    /// msync calls of either kind.
+    pub fn msync_calls(&self) -> u64 {
+        self.msync_sync_calls + self.msync_async_calls
+    }
 }
 
 /// Stall histogram keys of anonymous memory and of unattributed faults.
@@ -950,6 +1139,10 @@ pub fn bound_files(mut rows: Vec<FileRow>, keep: usize) -> Vec<FileRow> {
         others.major_faults += f.major_faults;
         others.write_faults += f.write_faults;
         others.cow_faults += f.cow_faults;
+        others.wp_shared_faults += f.wp_shared_faults;
+        if let Some(w) = &f.write_path {
+            WritePath::add_to(&mut others.write_path, w);
+        }
         others.pages_mapped += f.pages_mapped;
         others.pages_added += f.pages_added;
         others.pages_evicted += f.pages_evicted;

@@ -18,6 +18,8 @@ pub struct Residency {
     pub cached_pages: u64,
     /// Always 0 with [`Method::Mincore`], which cannot tell.
     pub dirty_pages: u64,
+    /// Pages under writeback now; always 0 with [`Method::Mincore`].
+    pub writeback_pages: u64,
     pub method: Method,
 }
 
@@ -196,6 +198,7 @@ fn measure(
                     total_pages,
                     cached_pages: cs.nr_cache,
                     dirty_pages: cs.nr_dirty,
+                    writeback_pages: cs.nr_writeback,
                     method: Method::Cachestat,
                 });
             }
@@ -219,6 +222,7 @@ fn measure(
         total_pages,
         cached_pages,
         dirty_pages: 0,
+        writeback_pages: 0,
         method: Method::Mincore,
     })
 }
@@ -600,11 +604,12 @@ mod tests {
             total_pages: 3,
             cached_pages: 2,
             dirty_pages: 1,
+            writeback_pages: 0,
             method: Method::Mincore,
         };
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
-            r#"{"total_pages":3,"cached_pages":2,"dirty_pages":1,"method":"mincore"}"#
+            r#"{"total_pages":3,"cached_pages":2,"dirty_pages":1,"writeback_pages":0,"method":"mincore"}"#
         );
     }
 }

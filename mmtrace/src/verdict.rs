@@ -133,7 +133,11 @@ pub struct Verdict {
     pub message: String,
 }
 
+/// Whole MiB; under 1 MiB (but not 0) in KiB, so 100 KiB is not "0 MiB".
 fn mib(b: u64) -> String {
+    if b > 0 && (b as f64) < MIB {
+        return format!("{} KiB", b.div_ceil(1024));
+    }
     format!("{:.0} MiB", b as f64 / MIB)
 }
 
@@ -471,6 +475,13 @@ pub fn assess(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_under_a_mib_are_not_rounded_to_zero() {
+        assert_eq!(mib(25 * 4096), "100 KiB");
+        assert_eq!(mib(0), "0 MiB");
+        assert_eq!(mib(412 << 20), "412 MiB");
+    }
 
     const PS: u64 = 4096;
 

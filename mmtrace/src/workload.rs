@@ -163,6 +163,31 @@ pub enum Workload {
         #[arg(long, default_value_t = 1)]
         chunks: u64,
     },
+    /// Write-through records, as a program that flushes after every
+    /// record: map PATH (--size, created zero-filled) shared, write
+    /// --records records of --record-bytes one after the other and msync
+    /// each record's pages after writing it; then (unless --no-rewrite)
+    /// read each record back, change it in place and msync it again.
+    Msync {
+        /// file to create
+        #[arg(long)]
+        path: PathBuf,
+        /// file size (suffixes K, M, G = powers of 1024)
+        #[arg(long, value_parser = parse_size, default_value = "100M")]
+        size: u64,
+        /// records to write
+        #[arg(long, default_value_t = 20_000)]
+        records: u64,
+        /// bytes per record
+        #[arg(long, default_value_t = 200)]
+        record_bytes: u64,
+        /// flush with MS_ASYNC instead of MS_SYNC
+        #[arg(long)]
+        r#async: bool,
+        /// skip the read-modify-flush pass
+        #[arg(long)]
+        no_rewrite: bool,
+    },
     /// Sleep.
     Sleep {
         /// milliseconds to sleep
@@ -307,6 +332,17 @@ pub fn run(args: &WorkloadArgs) -> Result<Value> {
             threads,
             chunks,
         } => (mm::shootdown(*rounds, *pages, *threads, *chunks)?, None),
+        Workload::Msync {
+            path,
+            size,
+            records,
+            record_bytes,
+            r#async,
+            no_rewrite,
+        } => (
+            mm::msync_records(path, *size, *records, *record_bytes, *r#async, !*no_rewrite)?,
+            None,
+        ),
         Workload::Sleep { ms } => {
             nap(Duration::from_millis(*ms));
             (report_base("sleep").with("ms", *ms), None)

@@ -1,5 +1,6 @@
-//! Workloads for the cost of mmap: a SIGBUS on a truncated file mapping and
-//! TLB shootdowns between two threads of one mm (`sigbus`, `shootdown`).
+//! Workloads for the cost of mmap: a SIGBUS on a truncated file mapping,
+//! TLB shootdowns between two threads of one mm, and write-through records
+//! flushed with msync after each one (`sigbus`, `shootdown`, `msync`).
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::Path;
@@ -280,4 +281,101 @@ pub fn shootdown(rounds: u64, pages: u64, threads: u64, chunks: u64) -> Result<M
         .with("ns_per_round", nanos(elapsed) / round.max(1))
         .with("chunk_ns_per_round", chunk_ns)
         .with("chunk_end_unix_ms", chunk_end_ms))
+}
+
+/// `msync`: writes `records` records of `record_bytes` into a shared
+/// mapping of a new zero-filled file of `size` bytes, flushing each
+/// record's pages after writing it (`MS_SYNC`, or `MS_ASYNC` when
+/// `asynchronous`); with `rewrite`, reads every record back, doubles its
+/// first word in place and flushes again. Reports the calls it made, the
+/// distinct pages it wrote and its own time in msync.
+pub fn msync_records(
+    path: &Path,
+    size: u64,
+    records: u64,
+    record_bytes: u64,
+    asynchronous: bool,
+    rewrite: bool,
+) -> Result<Map<String, Value>> {
+    ensure!(record_bytes >= 8, "--record-bytes must be at least 8");
+    ensure!(
+        records.saturating_mul(record_bytes) <= size,
+        "--records x --record-bytes exceeds --size"
+    );
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.set_len(size)
+        .with_context(|| format!("sizing {}", path.display()))?;
+    let map = Mapping::file(
+        &f,
+        size as usize,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED,
+    )?;
+    let ps = page_size() as u64;
+    let flag = if asynchronous {
+        libc::MS_ASYNC
+    } else {
+        libc::MS_SYNC
+    };
+    let mut calls = 0u64;
+    let mut in_msync = Duration::ZERO;
+    let mut flush = |off: u64, len: u64| -> Result<()> {
+        let first = off / ps * ps;
+        let end = (off + len).div_ceil(ps) * ps;
+        let t = Instant::now();
+        // SAFETY: a page-aligned range inside this process's own mapping.
+        let r = unsafe {
+            libc::msync(
+                (map.addr() + first) as *mut libc::c_void,
+                (end - first) as usize,
+                flag,
+            )
+        };
+        in_msync += t.elapsed();
+        calls += 1;
+        ensure!(r == 0, "msync: {}", std::io::Error::last_os_error());
+        Ok(())
+    };
+    let base = map.addr() as *mut u8;
+    let started = Instant::now();
+    for i in 0..records {
+        let off = i * record_bytes;
+        // SAFETY: inside the mapping (checked against size above).
+        unsafe {
+            std::ptr::write_bytes(
+                base.add(off as usize),
+                (i % 251) as u8 + 1,
+                record_bytes as usize,
+            )
+        };
+        flush(off, record_bytes)?;
+    }
+    if rewrite {
+        for i in 0..records {
+            let off = (i * record_bytes) as usize;
+            // SAFETY: inside the mapping; unaligned access through read/write_unaligned.
+            unsafe {
+                let p = base.add(off) as *mut u64;
+                let v = std::ptr::read_unaligned(p);
+                std::ptr::write_unaligned(p, v.wrapping_mul(2));
+            }
+            flush(off as u64, record_bytes)?;
+        }
+    }
+    let elapsed = started.elapsed();
+    let written = records * record_bytes;
+    Ok(with_file_id(report_base("msync"), path, &f)?
+        .with("records", records)
+        .with("record_bytes", record_bytes)
+        .with("msync_calls", calls)
+        .with("ms_sync", !asynchronous)
+        .with("distinct_pages_written", written.div_ceil(ps))
+        .with("msync_ns", nanos(in_msync))
+        .with("elapsed_ns", nanos(elapsed)))
 }

@@ -15,8 +15,8 @@ use aya::{
 };
 use mmtrace_common::{
     CacheCounters, CgroupKey, Comm, Config, ExitRecord, FaultCounters, FileKey, LatencyHist,
-    LatencyKey, MappingKey, ProcStall, ReclaimStats, ScopeEntry, TlbCounters, VmaCache, errors,
-    latency_miss,
+    LatencyKey, MappingKey, ProcStall, ReclaimStats, ScopeEntry, TlbCounters, VmaCache,
+    WriteCounters, errors, latency_miss,
 };
 
 use super::maps::{Snapshot, comm_string, merge_exit, sum_cache, sum_faults};
@@ -87,6 +87,16 @@ fn unavailable(p: &Probe, f: &Features) -> Option<&'static str> {
         "page_fault_user" | "page_fault_kernel" if !f.write_faults => {
             Some("the exceptions tracepoints are missing (not x86?)")
         }
+        "writeback_dirty_folio" | "folio_wait_writeback" | "writeback_single_inode"
+            if !f.write_path =>
+        {
+            Some("the kernel's BTF lacks the writeback structs' fields")
+        }
+        "msync_enter" | "msync_exit" if !f.msync => {
+            Some("the msync syscall tracepoints are missing (CONFIG_FTRACE_SYSCALLS?)")
+        }
+        "ext4_writepages_result" if !f.ext4_writeback => Some("missing, or another layout"),
+        "iomap_writeback_folio" if !f.iomap_writeback => Some("missing, or another layout"),
         _ => None,
     }
 }
@@ -508,6 +518,13 @@ impl Tracer {
         for r in m.iter() {
             let (k, v) = r.context("reading FILE_CACHE")?;
             s.files.insert(k, sum_cache(v.iter().copied()));
+        }
+        let m: PerCpuHashMap<&MapData, FileKey, WriteCounters> =
+            PerCpuHashMap::try_from(self.map("FILE_WRITES")?)?;
+        for r in m.iter() {
+            let (k, v) = r.context("reading FILE_WRITES")?;
+            let w = s.writes.entry(k).or_default();
+            v.iter().for_each(|c| w.add(c));
         }
         let m: PerCpuHashMap<&MapData, u32, ExitRecord> =
             PerCpuHashMap::try_from(self.map("EXITS")?)?;

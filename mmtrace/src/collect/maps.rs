@@ -30,6 +30,9 @@ pub struct Snapshot {
     pub reclaimers: BTreeMap<String, u64>,
     /// Error counters, indexed by `mmtrace_common::errors`.
     pub errors: [u64; errors::COUNT as usize],
+    /// The write path per file of interest (the (0, 0) key: msync calls on
+    /// memory that is no file of interest), summed over CPUs.
+    pub writes: BTreeMap<FileKey, mmtrace_common::WriteCounters>,
     /// TLB flushes per traced process (tgid), summed over CPUs.
     pub tlb: BTreeMap<u32, TlbCounters>,
     /// `--latency`: fault latency histograms per (file, major?), summed.
@@ -93,6 +96,7 @@ pub fn error_name(index: u32) -> &'static str {
         errors::NOTICE_DROPPED => "notice_dropped",
         errors::RECLAIMER_FULL => "reclaimer_map_full",
         errors::TLB_FULL => "tlb_map_full",
+        errors::WRITES_FULL => "write_map_full",
         _ => "other",
     }
 }
@@ -117,6 +121,9 @@ pub fn error_advice(index: u32) -> &'static str {
         }
         errors::RECLAIMER_FULL => "some evictions were not counted by reclaimer command name",
         errors::TLB_FULL => "TLB flushes of some processes were not counted: raise --max-processes",
+        errors::WRITES_FULL => {
+            "write-path events of some files (or msync calls) were not counted: more than 16,384 files written"
+        }
         _ => "",
     }
 }

@@ -40,6 +40,17 @@ pub struct Features {
     /// The kernel functions behind cgroup-file reclaim were found in
     /// /proc/kallsyms: proactive reclaim is told apart from limit reclaim.
     pub proactive_reclaim: bool,
+    /// The write-path hooks' struct offsets were found in BTF: pages
+    /// dirtied, flusher writeback and writeback waits are counted per file.
+    pub write_path: bool,
+    /// `syscalls:sys_enter_msync`/`sys_exit_msync` exist (CONFIG_FTRACE_SYSCALLS).
+    pub msync: bool,
+    /// `ext4:ext4_writepages_result` exists: pages written on ext4, by
+    /// fsync and msync too.
+    pub ext4_writeback: bool,
+    /// `iomap:iomap_writeback_folio` exists: pages written on XFS and the
+    /// other iomap filesystems.
+    pub iomap_writeback: bool,
 }
 
 /// Kernel functions that run memcg reclaim because a cgroup file was
@@ -296,12 +307,63 @@ pub fn compute(
         *slot = r;
     }
     oom_offsets(&mut c, &mut feat, tracefs_root);
+    write_path_offsets(btf, &mut c, &mut feat, tracefs_root);
     (c.vmemmap_base_addr, c.vmemmap_base) = (addr, base);
     feat.eviction_owner = owner.is_ok() && (addr != 0 || base != 0);
     if !feat.eviction_owner {
         (c.vmemmap_base_addr, c.vmemmap_base) = (0, 0);
     }
     Ok((c, feat))
+}
+
+/// The write path's offsets: BTF for the raw tracepoints' structs, tracefs
+/// for msync and the filesystems' writeback events. Whatever is missing
+/// leaves its probe detached (and says so), never the trace.
+fn write_path_offsets(btf: &Btf, c: &mut Config, feat: &mut Features, tracefs_root: &Path) {
+    let structs = (|| -> Result<(), BtfError> {
+        c.mapping_host = btf.member_offset("address_space", "host")?;
+        c.folio_flags = btf.member_offset("folio", "flags")?;
+        c.wbc_nr_to_write = btf.member_offset("writeback_control", "nr_to_write")?;
+        Ok(())
+    })();
+    feat.write_path = structs.is_ok();
+    // Large folios: `_nr_pages` (64-bit, 6.x) and the PG_head flag bit.
+    c.folio_nr_pages = match (
+        btf.member_offset("folio", "_nr_pages"),
+        btf.member_size("folio", "_nr_pages"),
+        btf.enum_value("pageflags", "PG_head"),
+    ) {
+        (Ok(o), Ok(4), Ok(bit)) if (0..64).contains(&bit) => {
+            c.pg_head = bit as u32;
+            o
+        }
+        _ => Config::ABSENT,
+    };
+    let msync = (|| -> Result<(), TracefsError> {
+        let enter = tracefs::read_format(tracefs_root, "syscalls", "sys_enter_msync")?;
+        let exit = tracefs::read_format(tracefs_root, "syscalls", "sys_exit_msync")?;
+        c.tp_msync_start = off(&enter, "start", &[8])?;
+        c.tp_msync_flags = off(&enter, "flags", &[8])?;
+        c.tp_msync_ret = off(&exit, "ret", &[8])?;
+        Ok(())
+    })();
+    feat.msync = msync.is_ok();
+    let ext4 = (|| -> Result<(), TracefsError> {
+        let f = tracefs::read_format(tracefs_root, "ext4", "ext4_writepages_result")?;
+        c.tp_ext4_wp_dev = off(&f, "dev", &[4])?;
+        c.tp_ext4_wp_ino = off(&f, "ino", &[8])?;
+        c.tp_ext4_wp_pages = off(&f, "pages_written", &[4])?;
+        Ok(())
+    })();
+    feat.ext4_writeback = ext4.is_ok();
+    let iomap = (|| -> Result<(), TracefsError> {
+        let f = tracefs::read_format(tracefs_root, "iomap", "iomap_writeback_folio")?;
+        c.tp_iomap_wb_dev = off(&f, "dev", &[4])?;
+        c.tp_iomap_wb_ino = off(&f, "ino", &[8])?;
+        c.tp_iomap_wb_length = off(&f, "length", &[8])?;
+        Ok(())
+    })();
+    feat.iomap_writeback = iomap.is_ok();
 }
 
 /// `oom:mark_victim` field offsets; without the tracepoint (or with another

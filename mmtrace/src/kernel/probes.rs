@@ -226,6 +226,83 @@ pub const PROBES: &[Probe] = &[
         },
         purpose: "TLB flushes and shootdowns per process, by reason",
     },
+    Probe {
+        program: "writeback_dirty_folio",
+        hook: Hook::RawTracepoint {
+            category: "writeback",
+            event: "writeback_dirty_folio",
+        },
+        need: Need::Optional {
+            without: "pages dirtied per file are not counted",
+        },
+        purpose: "pages dirtied per file (weighted by folio size)",
+    },
+    Probe {
+        program: "folio_wait_writeback",
+        hook: Hook::RawTracepoint {
+            category: "writeback",
+            event: "folio_wait_writeback",
+        },
+        need: Need::Optional {
+            without: "waits on writeback are not counted",
+        },
+        purpose: "traced tasks waiting for a page under writeback",
+    },
+    Probe {
+        program: "writeback_single_inode",
+        hook: Hook::RawTracepoint {
+            category: "writeback",
+            event: "writeback_single_inode",
+        },
+        need: Need::Optional {
+            without: "flusher writeback per file is not counted",
+        },
+        purpose: "pages written back by the flusher and sync(2), any filesystem",
+    },
+    Probe {
+        program: "ext4_writepages_result",
+        hook: Hook::Tracepoint {
+            category: "ext4",
+            event: "ext4_writepages_result",
+        },
+        need: Need::Optional {
+            without: "pages fsync/msync write on ext4 are not counted",
+        },
+        purpose: "pages written back on ext4 (flusher, fsync, msync)",
+    },
+    Probe {
+        program: "iomap_writeback_folio",
+        hook: Hook::Tracepoint {
+            category: "iomap",
+            event: "iomap_writeback_folio",
+        },
+        need: Need::Optional {
+            without: "pages fsync/msync write on XFS (iomap) are not counted",
+        },
+        purpose: "pages written back on XFS and other iomap filesystems",
+    },
+    Probe {
+        program: "msync_enter",
+        hook: Hook::Tracepoint {
+            category: "syscalls",
+            event: "sys_enter_msync",
+        },
+        need: Need::Optional {
+            without: "msync calls are not counted",
+        },
+        purpose: "msync calls, their time and the pages each wrote",
+    },
+    Probe {
+        program: "msync_exit",
+        hook: Hook::Tracepoint {
+            category: "syscalls",
+            event: "sys_exit_msync",
+        },
+        need: Need::Optional {
+            without: "msync calls are not counted",
+        },
+        purpose: "msync calls, their time and the pages each wrote",
+    },
 ];
 
 /// The probe of a program.
@@ -291,6 +368,7 @@ mod tests {
             "oom.rs",
             "signals.rs",
             "tlb.rs",
+            "writes.rs",
         ]
         .iter()
         .map(|f| {

@@ -3,6 +3,7 @@
 //! (`serve`). Each consumes the
 //! same [`Record`]s; none computes anything of its own. `escape` makes names
 //! from the traced system safe to print.
+pub mod cost;
 pub mod escape;
 pub mod json;
 pub mod printer;

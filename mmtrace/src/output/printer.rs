@@ -80,6 +80,11 @@ impl Printer {
             Record::Summary(s) => {
                 let mut t: String = self.held.drain(..).collect();
                 t += &self.tables(s.title(), &s.report, &s.cgroups, s.cgroup.as_ref());
+                t.push('\n');
+                for line in super::cost::summary(&s.report) {
+                    t.push_str(&line);
+                    t.push('\n');
+                }
                 t += &super::stall_table::render(&s.report, self.opts.top);
                 for v in self.verdicts.drain(..) {
                     t.push_str(&v);

@@ -269,7 +269,10 @@ pub fn render_table(r: &Report, o: &TableOptions, legend: bool) -> String {
     for line in process_table(&r.processes, ps) {
         let _ = writeln!(s, "{line}");
     }
-    for line in cost_lines(r) {
+    for line in super::cost::write_lines(r, ps)
+        .into_iter()
+        .chain(cost_lines(r))
+    {
         let _ = writeln!(s, "{}", fit_line(&line, WIDTH * 2));
     }
     if legend {
