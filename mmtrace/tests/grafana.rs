@@ -30,6 +30,16 @@ const METRICS: &[&str] = &[
     "mmtrace_cgroup_rss_anon_bytes",
     "mmtrace_sse_clients",
     "mmtrace_build_info",
+    "mmtrace_write_protect_faults_total",
+    "mmtrace_pages_dirtied_total",
+    "mmtrace_pages_written_back_total",
+    "mmtrace_writeback_waits_total",
+    "mmtrace_msync_calls_total",
+    "mmtrace_msync_seconds_total",
+    "mmtrace_signals_total",
+    "mmtrace_tlb_remote_shootdowns_total",
+    "mmtrace_tlb_remote_flush_requests_total",
+    "mmtrace_fault_stall_seconds_total",
 ];
 
 fn dashboard() -> Value {

@@ -284,6 +284,8 @@ fn metrics_lint_parse_and_reach_prometheus_with_the_summarys_values() {
         "mmtrace_build_info{",
         "mmtrace_sse_clients ",
         "mmtrace_lost_faults_total ",
+        "mmtrace_msync_calls_total{",
+        "mmtrace_signals_total ",
     ] {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }

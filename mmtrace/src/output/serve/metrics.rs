@@ -161,6 +161,8 @@ pub struct Accum {
     cgroup_refaults: HashMap<String, u64>,
     events_dropped: u64,
     lost_faults: u64,
+    /// What mmap cost (the records' `mmap_cost`), never going back.
+    cost: crate::model::MmapCost,
     bpf: Vec<ProgramStats>,
     version: String,
     kernel: String,
@@ -196,6 +198,7 @@ impl Accum {
             cgroup_refaults: HashMap::new(),
             events_dropped: 0,
             lost_faults: 0,
+            cost: crate::model::MmapCost::default(),
             bpf: Vec::new(),
             version: env!("CARGO_PKG_VERSION").into(),
             kernel: String::new(),
@@ -225,9 +228,125 @@ impl Accum {
         if let Some(d) = i.events_dropped {
             self.events_dropped = self.events_dropped.max(d);
         }
+        self.apply_cost(&i.report.mmap_cost);
         self.apply_processes(i, &scope);
         self.apply_files(i, &scope);
         self.apply_gauges(i, &scope);
+    }
+
+    /// The cost counters: each the largest value seen (rows folded or
+    /// bounded away never make them go back).
+    fn apply_cost(&mut self, c: &crate::model::MmapCost) {
+        let m = &mut self.cost;
+        for (a, b) in [
+            (&mut m.wp_shared_faults, c.wp_shared_faults),
+            (&mut m.dirtied_pages, c.dirtied_pages),
+            (&mut m.written_back_pages, c.written_back_pages),
+            (&mut m.writeback_waits, c.writeback_waits),
+            (&mut m.msync_sync_calls, c.msync_sync_calls),
+            (&mut m.msync_async_calls, c.msync_async_calls),
+            (&mut m.msync_ns, c.msync_ns),
+            (&mut m.signals, c.signals),
+        ] {
+            *a = (*a).max(b);
+        }
+        for (a, b) in [
+            (&mut m.tlb_remote_shootdowns, c.tlb_remote_shootdowns),
+            (
+                &mut m.tlb_remote_flush_requests,
+                c.tlb_remote_flush_requests,
+            ),
+            (&mut m.fault_stall_ns, c.fault_stall_ns),
+            (&mut m.major_fault_stall_ns, c.major_fault_stall_ns),
+        ] {
+            if let Some(b) = b {
+                *a = Some(a.unwrap_or(0).max(b));
+            }
+        }
+    }
+
+    fn register_cost(&self, reg: &mut Registry) {
+        let c = &self.cost;
+        let one = |reg: &mut Registry, name: &str, help: &str, v: u64| {
+            let x: Counter = Counter::default();
+            x.inc_by(v);
+            reg.register(name, help, x);
+        };
+        one(
+            reg,
+            "mmtrace_write_protect_faults",
+            "Write faults on clean, write-protected pages of shared file mappings (re-dirtying after writeback)",
+            c.wp_shared_faults,
+        );
+        one(
+            reg,
+            "mmtrace_pages_dirtied",
+            "Pages of the traced files that went from clean to dirty",
+            c.dirtied_pages,
+        );
+        one(
+            reg,
+            "mmtrace_pages_written_back",
+            "Pages of the traced files written back (ext4/iomap: flusher, fsync and msync; elsewhere the flusher only)",
+            c.written_back_pages,
+        );
+        one(
+            reg,
+            "mmtrace_writeback_waits",
+            "Times a traced task waited for a page of a traced file under writeback",
+            c.writeback_waits,
+        );
+        let calls = Family::<Labels, Counter>::default();
+        calls
+            .get_or_create(&labels(&[("flags", "MS_SYNC")]))
+            .inc_by(c.msync_sync_calls);
+        calls
+            .get_or_create(&labels(&[("flags", "MS_ASYNC")]))
+            .inc_by(c.msync_async_calls);
+        reg.register(
+            "mmtrace_msync_calls",
+            "msync calls of traced threads (MS_ASYNC does nothing on Linux)",
+            calls,
+        );
+        let secs: Counter<f64, std::sync::atomic::AtomicU64> = Counter::default();
+        secs.inc_by(c.msync_ns as f64 / 1e9);
+        reg.register(
+            "mmtrace_msync_seconds",
+            "Time traced threads spent in msync",
+            secs,
+        );
+        one(
+            reg,
+            "mmtrace_signals",
+            "Kernel-generated SIGBUS/SIGSEGV of traced processes",
+            c.signals,
+        );
+        if let (Some(s), Some(q)) = (c.tlb_remote_shootdowns, c.tlb_remote_flush_requests) {
+            one(
+                reg,
+                "mmtrace_tlb_remote_shootdowns",
+                "TLB flushes traced processes' threads did because another CPU asked (per process, not per file)",
+                s,
+            );
+            one(
+                reg,
+                "mmtrace_tlb_remote_flush_requests",
+                "Times traced processes asked other CPUs to flush (logged even when no interrupt was sent)",
+                q,
+            );
+        }
+        if let (Some(all), Some(major)) = (c.fault_stall_ns, c.major_fault_stall_ns) {
+            let f = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+            f.get_or_create(&labels(&[("kind", "minor")]))
+                .inc_by(all.saturating_sub(major) as f64 / 1e9);
+            f.get_or_create(&labels(&[("kind", "major")]))
+                .inc_by(major as f64 / 1e9);
+            reg.register(
+                "mmtrace_fault_stall_seconds",
+                "--latency: time from fault entry to the kernel's accounting of the fault, summed over traced faults",
+                f,
+            );
+        }
     }
 
     /// Past [`MAX_CGROUPS`] labels, a new cgroup counts under
@@ -728,6 +847,7 @@ impl Accum {
             "Raw events (--events) the ring buffer had no room for",
             dropped,
         );
+        self.register_cost(&mut reg);
         let lost: Counter = Counter::default();
         lost.inc_by(self.lost_faults);
         reg.register(
@@ -857,6 +977,62 @@ mod tests {
 
     fn text(a: &Accum) -> String {
         encode(&a.registry(2, 0), false).0
+    }
+
+    fn apply_cost(a: &mut Accum, t: f64, mmap_cost: crate::model::MmapCost) {
+        let report = Report {
+            mmap_cost,
+            ..Default::default()
+        };
+        a.apply(&Input {
+            elapsed_s: t,
+            report: &report,
+            cgroups: &[],
+            cgroup: None,
+            cgroup_label: Some("/app"),
+            events_dropped: None,
+            all: false,
+        });
+    }
+
+    #[test]
+    fn what_mmap_cost_is_exported_and_never_goes_back() {
+        let mut a = Accum::new(50);
+        let cost = crate::model::MmapCost {
+            wp_shared_faults: 1998,
+            dirtied_pages: 2047,
+            written_back_pages: 2047,
+            msync_sync_calls: 2000,
+            msync_async_calls: 3,
+            msync_ns: 1_500_000_000,
+            signals: 2,
+            tlb_remote_shootdowns: Some(7),
+            tlb_remote_flush_requests: Some(9),
+            ..Default::default()
+        };
+        apply_cost(&mut a, 1.0, cost);
+        // A later record with less (rows folded away) changes nothing.
+        apply_cost(&mut a, 2.0, crate::model::MmapCost::default());
+        let t = text(&a);
+        let v = |s| value(&t, s);
+        assert_eq!(v("mmtrace_write_protect_faults_total"), Some(1998.0));
+        assert_eq!(v("mmtrace_pages_written_back_total"), Some(2047.0));
+        assert_eq!(
+            v("mmtrace_msync_calls_total{flags=\"MS_SYNC\"}"),
+            Some(2000.0)
+        );
+        assert_eq!(
+            v("mmtrace_msync_calls_total{flags=\"MS_ASYNC\"}"),
+            Some(3.0)
+        );
+        assert_eq!(v("mmtrace_msync_seconds_total"), Some(1.5));
+        assert_eq!(v("mmtrace_signals_total"), Some(2.0));
+        assert_eq!(v("mmtrace_tlb_remote_shootdowns_total"), Some(7.0));
+        assert_eq!(
+            v("mmtrace_fault_stall_seconds_total{kind=\"major\"}"),
+            None,
+            "no --latency"
+        );
     }
 
     /// The value of the series whose line starts with `series` (`name{labels}`).
