@@ -408,6 +408,11 @@ pub struct Config {
     pub tp_iomap_wb_dev: u32,
     pub tp_iomap_wb_ino: u32,
     pub tp_iomap_wb_length: u32,
+    /// Non-zero: mapping rows are per (process, file, kind) — vm_start,
+    /// vm_end and pgoff zeroed in `MAPPING_FAULTS` keys (`--all` without
+    /// `--mappings`: a busy host has far more vmas than files).
+    pub coarse_mappings: u32,
+    pub _pad_writes: u32,
     /// Kernel text ranges `[start, end)` of the functions that run memcg
     /// reclaim for a write to a cgroup file (memory.reclaim, force_empty, a
     /// lowered limit): a reclaim whose kernel stack passes through one is

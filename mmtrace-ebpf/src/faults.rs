@@ -495,11 +495,23 @@ fn vma_counters(addr: u64, tgid: u32) -> Option<(*mut FaultCounters, u32, u32, u
     }
     // Not cacheable: count straight into the map.
     let zero = FaultCounters::default();
-    let c = match get_or_insert(&MAPPING_FAULTS, &key, &zero, errors::MAPPING_FULL) {
+    let c = match get_or_insert(&MAPPING_FAULTS, &row_key(key), &zero, errors::MAPPING_FULL) {
         Some(c) => c,
         None => LOST_FAULTS.get_ptr_mut(0)?,
     };
     Some((c, key.kind, key.dev, key.ino))
+}
+
+/// The `MAPPING_FAULTS` key of a vma: the vma itself, or with
+/// `coarse_mappings` its (process, file, kind) without the range.
+#[inline(always)]
+fn row_key(mut key: MappingKey) -> MappingKey {
+    if conf!(coarse_mappings) != 0 {
+        key.vm_start = 0;
+        key.vm_end = 0;
+        key.pgoff = 0;
+    }
+    key
 }
 
 /// Moves a cache slot's counters into `MAPPING_FAULTS`.
@@ -511,7 +523,7 @@ fn flush(cache: *mut VmaCache) {
         return;
     }
     let zero = FaultCounters::default();
-    let m = match get_or_insert(&MAPPING_FAULTS, &key, &zero, errors::MAPPING_FULL) {
+    let m = match get_or_insert(&MAPPING_FAULTS, &row_key(key), &zero, errors::MAPPING_FULL) {
         Some(m) => m,
         None => match LOST_FAULTS.get_ptr_mut(0) {
             Some(m) => m,

@@ -170,6 +170,8 @@ async fn start(spec: &TraceSpec) -> Result<Started> {
     let watch = cgroup.map(CgroupWatch::new);
     if spec.all {
         config.scope_all = 1;
+        // Host-wide, rows per (process, file) unless vmas are asked for.
+        config.coarse_mappings = u32::from(!spec.mappings);
     } else if watch.is_some() {
         config.cgroup_mode = 1;
     }

@@ -130,6 +130,8 @@ pub struct Tracer {
     probes: Vec<ProbeStatus>,
     /// The attachments, owned here: dropping one detaches it.
     links: Vec<Box<dyn Send>>,
+    /// `Config::coarse_mappings`: mapping rows without their range.
+    coarse_mappings: bool,
 }
 
 /// Run-time statistics of one program (kernel BPF stats).
@@ -194,6 +196,7 @@ impl Tracer {
             stats: None,
             probes: Vec::new(),
             links: Vec::new(),
+            coarse_mappings: config.coarse_mappings != 0,
         };
         for &(pid, follow) in targets {
             t.add_to_scope(pid, follow)?;
@@ -507,7 +510,12 @@ impl Tracer {
         for slot in m.get(&0, 0)?.iter() {
             if slot.counters != FaultCounters::default() {
                 s.pending.insert(slot.key.tgid);
-                s.mappings.entry(slot.key).or_default().add(&slot.counters);
+                let mut key = slot.key;
+                if self.coarse_mappings {
+                    // As the kernel keys MAPPING_FAULTS (faults.rs row_key).
+                    (key.vm_start, key.vm_end, key.pgoff) = (0, 0, 0);
+                }
+                s.mappings.entry(key).or_default().add(&slot.counters);
             }
         }
         let m: PerCpuArray<&MapData, FaultCounters> =
