@@ -412,7 +412,12 @@ pub struct Config {
     /// vm_end and pgoff zeroed in `MAPPING_FAULTS` keys (`--all` without
     /// `--mappings`: a busy host has far more vmas than files).
     pub coarse_mappings: u32,
-    pub _pad_writes: u32,
+    /// The msync syscall number (x86_64: 26; ABSENT: msync(MS_SYNC) is not
+    /// told apart from fsync in `ext4_sync_file_enter`).
+    pub msync_nr: u32,
+    /// ext4:ext4_sync_file_enter `dev`, `ino`.
+    pub tp_ext4_sync_dev: u32,
+    pub tp_ext4_sync_ino: u32,
     /// Kernel text ranges `[start, end)` of the functions that run memcg
     /// reclaim for a write to a cgroup file (memory.reclaim, force_empty, a
     /// lowered limit): a reclaim whose kernel stack passes through one is

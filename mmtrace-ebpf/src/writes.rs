@@ -18,12 +18,20 @@
 //!   `iomap:iomap_writeback_folio` (dev, ino, length in bytes; XFS and the
 //!   other iomap filesystems): the pages a filesystem wrote, whoever asked
 //!   (flusher, fsync, msync).
-//! - `syscalls:sys_enter_msync` / `sys_exit_msync`: traced threads' calls,
-//!   paired per thread id (a hash entry per call: a syscall, not a fault).
-//!   The range start's vma names the file; pages the filesystem writes in
-//!   the calling thread meanwhile are the call's.
+//! - msync calls, paired per thread id (a hash entry per call: a syscall,
+//!   not a fault); pages the filesystem writes in the calling thread
+//!   meanwhile are the call's. By default `ext4:ext4_sync_file_enter/exit`
+//!   inside the msync syscall (its number in the task's user `pt_regs`):
+//!   MS_SYNC on ext4, one call per file, no syscall hook. With
+//!   `--msync-syscalls`, `syscalls:sys_enter_msync` / `sys_exit_msync`
+//!   instead: every call, MS_ASYNC too, the range start's vma naming the
+//!   file — but enabling a syscall tracepoint puts every syscall on the
+//!   host through the syscall-tracing path.
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, generated::bpf_get_current_task_btf},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
@@ -148,12 +156,70 @@ pub fn msync_enter(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// msync(MS_SYNC) on ext4 without syscall hooks: `vfs_fsync_range` of the
+/// file, inside the msync syscall (the task's syscall number tells it
+/// from fsync/fdatasync). One call per file the range covers.
+#[tracepoint]
+pub fn ext4_sync_enter(ctx: TracePointContext) -> u32 {
+    let (tid, tgid) = scope::current_ids();
+    if !scope::in_scope(tgid) || !in_msync() {
+        return 0;
+    }
+    // SAFETY: offsets from the tracepoint's format file.
+    let (Ok(dev), Ok(ino)) = (unsafe {
+        (
+            ctx.read_at::<u32>(conf!(tp_ext4_sync_dev) as usize),
+            ctx.read_at::<u64>(conf!(tp_ext4_sync_ino) as usize),
+        )
+    }) else {
+        return 0;
+    };
+    let call = MsyncCall {
+        // SAFETY: plain helper call.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        ino,
+        dev,
+        flags: MS_SYNC,
+        pages: 0,
+    };
+    if MSYNC_INFLIGHT.insert(&tid, &call, 0).is_err() {
+        count_error(errors::WRITES_FULL);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn ext4_sync_exit(_ctx: TracePointContext) -> u32 {
+    finish_msync();
+    0
+}
+
+/// The current task is in the msync syscall.
+#[inline(always)]
+fn in_msync() -> bool {
+    let nr = conf!(msync_nr);
+    if nr == Config::ABSENT {
+        return false;
+    }
+    // SAFETY: plain helper calls on the trusted current task.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    regs != 0 && read::<u64>(regs, conf!(regs_syscall_nr)) == Some(nr as u64)
+}
+
 #[tracepoint]
 pub fn msync_exit(_ctx: TracePointContext) -> u32 {
+    finish_msync();
+    0
+}
+
+/// Ends this thread's msync call in flight (if any): its time and pages go
+/// to its file's row.
+#[inline(always)]
+fn finish_msync() {
     let (tid, _) = scope::current_ids();
     // SAFETY: the entry is this thread's own; removed just below.
     let Some(call) = (unsafe { MSYNC_INFLIGHT.get(&tid) }).copied() else {
-        return 0;
+        return;
     };
     let _ = MSYNC_INFLIGHT.remove(&tid);
     // SAFETY: plain helper call.
@@ -169,7 +235,7 @@ pub fn msync_exit(_ctx: TracePointContext) -> u32 {
     }
     let zero = WriteCounters::default();
     let Some(c) = get_or_insert(&FILE_WRITES, &key, &zero, errors::WRITES_FULL) else {
-        return 0;
+        return;
     };
     // SAFETY: per-CPU value.
     unsafe {
@@ -184,7 +250,6 @@ pub fn msync_exit(_ctx: TracePointContext) -> u32 {
         }
         (*c).msync_pages += call.pages;
     }
-    0
 }
 
 /// Pages a filesystem wrote back: the file's count, and the calling

@@ -81,6 +81,18 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub latency: bool,
 
+    /// Count every msync(2) call of the traced threads through the syscall
+    /// tracepoints: MS_ASYNC too, on any filesystem, with its time and the
+    /// pages it wrote. Off by default because enabling any syscall
+    /// tracepoint sends every syscall of every task on the host through
+    /// the kernel's syscall-tracing path while mmtrace runs (measured
+    /// +0.1-0.25 us per getppid on a loaded 2-vCPU 6.18 VM, `perf bench
+    /// syscall basic`). Without it, msync(MS_SYNC) is counted on ext4
+    /// through ext4_sync_file_enter/exit (no syscall cost), and MS_ASYNC,
+    /// a no-op on Linux, is not seen.
+    #[arg(long, global = true)]
+    pub msync_syscalls: bool,
+
     /// More diagnostics on stderr (-v, -vv).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -165,7 +165,17 @@ async fn start(spec: &TraceSpec) -> Result<Started> {
         None => preflight::tracefs_root()?,
     };
     preflight::check_tracepoints(&root)?;
-    let (mut config, features) = offsets::compute(&btf, &root, self_pid)?;
+    let (mut config, mut features) = offsets::compute(&btf, &root, self_pid)?;
+    if spec.msync_syscalls {
+        if !features.msync {
+            bail!(
+                "--msync-syscalls needs the syscalls:sys_enter_msync/sys_exit_msync tracepoints (CONFIG_FTRACE_SYSCALLS), missing here"
+            );
+        }
+        features.ext4_msync = false;
+    } else {
+        features.msync = false;
+    }
     drop(btf);
     let watch = cgroup.map(CgroupWatch::new);
     if spec.all {

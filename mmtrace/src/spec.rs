@@ -59,6 +59,8 @@ pub struct TraceSpec {
     pub bpf_stats: bool,
     /// `--latency`: fault stall histograms.
     pub latency: bool,
+    /// `--msync-syscalls`: msync counted through the syscall tracepoints.
+    pub msync_syscalls: bool,
     /// Raw event kinds to stream (`--events`): names as given, validated.
     pub events: Vec<String>,
     /// Stream one raw event in N.
@@ -139,6 +141,7 @@ impl TraceSpec {
             },
             bpf_stats: cli.bpf_stats,
             latency: cli.latency,
+            msync_syscalls: cli.msync_syscalls,
             events: cli.events.clone(),
             sample: cli.sample.unwrap_or(1),
             bpf_log: cli.verbose >= 2,

@@ -10,11 +10,12 @@ use serde_json::Value;
 mod common;
 
 /// Runs the msync workload under mmtrace; returns (summary, workload report).
-fn traced_msync(dir: &Path, extra: &[&str]) -> (Value, Value) {
+fn traced_msync(dir: &Path, opts: &[&str], extra: &[&str]) -> (Value, Value) {
     let out_path = dir.join("trace.jsonl");
     let rep = dir.join("workload.json");
     let data = dir.join("records.bin");
     let out = mmtrace()
+        .args(opts)
         .args(["--quiet", "-o"])
         .arg(&out_path)
         .arg("--")
@@ -42,12 +43,21 @@ fn file_row<'a>(s: &'a Value, r: &Value) -> &'a Value {
         .unwrap_or_else(|| panic!("no row for the records file in {}", s["files"]))
 }
 
+/// By default msync(MS_SYNC) is seen on ext4 (`ext4_sync_file_enter/exit`
+/// inside the msync syscall); with `--msync-syscalls`, through the syscall
+/// tracepoints. Both must count every call.
 #[test]
 fn flushing_after_every_record_shows_its_faults_writes_and_time() {
     require_root();
     let _l = lock();
-    let dir = scratch();
-    let (s, r) = traced_msync(dir.path(), &[]);
+    for opts in [&[][..], &["--msync-syscalls"][..]] {
+        let dir = scratch();
+        flushing(dir.path(), opts);
+    }
+}
+
+fn flushing(dir: &Path, opts: &[&str]) {
+    let (s, r) = traced_msync(dir, opts, &[]);
     let f = file_row(&s, &r);
     let w = &f["write_path"];
     let calls = u(&r["msync_calls"]);
@@ -87,11 +97,15 @@ fn flushing_after_every_record_shows_its_faults_writes_and_time() {
 }
 
 #[test]
-fn ms_async_is_counted_apart_and_writes_nothing() {
+fn with_msync_syscalls_ms_async_is_counted_apart_and_writes_nothing() {
     require_root();
     let _l = lock();
     let dir = scratch();
-    let (s, r) = traced_msync(dir.path(), &["--async", "--no-rewrite"]);
+    let (s, r) = traced_msync(
+        dir.path(),
+        &["--msync-syscalls"],
+        &["--async", "--no-rewrite"],
+    );
     let f = file_row(&s, &r);
     let w = &f["write_path"];
     let calls = u(&r["msync_calls"]);

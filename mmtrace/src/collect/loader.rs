@@ -92,8 +92,11 @@ fn unavailable(p: &Probe, f: &Features) -> Option<&'static str> {
         {
             Some("the kernel's BTF lacks the writeback structs' fields")
         }
-        "msync_enter" | "msync_exit" if !f.msync => {
-            Some("the msync syscall tracepoints are missing (CONFIG_FTRACE_SYSCALLS?)")
+        "msync_enter" | "msync_exit" if !f.msync => Some(
+            "off (--msync-syscalls: every syscall on the host pays for a syscall tracepoint), or missing",
+        ),
+        "ext4_sync_enter" | "ext4_sync_exit" if !f.ext4_msync => {
+            Some("missing, not x86_64, or replaced by --msync-syscalls")
         }
         "ext4_writepages_result" if !f.ext4_writeback => Some("missing, or another layout"),
         "iomap_writeback_folio" if !f.iomap_writeback => Some("missing, or another layout"),

@@ -51,6 +51,10 @@ pub struct Features {
     /// `iomap:iomap_writeback_folio` exists: pages written on XFS and the
     /// other iomap filesystems.
     pub iomap_writeback: bool,
+    /// `ext4:ext4_sync_file_enter/exit` exist and the syscall number can be
+    /// read (x86_64): msync(MS_SYNC) on ext4 is counted without syscall
+    /// tracepoints.
+    pub ext4_msync: bool,
 }
 
 /// Kernel functions that run memcg reclaim because a cgroup file was
@@ -364,6 +368,18 @@ fn write_path_offsets(btf: &Btf, c: &mut Config, feat: &mut Features, tracefs_ro
         Ok(())
     })();
     feat.iomap_writeback = iomap.is_ok();
+    c.msync_nr = Config::ABSENT;
+    let sync = (|| -> Result<(), TracefsError> {
+        let f = tracefs::read_format(tracefs_root, "ext4", "ext4_sync_file_enter")?;
+        tracefs::read_format(tracefs_root, "ext4", "ext4_sync_file_exit")?;
+        c.tp_ext4_sync_dev = off(&f, "dev", &[4])?;
+        c.tp_ext4_sync_ino = off(&f, "ino", &[8])?;
+        Ok(())
+    })();
+    if sync.is_ok() && cfg!(target_arch = "x86_64") && c.regs_syscall_nr != Config::ABSENT {
+        c.msync_nr = 26; // __NR_msync, arch/x86/entry/syscalls/syscall_64.tbl
+        feat.ext4_msync = true;
+    }
 }
 
 /// `oom:mark_victim` field offsets; without the tracepoint (or with another

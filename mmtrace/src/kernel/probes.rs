@@ -282,15 +282,37 @@ pub const PROBES: &[Probe] = &[
         purpose: "pages written back on XFS and other iomap filesystems",
     },
     Probe {
+        program: "ext4_sync_enter",
+        hook: Hook::Tracepoint {
+            category: "ext4",
+            event: "ext4_sync_file_enter",
+        },
+        need: Need::Optional {
+            without: "msync(MS_SYNC) calls on ext4 are not counted",
+        },
+        purpose: "msync(MS_SYNC) on ext4: calls, time, pages written (no syscall hook)",
+    },
+    Probe {
+        program: "ext4_sync_exit",
+        hook: Hook::Tracepoint {
+            category: "ext4",
+            event: "ext4_sync_file_exit",
+        },
+        need: Need::Optional {
+            without: "msync(MS_SYNC) calls on ext4 are not counted",
+        },
+        purpose: "msync(MS_SYNC) on ext4: calls, time, pages written (no syscall hook)",
+    },
+    Probe {
         program: "msync_enter",
         hook: Hook::Tracepoint {
             category: "syscalls",
             event: "sys_enter_msync",
         },
         need: Need::Optional {
-            without: "msync calls are not counted",
+            without: "MS_ASYNC and msync on filesystems other than ext4 are not counted",
         },
-        purpose: "msync calls, their time and the pages each wrote",
+        purpose: "--msync-syscalls: every msync call, its time and the pages it wrote",
     },
     Probe {
         program: "msync_exit",
@@ -299,9 +321,9 @@ pub const PROBES: &[Probe] = &[
             event: "sys_exit_msync",
         },
         need: Need::Optional {
-            without: "msync calls are not counted",
+            without: "MS_ASYNC and msync on filesystems other than ext4 are not counted",
         },
-        purpose: "msync calls, their time and the pages each wrote",
+        purpose: "--msync-syscalls: every msync call, its time and the pages it wrote",
     },
 ];
 
