@@ -127,6 +127,7 @@ fn proactive_reclaim_is_labelled_and_not_called_pressure() {
     drop_cache(&data);
     let cg = TestCgroup::new("proactive", 4 << 30);
     let out_path = dir.path().join("t.jsonl");
+    let done = dir.path().join("read.json");
     let mut child = mmtrace()
         .args(["--quiet", "--cgroup", cg.path(), "-o"])
         .arg(&out_path)
@@ -136,14 +137,22 @@ fn proactive_reclaim_is_labelled_and_not_called_pressure() {
             "workload",
             "--pause-ms",
             "4000",
+            "--report",
         ])
+        .arg(&done)
         .args(["read", "--path"])
         .arg(&data)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    // The read is done ~4 s in; the pages stay charged to the cgroup.
-    std::thread::sleep(Duration::from_millis(5500));
+    // The workload writes its report once the read is done (then pauses 4
+    // s with the pages charged to the cgroup): reclaim after that, however
+    // long a loaded host took to get there.
+    let start = std::time::Instant::now();
+    while !done.exists() && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(done.exists(), "the read did not finish in 120 s");
     let v2 = cg.0.join("memory.reclaim");
     if v2.exists() {
         std::fs::write(&v2, "1G").ok();
