@@ -127,21 +127,26 @@ impl Names {
 
     /// The name of `id` now: through its handle, else `known` checked
     /// with stat(2) (a mismatch means the name no longer leads to it).
+    ///
+    /// A name that still leads to the file wins over the handle's: a file
+    /// with several hard links (perf's build-id cache links every binary
+    /// it has seen under ~/.debug) keeps the name its process used.
     pub fn current(&mut self, id: FileId, known: &PathInfo) -> PathInfo {
+        let same = !known.deleted
+            && std::fs::metadata(known.fs_path()).is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt as _;
+                Dev::from_user(m.dev()).to_kernel() == id.0 && m.ino() == id.1
+            });
+        if same {
+            return known.clone();
+        }
         if let Some(Some(h)) = self.handles.get(&id).cloned()
             && let Some(now) = self.resolve(&h, id)
         {
             return now;
         }
-        if known.deleted {
-            return known.clone();
-        }
-        let same = std::fs::metadata(known.fs_path()).is_ok_and(|m| {
-            use std::os::unix::fs::MetadataExt as _;
-            Dev::from_user(m.dev()).to_kernel() == id.0 && m.ino() == id.1
-        });
         PathInfo {
-            deleted: !same,
+            deleted: true,
             ..known.clone()
         }
     }
@@ -272,5 +277,26 @@ mod tests {
         std::fs::remove_file(&fin).unwrap();
         let gone = n.current(id, &old);
         assert!(gone.deleted);
+    }
+
+    #[test]
+    fn a_hard_linked_file_keeps_the_name_its_process_used() {
+        let d = tempfile::tempdir().unwrap();
+        let used = d.path().join("libc.so.6");
+        std::fs::write(&used, b"x").unwrap();
+        // perf's build-id cache links binaries like this.
+        std::fs::create_dir(d.path().join("cache")).unwrap();
+        std::fs::hard_link(&used, d.path().join("cache/elf")).unwrap();
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(&used).unwrap();
+        let id = (Dev::from_user(m.dev()).to_kernel(), m.ino());
+        let mut n = Names::default();
+        n.learn(id, &d.path().join("cache/elf"));
+        let known = PathInfo {
+            path: used.display().to_string(),
+            raw: None,
+            deleted: false,
+        };
+        assert_eq!(n.current(id, &known), known);
     }
 }
