@@ -9,7 +9,8 @@
 //!   vma of the fault address, sent to userspace as they happen;
 //! - `tlb`: TLB flushes per traced process, by reason;
 //! - `events`: single events, only when asked for (`--events`);
-//! - `latency`: fault latency histograms (`--latency`).
+//! - `latency`: fault latency histograms (`--latency`);
+//! - `bench`: empty programs, the cost floor `cargo xtask bench` measures.
 //!
 //! Maps live in `maps`, the scope filter in `scope`, kernel reads at run-time
 //! offsets in `kread`. Aggregation happens here: no per-fault record crosses
@@ -22,6 +23,7 @@
               another copy on the 512-byte BPF stack"
 )]
 
+mod bench;
 mod events;
 mod faults;
 mod kread;
