@@ -474,6 +474,21 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     tracer.detach();
     tracer.enable_stats()?;
+    // `latency`: mmtrace with --latency, a tracer of its own (its maps
+    // are sized for it at load).
+    let mut lat = None;
+    if rows.iter().any(|r| r == "latency") {
+        ensure!(
+            features.write_faults,
+            "the latency row needs exceptions:page_fault_user (x86)"
+        );
+        let mut c = config;
+        c.latency = 1;
+        let mut t = Tracer::load(&c, &features, cap, &[(me, false)], false, || {})?;
+        t.detach();
+        t.enable_stats()?;
+        lat = Some(t);
+    }
     let storm = Storm::new(a)?;
     let mut floor = Floor::new(&mut tracer)?;
     let floor_hooks = floor.hook_names();
@@ -481,11 +496,12 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
     let (mut nothing, mut mm) = (Nothing, Mmtrace);
     let mut out = Vec::new();
     for row in rows {
-        let toggle: &mut dyn Toggle = match row.as_str() {
-            "noise" => &mut nothing,
-            "floor" => &mut floor,
-            "mmtrace" => &mut mm,
-            r => bail!("unknown row {r} (noise, floor, mmtrace)"),
+        let (toggle, tracer): (&mut dyn Toggle, &mut Tracer) = match row.as_str() {
+            "noise" => (&mut nothing, &mut tracer),
+            "floor" => (&mut floor, &mut tracer),
+            "mmtrace" => (&mut mm, &mut tracer),
+            "latency" => (&mut mm, lat.as_mut().context("latency tracer")?),
+            r => bail!("unknown row {r} (noise, floor, mmtrace, latency)"),
         };
         // Allocated up front: no heap growth (faults) while attached.
         let mut off_ns = Vec::with_capacity(pairs as usize);
@@ -494,7 +510,7 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
         let mut addrs = BTreeSet::new();
         let mut on_chunks = 0u64;
         let stats0 = tracer.program_stats();
-        let before = traced_faults(&tracer, &BTreeSet::new(), 0)?.1;
+        let before = traced_faults(tracer, &BTreeSet::new(), 0)?.1;
         let mut attached = false;
         let started = Instant::now();
         for i in 0..pairs {
@@ -503,9 +519,9 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
                 let on = on_chunk(i, j);
                 if on != attached {
                     if on {
-                        toggle.on(&mut tracer)?;
+                        toggle.on(tracer)?;
                     } else {
-                        toggle.off(&mut tracer)?;
+                        toggle.off(tracer)?;
                     }
                     attached = on;
                 }
@@ -521,7 +537,7 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
             }
         }
         if attached {
-            toggle.off(&mut tracer)?;
+            toggle.off(tracer)?;
         }
         let secs = started.elapsed().as_secs_f64();
         let stats = stats_json(
@@ -541,8 +557,8 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
         });
         match row.as_str() {
             "floor" => r["hooks"] = json!(&floor_hooks),
-            "mmtrace" => {
-                let (storm_faults, all) = traced_faults(&tracer, &addrs, storm.len as u64)?;
+            "mmtrace" | "latency" => {
+                let (storm_faults, all) = traced_faults(tracer, &addrs, storm.len as u64)?;
                 r["hooks"] = json!(
                     tracer
                         .probes()

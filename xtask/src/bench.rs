@@ -50,6 +50,8 @@ pub struct BenchOpts {
     pub settle: f64,
     /// Runs of `mmtrace -- /bin/true`.
     pub startup_runs: u32,
+    /// Also an in-process row of mmtrace with `--latency`.
+    pub latency: bool,
 }
 
 /// One printed row.
@@ -259,13 +261,20 @@ fn chunk_rows(v: &Value, workload: &'static str) -> Vec<Row> {
                     "floor: empty progs on {} hooks",
                     r["hooks"].as_array().map_or(0, Vec::len)
                 ),
-                "mmtrace" => match r["check"]["exact"].as_bool() {
-                    Some(true) => "mmtrace (counts exact)".to_string(),
-                    _ => format!(
-                        "mmtrace (COUNTS OFF: {} of {})",
-                        r["check"]["traced_storm_faults"], r["check"]["expected_faults"]
-                    ),
-                },
+                row @ ("mmtrace" | "latency") => {
+                    let who = if row == "latency" {
+                        "mmtrace --latency"
+                    } else {
+                        "mmtrace"
+                    };
+                    match r["check"]["exact"].as_bool() {
+                        Some(true) => format!("{who} (counts exact)"),
+                        _ => format!(
+                            "{who} (COUNTS OFF: {} of {})",
+                            r["check"]["traced_storm_faults"], r["check"]["expected_faults"]
+                        ),
+                    }
+                }
                 o => o.to_string(),
             };
             Row {
@@ -273,7 +282,9 @@ fn chunk_rows(v: &Value, workload: &'static str) -> Vec<Row> {
                 workload,
                 name,
                 result: Ok((Summary::of(&pair_differences(&off, &on)), median(&off))),
-                floor: (r["row"] != "floor").then_some(floor).flatten(),
+                floor: (r["row"] != "floor" && r["row"] != "noise")
+                    .then_some(floor)
+                    .flatten(),
             }
         })
         .collect()
@@ -607,7 +618,7 @@ fn outside(
                 workload: "anon minor",
                 name: p.name.to_string(),
                 result,
-                floor,
+                floor: (i > 0).then_some(floor).flatten(),
             }
         })
         .collect();
@@ -726,13 +737,17 @@ fn print_report(
     };
     println!(
         "(+ns/fault: median of per-pair (in-process) or per-round (outside) differences; untraced: {:.0} ns per anon fault{}; \
-         xfloor: over the in-process floor of the same workload)",
+         xfloor: over the in-process floor of the same workload; kernel BPF run time: ns per run of the programs that ran \
+         about once per storm fault, runs/fault > 1 = other processes' faults while attached)",
         base(anon),
         cow.map_or(String::new(), |c| format!(", {:.0} per CoW fault", base(c)))
     );
     println!();
     if let Some(l) = bpf_line(anon, "mmtrace") {
         println!("kernel BPF run time, mmtrace, anon: {l}");
+    }
+    if let Some(l) = bpf_line(anon, "latency") {
+        println!("kernel BPF run time, mmtrace --latency, anon: {l}");
     }
     if let Some(l) = bpf_line(anon, "floor") {
         println!("kernel BPF run time, floor,   anon: {l}");

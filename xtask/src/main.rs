@@ -54,7 +54,7 @@ enum Cmd {
         #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
         pairs: u32,
         /// pairs of the copy-on-write rows (0: skip them)
-        #[arg(long, default_value_t = 120)]
+        #[arg(long, default_value_t = 60)]
         cow_pairs: u32,
         /// MiB per storm chunk
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
@@ -66,7 +66,7 @@ enum Cmd {
         #[arg(long, default_value_t = 3.0)]
         window: f64,
         /// seconds of each untraced window between them
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, default_value_t = 1.5)]
         gap: f64,
         /// seconds between a tracer saying it is attached and its window
         #[arg(long, default_value_t = 0.5)]
@@ -74,6 +74,9 @@ enum Cmd {
         /// runs of `mmtrace -- /bin/true` (start-up + teardown)
         #[arg(long, default_value_t = 5)]
         startup_runs: u32,
+        /// also an in-process row of mmtrace with --latency
+        #[arg(long)]
+        latency: bool,
     },
 }
 
@@ -115,6 +118,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             gap,
             settle,
             startup_runs,
+            latency,
         } => {
             setup::setup(&ctx)?;
             build(&ctx, true)?;
@@ -129,6 +133,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                     gap,
                     settle,
                     startup_runs,
+                    latency,
                 },
             )?;
         }
@@ -319,7 +324,7 @@ mod tests {
             cli.cmd,
             Cmd::Bench {
                 pairs: 3,
-                cow_pairs: 120,
+                cow_pairs: 60,
                 rounds: 6,
                 ..
             }
