@@ -409,7 +409,7 @@ impl Toggle for Floor {
 /// off-on, on-off, off-on, ... (xtask's stats module has the same rule,
 /// unit-tested).
 fn on_chunk(i: u32, j: u32) -> bool {
-    (i % 2 == 0) == (j == 1)
+    i.is_multiple_of(2) == (j == 1)
 }
 
 /// Faults mmtrace's maps hold for this process on the storm's mappings

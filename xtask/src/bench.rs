@@ -121,7 +121,11 @@ pub fn bench(ctx: &Ctx, opts: &BenchOpts) -> Result<()> {
         &["--kind", "anon"],
         opts.pairs,
         opts.chunk_mib,
-        "noise,floor,mmtrace",
+        if opts.latency {
+            "noise,floor,mmtrace,latency"
+        } else {
+            "noise,floor,mmtrace"
+        },
     )?;
     rows.extend(chunk_rows(&anon, "anon minor"));
     let cow = if opts.cow_pairs > 0 {
@@ -514,6 +518,9 @@ impl Drop for OutsideStorm {
     }
 }
 
+/// Each tracer's footprint, by row name.
+type Footprints = Vec<(String, Footprint)>;
+
 /// The outside method: rows, and each tracer's footprint at the end of
 /// its last window.
 fn outside(
@@ -521,7 +528,7 @@ fn outside(
     bin: &Path,
     opts: &BenchOpts,
     floor: Option<f64>,
-) -> Result<(Vec<Row>, Vec<(String, Footprint)>)> {
+) -> Result<(Vec<Row>, Footprints)> {
     let storm = OutsideStorm::start(ctx, bin, opts.chunk_mib)?;
     let mut peers = peers(ctx, bin, storm.pid)?;
     let n = peers.len();

@@ -9,7 +9,7 @@ use crate::util::median;
 /// the "on" chunk of one pair as much as it takes from the next. The same
 /// rule as `mmtrace bench-chunks` (its own test checks the sequence).
 pub fn abba_on(i: u32, j: u32) -> bool {
-    (i % 2 == 0) == (j == 1)
+    i.is_multiple_of(2) == (j == 1)
 }
 
 /// Whether `on_first` (per pair: the on chunk came first) is the ABBA
