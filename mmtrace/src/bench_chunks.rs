@@ -3,7 +3,8 @@
 //!
 //! `chunks`: one process runs a page-fault storm in chunks (a fresh mapping
 //! of `--mib` MiB per chunk, `MADV_NOHUGEPAGE`, one byte written per page,
-//! each chunk timed with the monotonic clock, the thread pinned to one CPU)
+//! each chunk timed with the thread's CPU clock, which leaves out the time
+//! other tasks preempted it, and the monotonic clock; pinned to one CPU)
 //! and attaches a hook set for one chunk and detaches it for the next, in
 //! ABBA order; it prints every pair's ns per fault as JSON and xtask takes
 //! the median of the per-pair differences. Rows: `noise` (nothing attached
@@ -154,9 +155,11 @@ impl Storm {
         Ok(s)
     }
 
-    /// Maps, writes one byte per page (timed), unmaps. Returns the elapsed
-    /// ns and the mapping's address.
-    fn chunk(&self) -> Result<(u64, u64)> {
+    /// Maps, writes one byte per page (timed), unmaps. Returns the
+    /// elapsed wall-clock ns, the thread's CPU ns (the faults run in the
+    /// thread, BPF programs included; time preempted by other tasks is
+    /// not in it) and the mapping's address.
+    fn chunk(&self) -> Result<(u64, u64, u64)> {
         let (prot, flags, fd) = match &self.file {
             None => (
                 libc::PROT_READ | libc::PROT_WRITE,
@@ -177,15 +180,17 @@ impl Storm {
         // SAFETY: advice on the mapping just made.
         unsafe { libc::madvise(p, self.len, libc::MADV_NOHUGEPAGE) };
         let base: *mut u8 = p.cast();
+        let cpu0 = thread_cpu_ns();
         let start = Instant::now();
         for i in 0..self.pages {
             // SAFETY: inside the writable mapping of `len` bytes.
             unsafe { std::ptr::write_volatile(base.add(i * self.page_size), 1) };
         }
         let ns = start.elapsed().as_nanos() as u64;
+        let cpu = thread_cpu_ns().saturating_sub(cpu0);
         // SAFETY: unmaps exactly the mapping made above.
         unsafe { libc::munmap(p, self.len) };
-        Ok((ns, p as u64))
+        Ok((ns, cpu, p as u64))
     }
 }
 
@@ -225,6 +230,15 @@ fn pin(cpu: usize) {
     }
 }
 
+/// CLOCK_THREAD_CPUTIME_ID, ns.
+fn thread_cpu_ns() -> u64 {
+    // SAFETY: a zeroed timespec is valid; clock_gettime writes into it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid clock id and out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 fn wall_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -232,8 +246,9 @@ fn wall_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// `storm`: one line per chunk: `{"t0":…,"t1":…,"ns":…,"pages":…}` (t0/t1
-/// wall-clock ns since the epoch, ns from the monotonic clock).
+/// `storm`: one line per chunk: `{"t0":…,"t1":…,"ns":…,"cpu_ns":…,"pages":…}`
+/// (t0/t1 wall-clock ns since the epoch, ns from the monotonic clock,
+/// cpu_ns the thread's CPU time).
 fn endless(a: &StormArgs, seconds: f64) -> Result<()> {
     let s = Storm::new(a)?;
     let start = Instant::now();
@@ -246,11 +261,11 @@ fn endless(a: &StormArgs, seconds: f64) -> Result<()> {
     out.flush()?;
     while seconds <= 0.0 || start.elapsed().as_secs_f64() < seconds {
         let t0 = wall_ns();
-        let (ns, _) = s.chunk()?;
+        let (ns, cpu, _) = s.chunk()?;
         let t1 = wall_ns();
         if writeln!(
             out,
-            "{{\"t0\":{t0},\"t1\":{t1},\"ns\":{ns},\"pages\":{}}}",
+            "{{\"t0\":{t0},\"t1\":{t1},\"ns\":{ns},\"cpu_ns\":{cpu},\"pages\":{}}}",
             s.pages
         )
         .and_then(|()| out.flush())
@@ -507,6 +522,8 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
         let mut off_ns = Vec::with_capacity(pairs as usize);
         let mut on_ns = Vec::with_capacity(pairs as usize);
         let mut on_first = Vec::with_capacity(pairs as usize);
+        let mut off_wall = Vec::with_capacity(pairs as usize);
+        let mut on_wall = Vec::with_capacity(pairs as usize);
         let mut addrs = BTreeSet::new();
         let mut on_chunks = 0u64;
         let stats0 = tracer.program_stats();
@@ -525,14 +542,17 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
                     }
                     attached = on;
                 }
-                let (ns, addr) = storm.chunk()?;
-                let per = ns as f64 / storm.pages as f64;
+                let (ns, cpu, addr) = storm.chunk()?;
+                let wall = ns as f64 / storm.pages as f64;
+                let per = cpu as f64 / storm.pages as f64;
                 if on {
                     on_ns.push(per);
+                    on_wall.push(wall);
                     on_chunks += 1;
                     addrs.insert(addr);
                 } else {
                     off_ns.push(per);
+                    off_wall.push(wall);
                 }
             }
         }
@@ -551,6 +571,8 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
             "pairs": pairs,
             "off_ns_per_fault": off_ns,
             "on_ns_per_fault": on_ns,
+            "off_wall_ns_per_fault": off_wall,
+            "on_wall_ns_per_fault": on_wall,
             "on_first": on_first,
             "seconds": secs,
             "bpf_stats": stats,

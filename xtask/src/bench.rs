@@ -488,10 +488,12 @@ impl OutsideStorm {
                 let Ok(v) = serde_json::from_str::<Value>(&line) else {
                     continue;
                 };
+                // The thread's CPU time: time other tasks took the CPU
+                // from the storm is not the tracer's cost.
                 let (Some(t0), Some(t1), Some(ns), Some(pages)) = (
                     v["t0"].as_u64(),
                     v["t1"].as_u64(),
-                    v["ns"].as_f64(),
+                    v["cpu_ns"].as_f64().or_else(|| v["ns"].as_f64()),
                     v["pages"].as_f64(),
                 ) else {
                     continue;
@@ -656,6 +658,31 @@ fn mib(b: u64) -> f64 {
     b as f64 / (1u64 << 20) as f64
 }
 
+/// The in-process rows' figures from the wall clock instead of the
+/// thread's CPU time: `row +median (IQR)`.
+fn wall_line(v: &Value) -> String {
+    let empty = Vec::new();
+    v["rows"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|r| {
+            let s = Summary::of(&pair_differences(
+                &floats(&r["off_wall_ns_per_fault"]),
+                &floats(&r["on_wall_ns_per_fault"]),
+            ));
+            format!(
+                "{} {:+.0} ({:+.0}..{:+.0})",
+                r["row"].as_str().unwrap_or(""),
+                s.median,
+                s.q1,
+                s.q3
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// BPF run time of a chunk row: (sum of ns per run of the programs that
 /// run about once per storm fault, total run time / storm faults, lines).
 fn bpf_line(v: &Value, row: &str) -> Option<String> {
@@ -743,13 +770,21 @@ fn print_report(
             .map_or(f64::NAN, |r| median(&floats(&r["off_ns_per_fault"])))
     };
     println!(
-        "(+ns/fault: median of per-pair (in-process) or per-round (outside) differences; untraced: {:.0} ns per anon fault{}; \
+        "(+ns/fault: the storm thread's CPU time, median of per-pair (in-process) or per-round (outside) differences; untraced: {:.0} ns per anon fault{}; \
          xfloor: over the in-process floor of the same workload; kernel BPF run time: ns per run of the programs that ran \
          about once per storm fault, runs/fault > 1 = other processes' faults while attached)",
         base(anon),
         cow.map_or(String::new(), |c| format!(", {:.0} per CoW fault", base(c)))
     );
     println!();
+    for (v, w) in [(Some(anon), "anon"), (cow, "CoW")] {
+        if let Some(v) = v {
+            println!(
+                "wall clock, in-process, {w} (includes time other tasks took the CPU): {}",
+                wall_line(v)
+            );
+        }
+    }
     if let Some(l) = bpf_line(anon, "mmtrace") {
         println!("kernel BPF run time, mmtrace, anon: {l}");
     }
