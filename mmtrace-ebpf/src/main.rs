@@ -10,7 +10,8 @@
 //! - `tlb`: TLB flushes per traced process, by reason;
 //! - `writes`: the write path per file (dirtied, written back, msync);
 //! - `events`: single events, only when asked for (`--events`);
-//! - `latency`: fault latency histograms (`--latency`).
+//! - `latency`: fault latency histograms (`--latency`);
+//! - `bench`: empty programs, the cost floor `cargo xtask bench` measures.
 //!
 //! Maps live in `maps`, the scope filter in `scope`, kernel reads at run-time
 //! offsets in `kread`. Aggregation happens here: no per-fault record crosses
@@ -23,6 +24,7 @@
               another copy on the 512-byte BPF stack"
 )]
 
+mod bench;
 mod events;
 mod faults;
 mod kread;

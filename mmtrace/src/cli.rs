@@ -212,6 +212,15 @@ pub enum Sub {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<String>,
     },
+    /// The runner of `cargo xtask bench`: a fault storm in chunks, hooks
+    /// attached for every other chunk (ABBA), or without end for tracers
+    /// attached from outside.
+    /// (Parsed by the binary's own bench_chunks module.)
+    #[command(hide = true)]
+    BenchChunks {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
     /// The built-in demo: a file read through mmap inside a memory-limited
     /// cgroup, traced with the live table, then the verdict. What `mmtrace`
     /// runs when no target is given.

@@ -10,6 +10,8 @@ use mmtrace::{
     spec::{TraceSpec, View},
 };
 
+/// The runner of `cargo xtask bench` (the hidden `mmtrace bench-chunks`).
+mod bench_chunks;
 /// The deterministic workloads the tests, benchmarks and demo run (the
 /// hidden `mmtrace workload` subcommand); not part of the library.
 mod workload;
@@ -37,6 +39,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
     let mut spec = TraceSpec::from_cli(cli);
     let demo = match &cli.sub {
         Some(Sub::Workload { args }) => return Ok(workload::main(args)),
+        Some(Sub::BenchChunks { args }) => return Ok(bench_chunks::main(args)),
         Some(Sub::Schema) => {
             return print(serde_json::to_string_pretty(&mmtrace::record::schema())? + "\n");
         }

@@ -1,7 +1,9 @@
 //! `cargo xtask`: mmtrace's build, run, test and benchmark entry point (setup of bpf-linker, nightly rust-src and tracefs included).
 
 mod bench;
+mod procinfo;
 mod setup;
+mod stats;
 mod util;
 
 use std::ffi::OsString;
@@ -46,17 +48,35 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Tracer overhead: untraced vs traced workloads, interleaved pairs
+    /// Tracer cost per page fault, side by side: in-process ABBA chunks (noise, empty-program floor, mmtrace) and tracers attached from outside (bpftrace, perf trace, mmtrace --pid); start-up time, map memory, RSS
     Bench {
-        /// untraced/traced pairs per scenario
-        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+        /// ABBA pairs of chunks per in-process row (anonymous storm)
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
         pairs: u32,
-        /// anonymous pages of the minor-fault storm, per round (65536 = 256 MiB; 4 rounds, 3 timed)
-        #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..))]
-        pages: u64,
-        /// size of the cold-read file in MiB
-        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
-        file_mib: u64,
+        /// pairs of the copy-on-write rows (0: skip them)
+        #[arg(long, default_value_t = 60)]
+        cow_pairs: u32,
+        /// MiB per storm chunk
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+        chunk_mib: u64,
+        /// rounds of the outside method (0: skip it)
+        #[arg(long, default_value_t = 6)]
+        rounds: u32,
+        /// seconds of each traced window (outside method)
+        #[arg(long, default_value_t = 3.0)]
+        window: f64,
+        /// seconds of each untraced window between them
+        #[arg(long, default_value_t = 1.5)]
+        gap: f64,
+        /// seconds between a tracer saying it is attached and its window
+        #[arg(long, default_value_t = 0.5)]
+        settle: f64,
+        /// runs of `mmtrace -- /bin/true` (start-up + teardown)
+        #[arg(long, default_value_t = 5)]
+        startup_runs: u32,
+        /// also an in-process row of mmtrace with --latency
+        #[arg(long)]
+        latency: bool,
     },
 }
 
@@ -91,8 +111,14 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
         Cmd::Test { args } => return test(&ctx, strip_separator(args)),
         Cmd::Bench {
             pairs,
-            pages,
-            file_mib,
+            cow_pairs,
+            chunk_mib,
+            rounds,
+            window,
+            gap,
+            settle,
+            startup_runs,
+            latency,
         } => {
             setup::setup(&ctx)?;
             build(&ctx, true)?;
@@ -100,8 +126,14 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                 &ctx,
                 &bench::BenchOpts {
                     pairs,
-                    pages,
-                    file_mib,
+                    cow_pairs,
+                    chunk_mib,
+                    rounds,
+                    window,
+                    gap,
+                    settle,
+                    startup_runs,
+                    latency,
                 },
             )?;
         }
@@ -292,8 +324,18 @@ mod tests {
             cli.cmd,
             Cmd::Bench {
                 pairs: 3,
-                pages: 65_536,
-                file_mib: 512
+                cow_pairs: 60,
+                rounds: 6,
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from(["x", "bench", "--cow-pairs", "0", "--rounds", "0"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Cmd::Bench {
+                cow_pairs: 0,
+                rounds: 0,
+                ..
             }
         ));
         assert!(Cli::try_parse_from(["x", "bench", "--pairs", "0"]).is_err());

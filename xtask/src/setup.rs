@@ -118,13 +118,16 @@ fn bpf_linker(ctx: &Ctx) -> Result<()> {
 /// (or, `python3:MODULE`, the Python module): tmux (the live view in a
 /// terminal), promtool and a real Prometheus (the metrics endpoint),
 /// Python's prometheus_client (its OpenMetrics parser checks /metrics),
-/// headless Chromium (the web dashboard).
+/// headless Chromium (the web dashboard); and the peers `cargo xtask
+/// bench` measures mmtrace against, bpftrace and perf.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("tmux", "tmux"),
     ("promtool", "prometheus"),
     ("prometheus", "prometheus"),
     ("python3:prometheus_client", "python3-prometheus-client"),
     ("chromium", "chromium"),
+    ("bpftrace", "bpftrace"),
+    ("perf", "linux-perf"),
 ];
 
 /// Whether what a [`TEST_PACKAGES`] entry provides is there.

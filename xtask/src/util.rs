@@ -205,25 +205,6 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// Whether `path` is on tmpfs (whose pages cannot be evicted to disk).
-pub fn is_tmpfs(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt as _;
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs only writes into the zero-initialised struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and out-pointer.
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    #[allow(
-        clippy::unnecessary_cast,
-        reason = "f_type's type differs between targets"
-    )]
-    let fs_type = st.f_type as i64;
-    rc == 0 && fs_type == TMPFS_MAGIC
-}
-
 /// The locks apt and dpkg take, in the order apt-get takes them: another
 /// apt or dpkg run (often unattended-upgrades on a fresh machine) holding one
 /// makes apt-get fail at once with exit status 100.

@@ -374,6 +374,32 @@ impl Tracer {
         });
     }
 
+    /// Attaches again, after [`detach`](Self::detach), every probe that was
+    /// attached at load: the programs stay loaded (no verifier run) and the
+    /// maps keep their contents. For `cargo xtask bench`, which toggles the
+    /// programs between chunks of one workload.
+    pub fn attach_again(&mut self) -> Result<()> {
+        let cpus = online_cpus().map_err(|(p, e)| anyhow!("reading {p}: {e}"))?;
+        let attached: Vec<&'static Probe> = PROBES
+            .iter()
+            .filter(|p| {
+                self.probes
+                    .iter()
+                    .any(|s| s.program == p.program && s.attached)
+            })
+            .collect();
+        for p in attached {
+            self.attach_one(p, &cpus)?;
+        }
+        Ok(())
+    }
+
+    /// The loaded object, for loading other programs of it next to
+    /// mmtrace's own (the bench's empty programs).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// The ring buffer of [`mmtrace_common::Notice`]s (take it once).
     pub fn take_notices(&mut self) -> Result<RingBuf<MapData>> {
         let m = self
