@@ -93,6 +93,8 @@ pub fn error_name(index: u32) -> &'static str {
         errors::NOTICE_DROPPED => "notice_dropped",
         errors::RECLAIMER_FULL => "reclaimer_map_full",
         errors::TLB_FULL => "tlb_map_full",
+        errors::FAULT_SLOT_TAKEN => "fault_slot_taken",
+        errors::FAULT_AMBIGUOUS => "fault_kind_ambiguous",
         _ => "other",
     }
 }
@@ -117,6 +119,14 @@ pub fn error_advice(index: u32) -> &'static str {
         }
         errors::RECLAIMER_FULL => "some evictions were not counted by reclaimer command name",
         errors::TLB_FULL => "TLB flushes of some processes were not counted: raise --max-processes",
+        errors::FAULT_SLOT_TAKEN => {
+            "threads whose ids differ by a multiple of 16384 faulted at once: that many faults \
+             were counted as minor without checking how they ended"
+        }
+        errors::FAULT_AMBIGUOUS => {
+            "a fault and GUP faults of both kinds fell between two faults of a thread: that many \
+             faults were counted as minor though one of them may have been major"
+        }
         _ => "",
     }
 }
