@@ -112,6 +112,8 @@ pub mod tf {
     pub const WRITE: u32 = 2;
     pub const COW: u32 = 4;
     pub const WP_SHARED: u32 = 8;
+    /// x86 error code P: the page was present.
+    pub const PROT: u32 = 16;
 }
 
 /// A thread's last counted fault entry, waiting for the thread's next entry
@@ -129,6 +131,8 @@ pub struct ThreadFault {
     pub maj_flt: u64,
     /// The row the fault was counted on.
     pub key: MappingKey,
+    /// The faulting address.
+    pub addr: u64,
 }
 
 #[perf_event]
@@ -200,9 +204,6 @@ fn on_entry(addr: u64, code: u64, kernel_mode: bool) {
             return;
         }
     }
-    let Some((c, key)) = vma_counters(task, addr, tgid) else {
-        return;
-    };
     // SAFETY: a BTF task pointer, offsets from BTF.
     let (min, maj): (u64, u64) = unsafe {
         (
@@ -213,26 +214,36 @@ fn on_entry(addr: u64, code: u64, kernel_mode: bool) {
     let Some(slot) = THREAD_FAULTS.get_ptr_mut(thread_slot(tid)) else {
         return;
     };
+    // Settle this thread's previous fault.
     // SAFETY: this thread's slot (a thread never runs two entries at once);
-    // another thread sharing the slot is detected by tid and task.
-    unsafe {
-        if (*slot).flags & tf::PENDING != 0 {
-            if (*slot).tid == tid && (*slot).task == task {
-                let dmin = min.wrapping_sub((*slot).min_flt);
-                let dmaj = maj.wrapping_sub((*slot).maj_flt);
-                if dmin != 1 || dmaj != 0 {
-                    settle(slot, dmin, dmaj);
-                }
-            } else if (*slot).tid != tid {
-                count_error(errors::FAULT_SLOT_TAKEN);
+    // another thread sharing the slot is told apart by tid and task.
+    let taken = unsafe {
+        let pending = (*slot).flags & tf::PENDING != 0;
+        if pending && (*slot).tid == tid && (*slot).task == task {
+            let dmin = min.wrapping_sub((*slot).min_flt);
+            let dmaj = maj.wrapping_sub((*slot).maj_flt);
+            if dmin != 1 || dmaj != 0 {
+                settle(slot, dmin, dmaj);
             }
+            false
+        } else {
+            pending && (*slot).tid != tid
         }
+    };
+    let Some((c, key)) = vma_counters(task, addr, tgid, true) else {
+        return;
+    };
+    if taken {
+        count_error(errors::FAULT_SLOT_TAKEN);
     }
     let write = code & X86_PF_WRITE != 0;
     let k = key.kind;
     let file = k & kind::FILE != 0;
     let shared = k & kind::SHARED != 0;
     let mut flags = tf::PENDING;
+    if code & X86_PF_PROT != 0 {
+        flags |= tf::PROT;
+    }
     // SAFETY: per-CPU value or per-CPU cache slot: no other writer on this CPU.
     unsafe {
         (*c).minor += 1;
@@ -258,11 +269,19 @@ fn on_entry(addr: u64, code: u64, kernel_mode: bool) {
         (*slot).min_flt = min;
         (*slot).maj_flt = maj;
         (*slot).key = key;
+        (*slot).addr = addr;
     }
 }
 
 /// The thread's pending fault ended with its counters moved by `dmin`,
 /// `dmaj` (anything but the common +1 minor): corrects its row.
+///
+/// The row stays the one chosen at entry, also when no vma held the
+/// address then (unattributed: a stack about to grow, or the mmap lock was
+/// busy). Looking it up again here would not work reliably: the entry runs
+/// with IRQs off, where `bpf_find_vma` defers the mmap unlock to a per-CPU
+/// irq_work and fails with -EBUSY until it ran, so a second lookup in the
+/// same entry fails.
 #[inline(never)]
 fn settle(slot: *mut ThreadFault, dmin: u64, dmaj: u64) {
     // SAFETY: the caller's slot.
@@ -307,10 +326,12 @@ fn settle(slot: *mut ThreadFault, dmin: u64, dmaj: u64) {
 /// At a thread's exit: settles its pending fault against the exit-time
 /// counters and frees its slot.
 #[inline(always)]
-pub fn settle_exit(tid: u32, task: u64, min: u64, maj: u64) {
+pub fn settle_exit(tid: u32, min: u64, maj: u64) {
     if !entry_counting() {
         return;
     }
+    // SAFETY: plain helper call (the address the entry noted).
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
     let Some(slot) = THREAD_FAULTS.get_ptr_mut(thread_slot(tid)) else {
         return;
     };
@@ -447,7 +468,7 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
     };
     // SAFETY: plain helper call.
     let task = unsafe { bpf_get_current_task_btf() } as u64;
-    let Some((c, key)) = vma_counters(task, addr, tgid) else {
+    let Some((c, key)) = vma_counters(task, addr, tgid, true) else {
         return;
     };
     let (mut error_code, map_pages, mut start_ns, entry_addr) = take_pending(tid);
@@ -468,12 +489,19 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
     let write = error_code & X86_PF_WRITE != 0;
     let k = key.kind;
     if let Some(ns) = stall {
+        // Counting at entry, the stall goes where the entry counted the
+        // fault (the same fault: same thread, same address), so rows and
+        // histograms agree (a stack fault is unattributed at entry).
+        let (lk, lino, ldev) = match entry_row(tid, addr) {
+            Some(e) => (e.kind, e.ino, e.dev),
+            None => (k, key.ino, key.dev),
+        };
         let lkey = LatencyKey {
-            ino: key.ino,
-            dev: if k & kind::UNATTRIBUTED != 0 {
+            ino: lino,
+            dev: if lk & kind::UNATTRIBUTED != 0 {
                 u32::MAX
             } else {
-                key.dev
+                ldev
             },
             major: major as u32,
         };
@@ -529,6 +557,21 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
     }
 }
 
+/// The row this thread's fault at `addr` was counted on at entry, if that
+/// is how faults are counted.
+#[inline(always)]
+fn entry_row(tid: u32, addr: u64) -> Option<MappingKey> {
+    if !entry_counting() {
+        return None;
+    }
+    let slot = THREAD_FAULTS.get_ptr(thread_slot(tid))?;
+    // SAFETY: this thread's slot.
+    unsafe {
+        ((*slot).tid == tid && (*slot).addr == addr && (*slot).flags & tf::PENDING != 0)
+            .then_some((*slot).key)
+    }
+}
+
 /// Sends a raw fault event (`e.latency_ns` holds the fault's entry time):
 /// the vma is this CPU's cached one (just looked up or reused), else looked
 /// up again (events on only). Out of line: the hot path stays as it was.
@@ -546,7 +589,7 @@ fn fault_event(e: &mut Event, tgid: u32) {
     let k = match key {
         Some(k) => k,
         // SAFETY: plain helper call.
-        None => find_vma(unsafe { bpf_get_current_task_btf() }, addr, tgid),
+        None => find_vma(unsafe { bpf_get_current_task_btf() }, addr, tgid, true),
     };
     if k.kind & kind::FILE != 0 {
         e.flags |= event::FILE;
@@ -724,7 +767,12 @@ extern "C" fn vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
 /// counters are flushed into `MAPPING_FAULTS`; userspace adds the slots'
 /// unflushed counters when it reads.
 #[inline(always)]
-fn vma_counters(task: u64, addr: u64, tgid: u32) -> Option<(*mut FaultCounters, MappingKey)> {
+fn vma_counters(
+    task: u64,
+    addr: u64,
+    tgid: u32,
+    count_failure: bool,
+) -> Option<(*mut FaultCounters, MappingKey)> {
     let cache = VMA_CACHE.get_ptr_mut(0)?;
     let use_cache = conf!(vma_cache) != 0;
     // Read before the scope lookup: a process leaving the scope after it
@@ -765,7 +813,12 @@ fn vma_counters(task: u64, addr: u64, tgid: u32) -> Option<(*mut FaultCounters, 
         }
     }
 
-    let key = find_vma(task as *mut aya_ebpf::bindings::task_struct, addr, tgid);
+    let key = find_vma(
+        task as *mut aya_ebpf::bindings::task_struct,
+        addr,
+        tgid,
+        count_failure,
+    );
     if use_cache && seq & 1 == 0 && key.kind & kind::UNATTRIBUTED == 0 {
         flush(cache);
         // SAFETY: per-CPU slot.
@@ -813,11 +866,21 @@ fn flush(cache: *mut VmaCache) {
 }
 
 /// Looks the vma up with `bpf_find_vma` (the costly part).
+///
+/// `count_failure`: count a failure in `FIND_VMA_FAILED` (the fault entry
+/// does not: its unattributed faults are looked up again when settled).
 #[inline(always)]
-fn find_vma(task_btf: *mut aya_ebpf::bindings::task_struct, addr: u64, tgid: u32) -> MappingKey {
+fn find_vma(
+    task_btf: *mut aya_ebpf::bindings::task_struct,
+    addr: u64,
+    tgid: u32,
+    count_failure: bool,
+) -> MappingKey {
     let (ret, found) = lookup_vma(task_btf, addr);
     if ret != 0 || found.ok == 0 {
-        count_error(errors::FIND_VMA_FAILED);
+        if count_failure {
+            count_error(errors::FIND_VMA_FAILED);
+        }
         return MappingKey {
             tgid,
             kind: kind::UNATTRIBUTED,

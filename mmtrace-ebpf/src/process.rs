@@ -99,7 +99,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
             (*r).memcg_id = memcg_id(task);
         }
     }
-    crate::faults::settle_exit(tid, task, min, maj);
+    crate::faults::settle_exit(tid, min, maj);
     if group_dead {
         scope::remove(tgid);
     }

@@ -110,7 +110,7 @@ pub fn error_advice(index: u32) -> &'static str {
         }
         errors::SCOPE_FULL => "some forked children were not traced: raise --max-processes",
         errors::FIND_VMA_FAILED => {
-            "faults counted per process but not attributed to a mapping (mmap lock busy)"
+            "faults counted per process but not attributed to a mapping (mmap lock busy, or a fault that grew the stack)"
         }
         errors::EXIT_FULL => "kernel fault counts of some exited processes were lost",
         errors::READ_FAILED => "some kernel reads failed: attribution may be incomplete",
