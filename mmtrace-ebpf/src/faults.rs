@@ -38,6 +38,7 @@
 //!   copy; counted by the kernel, no entry, no perf event): not counted,
 //!   as before (the report's kernel − traced difference). If both moved the
 //!   fault stays a minor one and `FAULT_AMBIGUOUS` is counted.
+//!
 //! Sleeping and migrating faults need nothing: the slot is per thread, not
 //! per CPU, and the counters are the thread's own. A nofault read of user
 //! memory (a BPF helper, perf's user stack walk: `pagefault_disabled()`) is
@@ -112,8 +113,6 @@ pub mod tf {
     pub const WRITE: u32 = 2;
     pub const COW: u32 = 4;
     pub const WP_SHARED: u32 = 8;
-    /// x86 error code P: the page was present.
-    pub const PROT: u32 = 16;
 }
 
 /// A thread's last counted fault entry, waiting for the thread's next entry
@@ -241,9 +240,6 @@ fn on_entry(addr: u64, code: u64, kernel_mode: bool) {
     let file = k & kind::FILE != 0;
     let shared = k & kind::SHARED != 0;
     let mut flags = tf::PENDING;
-    if code & X86_PF_PROT != 0 {
-        flags |= tf::PROT;
-    }
     // SAFETY: per-CPU value or per-CPU cache slot: no other writer on this CPU.
     unsafe {
         (*c).minor += 1;
