@@ -75,6 +75,9 @@ pub struct VmaCache {
     pub mm: u64,
     /// `mm_lock_seq` when the slot was filled (even: no writer).
     pub seq: u64,
+    /// `SCOPE_GEN` when the slot was filled: while unchanged, no process
+    /// left the scope, so the slot's process is still traced.
+    pub scope_gen: u64,
     /// The mapping row (with tgid); `vm_start..vm_end` is the cached range.
     pub key: MappingKey,
     /// Unflushed counters of this row.
@@ -330,7 +333,9 @@ pub struct Config {
     /// time and address of every fault, and the accounting (perf) event
     /// adds the fault's latency to `FAULT_LATENCY` / `PROC_STALL`.
     pub latency: u32,
-    pub _pad_latency: u32,
+    /// `task_struct.pagefault_disabled` ([`Config::ABSENT`]: unknown): a
+    /// kernel-mode fault with it non-zero is a nofault read, never counted.
+    pub task_pagefault_disabled: u32,
     /// `task_struct.flags` (PF_KSWAPD, PF_MEMALLOC).
     pub task_flags: u32,
     /// filemap:mm_filemap_{add_to,delete_from}_page_cache `pfn`.
@@ -477,10 +482,16 @@ pub mod errors {
     pub const RECLAIMER_FULL: u32 = 7;
     /// `TLB_FLUSHES` was full: TLB flushes of some processes were not counted.
     pub const TLB_FULL: u32 = 8;
+    /// Two live threads shared a `THREAD_FAULTS` slot: a fault counted at
+    /// entry stayed a minor fault without its outcome being checked.
+    pub const FAULT_SLOT_TAKEN: u32 = 9;
+    /// A fault and GUP faults of both kinds happened between two fault
+    /// entries of a thread: the fault was kept as a minor one.
+    pub const FAULT_AMBIGUOUS: u32 = 10;
     /// `FILE_WRITES` or `MSYNC_INFLIGHT` was full: write-path events of a
     /// file or an msync call were not counted.
-    pub const WRITES_FULL: u32 = 9;
-    pub const COUNT: u32 = 10;
+    pub const WRITES_FULL: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// A rare event userspace should act on at once, sent through the `NOTICES`
@@ -922,13 +933,33 @@ pub struct MsyncCall {
 pub const MS_SYNC: u32 = 4;
 
 impl FaultCounters {
+    /// Wrapping: one CPU's copy can be below zero (a fault counted at entry
+    /// on one CPU and taken back on another); the sum is right.
     pub fn add(&mut self, o: &Self) {
-        self.minor += o.minor;
-        self.major += o.major;
-        self.write += o.write;
-        self.cow += o.cow;
-        self.pages_mapped += o.pages_mapped;
-        self.wp_shared += o.wp_shared;
+        self.minor = self.minor.wrapping_add(o.minor);
+        self.major = self.major.wrapping_add(o.major);
+        self.write = self.write.wrapping_add(o.write);
+        self.cow = self.cow.wrapping_add(o.cow);
+        self.pages_mapped = self.pages_mapped.wrapping_add(o.pages_mapped);
+        self.wp_shared = self.wp_shared.wrapping_add(o.wp_shared);
+    }
+
+    /// Sums read while the programs run can catch a correction before the
+    /// count it corrects (it sat in another CPU's cache slot): shows such a
+    /// transiently negative counter as 0.
+    pub fn clamp_negative(&mut self) {
+        for v in [
+            &mut self.minor,
+            &mut self.major,
+            &mut self.write,
+            &mut self.cow,
+            &mut self.pages_mapped,
+            &mut self.wp_shared,
+        ] {
+            if (*v as i64) < 0 {
+                *v = 0;
+            }
+        }
     }
 }
 

@@ -1,28 +1,56 @@
 //! Page faults: the kernel's own minor/major classification, attributed to
-//! the faulting vma.
+//! the faulting vma, for the cost of one program per fault.
 //!
 //! Hooks:
-//! - perf software events `PERF_COUNT_SW_PAGE_FAULTS_MIN` / `_MAJ` (period 1,
-//!   one per CPU): they fire from `mm_account_fault()`, the place that bumps
-//!   `task->min_flt` / `maj_flt`, so the counts match `/proc/<pid>/stat`
-//!   (except GUP faults, which carry no user registers and fire no event).
-//!   The sample's `addr` is the faulting address.
-//! - raw tracepoints `page_fault_user` / `page_fault_kernel` (x86 only), at
-//!   fault entry, hand the error code (bit 1 = write) to the perf event
-//!   through a per-CPU `PENDING` slot (one per tid % 1024).
+//! - raw tracepoints `page_fault_user` / `page_fault_kernel` (x86 only) fire
+//!   first in the #PF handler, once per hardware fault (a `VM_FAULT_RETRY`
+//!   inside the handler retries without a second entry):
 //!   `TP_PROTO(unsigned long address, struct pt_regs *regs,
 //!   unsigned long error_code)` (Linux 6.18,
-//!   arch/x86/include/asm/trace/exceptions.h).
-//! - `filemap:mm_filemap_map_pages` (6.12+) hands over the fault-around window
+//!   arch/x86/include/asm/trace/exceptions.h). Where they attach, they do
+//!   all the counting ("entry counting", below).
+//! - perf software events `PERF_COUNT_SW_PAGE_FAULTS_MIN` / `_MAJ` (period 1,
+//!   one per CPU) fire from `mm_account_fault()`, the place that bumps
+//!   `task->min_flt` / `maj_flt`. They count where the raw tracepoints do not
+//!   exist (not x86), and are attached besides them only for fault latency
+//!   and fault events (which need the fault's end); then the entry hands
+//!   its error code and time over through `PENDING`.
+//! - `filemap:mm_filemap_map_pages` (6.12+): the fault-around window
 //!   (`index..=last_index`), so pages mapped per fault can be reported. Its
 //!   6.18 `format`: `i_ino` offset 8, `s_dev` offset 16, `index` offset 24,
 //!   `last_index` offset 32 (read from tracefs at start, not from here).
+//!
+//! Entry counting: each fault entry of a traced thread counts one minor
+//! fault (and write / copy-on-write / write-protect by the x86 error code)
+//! on the vma at once, and leaves in the thread's `THREAD_FAULTS` slot the
+//! row it counted on and the thread's own kernel counters `task->min_flt`,
+//! `maj_flt` as they were. How that fault ended is known at the thread's
+//! next fault entry (or its exit): the counters moved by exactly what
+//! `mm_account_fault()` did in between.
+//! - +1 minor, no major (nearly always): it was a minor fault; nothing to do.
+//! - +0: the kernel did not count it (SIGSEGV/SIGBUS, an uaccess -EFAULT,
+//!   OOM, a fatal signal, or `VM_FAULT_RETRY` abandoned for a pending
+//!   signal: the instruction faults again later, with a new entry): the
+//!   row's counts are taken back.
+//! - majors moved, minors did not: a major fault (`VM_FAULT_MAJOR`, or
+//!   retried inside the handler): moved from minor to major on its row.
+//! - more than one: GUP faults of the thread (`O_DIRECT`, `execve`'s argv
+//!   copy; counted by the kernel, no entry, no perf event): not counted,
+//!   as before (the report's kernel − traced difference). If both moved the
+//!   fault stays a minor one and `FAULT_AMBIGUOUS` is counted.
+//!
+//! Sleeping and migrating faults need nothing: the slot is per thread, not
+//! per CPU, and the counters are the thread's own. A nofault read of user
+//! memory (a BPF helper, perf's user stack walk: `pagefault_disabled()`) is
+//! not a fault the kernel can count: skipped at entry.
 //!
 //! Attribution: `bpf_find_vma` is the costly part (+55% per fault when called
 //! on every fault, KERNEL-NOTES), so the last vma is cached per CPU together
 //! with the mm's `mm_lock_seq`, which every mmap-write-lock section (mmap,
 //! munmap, mremap, mprotect) bumps: while it is unchanged the vma layout is
-//! unchanged and the cached range is still right.
+//! unchanged and the cached range is still right. A cached vma also stands
+//! for the scope check while `SCOPE_GEN` (changed whenever a process leaves
+//! the scope) is what it was when the vma was cached.
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -43,7 +71,8 @@ use crate::{
     kread::{conf, read},
     latency,
     maps::{
-        LOST_FAULTS, MAPPING_FAULTS, PENDING, VMA_CACHE, count_error, get_or_insert, pending_slot,
+        LOST_FAULTS, MAPPING_FAULTS, PENDING, THREAD_FAULTS, VMA_CACHE, count_error, get_or_insert,
+        pending_slot, thread_slot,
     },
     pagecache::register_file,
     scope,
@@ -54,8 +83,13 @@ pub(crate) const VM_SHARED: u64 = 0x8;
 const X86_PF_PROT: u64 = 1 << 0;
 /// x86 page-fault error code: the access was a write.
 const X86_PF_WRITE: u64 = 1 << 1;
+/// Kernel addresses have the top bit set (4- and 5-level paging alike): a
+/// fault there is never counted by `mm_account_fault()`.
+const KERNEL_HALF: u64 = 1 << 63;
+const PAGE_SHIFT: u64 = 12;
 
-/// Hand-over from the early tracepoints of a fault to its perf event.
+/// Hand-over from the early tracepoints of a fault to its perf event
+/// (with `--latency` or fault events, or without entry counting).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Pending {
@@ -69,6 +103,34 @@ pub struct Pending {
     pub start_ns: u64,
     /// Faulting address at entry (with `--latency`): the accounting event
     /// pairs the entry only if its sample address is the same.
+    pub addr: u64,
+}
+
+/// [`ThreadFault::flags`] bits.
+pub mod tf {
+    /// A fault is counted and its outcome not yet checked.
+    pub const PENDING: u32 = 1;
+    pub const WRITE: u32 = 2;
+    pub const COW: u32 = 4;
+    pub const WP_SHARED: u32 = 8;
+}
+
+/// A thread's last counted fault entry, waiting for the thread's next entry
+/// (or exit) to tell from its kernel counters how the fault ended.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ThreadFault {
+    pub tid: u32,
+    /// [`tf`] bits.
+    pub flags: u32,
+    /// `task_struct` address (identity: a reused tid is another thread).
+    pub task: u64,
+    /// `task->min_flt`, `maj_flt` at the entry.
+    pub min_flt: u64,
+    pub maj_flt: u64,
+    /// The row the fault was counted on.
+    pub key: MappingKey,
+    /// The faulting address.
     pub addr: u64,
 }
 
@@ -89,13 +151,13 @@ pub fn page_faults_maj(ctx: PerfEventContext) -> u32 {
 /// unsigned long error_code)` (arch/x86/include/asm/trace/exceptions.h).
 #[raw_tracepoint(tracepoint = "page_fault_user")]
 pub fn page_fault_user(ctx: RawTracePointContext) -> u32 {
-    stash_error_code(ctx.arg::<u64>(0), ctx.arg::<u64>(2));
+    on_entry(ctx.arg::<u64>(0), ctx.arg::<u64>(2), false);
     0
 }
 
 #[raw_tracepoint(tracepoint = "page_fault_kernel")]
 pub fn page_fault_kernel(ctx: RawTracePointContext) -> u32 {
-    stash_error_code(ctx.arg::<u64>(0), ctx.arg::<u64>(2));
+    on_entry(ctx.arg::<u64>(0), ctx.arg::<u64>(2), true);
     0
 }
 
@@ -103,6 +165,206 @@ pub fn page_fault_kernel(ctx: RawTracePointContext) -> u32 {
 pub fn filemap_map_pages(ctx: TracePointContext) -> u32 {
     let _ = try_filemap_map_pages(&ctx);
     0
+}
+
+/// Faults are counted at entry (the raw tracepoints are attached), not by
+/// the perf events.
+#[inline(always)]
+fn entry_counting() -> bool {
+    conf!(write_faults) != 0
+}
+
+/// Reads a `T` at `base + off` of a BTF (trusted or walked) kernel pointer
+/// with a plain load: `off` is a `CONFIG` value, which the verifier knows
+/// (`.rodata` is frozen), so it checks the access against the kernel's BTF
+/// and the JIT makes it a faulting-safe load — no helper call.
+#[inline(always)]
+unsafe fn load<T: Copy>(base: u64, off: u32) -> T {
+    // SAFETY: the verifier checks the access (see above).
+    unsafe { core::ptr::read_volatile((base as *const u8).add(off as usize) as *const T) }
+}
+
+#[inline(always)]
+fn on_entry(addr: u64, code: u64, kernel_mode: bool) {
+    if conf!(latency) != 0 || events::wanted(event_mask::FAULTS) || !entry_counting() {
+        stash_error_code(addr, code);
+    }
+    if !entry_counting() || addr & KERNEL_HALF != 0 {
+        return;
+    }
+    let (tid, tgid) = scope::current_ids();
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    if kernel_mode && conf!(task_pagefault_disabled) != Config::ABSENT {
+        // SAFETY: a BTF task pointer, offset from BTF.
+        let disabled: i32 = unsafe { load(task, conf!(task_pagefault_disabled)) };
+        if disabled != 0 {
+            // copy_from_user_nofault() & co: fails without being counted.
+            return;
+        }
+    }
+    // SAFETY: a BTF task pointer, offsets from BTF.
+    let (min, maj): (u64, u64) = unsafe {
+        (
+            load(task, conf!(task_min_flt)),
+            load(task, conf!(task_maj_flt)),
+        )
+    };
+    let Some(slot) = THREAD_FAULTS.get_ptr_mut(thread_slot(tid)) else {
+        return;
+    };
+    // Settle this thread's previous fault.
+    // SAFETY: this thread's slot (a thread never runs two entries at once);
+    // another thread sharing the slot is told apart by tid and task.
+    let taken = unsafe {
+        let pending = (*slot).flags & tf::PENDING != 0;
+        if pending && (*slot).tid == tid && (*slot).task == task {
+            let dmin = min.wrapping_sub((*slot).min_flt);
+            let dmaj = maj.wrapping_sub((*slot).maj_flt);
+            if dmin != 1 || dmaj != 0 {
+                settle(slot, dmin, dmaj);
+            }
+            false
+        } else {
+            pending && (*slot).tid != tid
+        }
+    };
+    let Some((c, key)) = vma_counters(task, addr, tgid, true) else {
+        return;
+    };
+    if taken {
+        count_error(errors::FAULT_SLOT_TAKEN);
+    }
+    let write = code & X86_PF_WRITE != 0;
+    let k = key.kind;
+    let file = k & kind::FILE != 0;
+    let shared = k & kind::SHARED != 0;
+    let mut flags = tf::PENDING;
+    // SAFETY: per-CPU value or per-CPU cache slot: no other writer on this CPU.
+    unsafe {
+        (*c).minor += 1;
+        (*c).pages_mapped += 1;
+        if write {
+            (*c).write += 1;
+            flags |= tf::WRITE;
+            if file && !shared {
+                (*c).cow += 1;
+                flags |= tf::COW;
+            }
+            // A write to a present page of a shared file mapping:
+            // write-protected after writeback cleaned it (or mapped
+            // read-only by fault-around).
+            if file && shared && code & X86_PF_PROT != 0 {
+                (*c).wp_shared += 1;
+                flags |= tf::WP_SHARED;
+            }
+        }
+        (*slot).tid = tid;
+        (*slot).flags = flags;
+        (*slot).task = task;
+        (*slot).min_flt = min;
+        (*slot).maj_flt = maj;
+        (*slot).key = key;
+        (*slot).addr = addr;
+    }
+}
+
+/// The thread's pending fault ended with its counters moved by `dmin`,
+/// `dmaj` (anything but the common +1 minor): corrects its row.
+///
+/// The row stays the one chosen at entry, also when no vma held the
+/// address then (unattributed: a stack about to grow, or the mmap lock was
+/// busy). Looking it up again here would not work reliably: the entry runs
+/// with IRQs off, where `bpf_find_vma` defers the mmap unlock to a per-CPU
+/// irq_work and fails with -EBUSY until it ran, so a second lookup in the
+/// same entry fails.
+#[inline(never)]
+fn settle(slot: *mut ThreadFault, dmin: u64, dmaj: u64) {
+    // SAFETY: the caller's slot.
+    let (key, flags) = unsafe { ((*slot).key, (*slot).flags) };
+    // SAFETY: the caller's slot.
+    unsafe { (*slot).flags = 0 };
+    if dmin != 0 && dmaj != 0 {
+        // The fault and GUP faults of both kinds: which one was the
+        // fault's own is unknown; it stays a minor one.
+        count_error(errors::FAULT_AMBIGUOUS);
+        return;
+    }
+    if dmin != 0 {
+        return; // minor, plus GUP minor faults
+    }
+    let Some(c) = row(&key) else {
+        return;
+    };
+    // Counters may go below zero on one CPU (wrapping): the per-CPU sum is
+    // right.
+    // SAFETY: per-CPU value or per-CPU cache slot.
+    unsafe {
+        (*c).minor = (*c).minor.wrapping_sub(1);
+        if dmaj != 0 {
+            (*c).major += 1;
+            return;
+        }
+        // Not counted by the kernel: the fault failed or is to be retried.
+        (*c).pages_mapped = (*c).pages_mapped.wrapping_sub(1);
+        if flags & tf::WRITE != 0 {
+            (*c).write = (*c).write.wrapping_sub(1);
+        }
+        if flags & tf::COW != 0 {
+            (*c).cow = (*c).cow.wrapping_sub(1);
+        }
+        if flags & tf::WP_SHARED != 0 {
+            (*c).wp_shared = (*c).wp_shared.wrapping_sub(1);
+        }
+    }
+}
+
+/// At a thread's exit: settles its pending fault against the exit-time
+/// counters and frees its slot.
+#[inline(always)]
+pub fn settle_exit(tid: u32, min: u64, maj: u64) {
+    if !entry_counting() {
+        return;
+    }
+    // SAFETY: plain helper call (the address the entry noted).
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let Some(slot) = THREAD_FAULTS.get_ptr_mut(thread_slot(tid)) else {
+        return;
+    };
+    // SAFETY: this thread's slot.
+    unsafe {
+        if (*slot).tid != tid || (*slot).task != task {
+            return;
+        }
+        if (*slot).flags & tf::PENDING != 0 {
+            let dmin = min.wrapping_sub((*slot).min_flt);
+            let dmaj = maj.wrapping_sub((*slot).maj_flt);
+            if dmin != 1 || dmaj != 0 {
+                settle(slot, dmin, dmaj);
+            }
+        }
+        (*slot).flags = 0;
+        (*slot).tid = 0;
+    }
+}
+
+/// The counters of row `key`: this CPU's cache slot if it holds the row,
+/// else the map's (inserted if absent).
+#[inline(always)]
+fn row(key: &MappingKey) -> Option<*mut FaultCounters> {
+    if let Some(cache) = VMA_CACHE.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            if (*cache).key == *key {
+                return Some(&mut (*cache).counters);
+            }
+        }
+    }
+    let zero = FaultCounters::default();
+    match get_or_insert(&MAPPING_FAULTS, &row_key(*key), &zero, errors::MAPPING_FULL) {
+        Some(c) => Some(c),
+        None => LOST_FAULTS.get_ptr_mut(0),
+    }
 }
 
 #[inline(always)]
@@ -142,11 +404,35 @@ fn try_filemap_map_pages(ctx: &TracePointContext) -> Result<(), i32> {
         )
     };
     register_file(ctx, &FileKey { ino, dev, _pad: 0 }, tgid);
+    let pages = last.wrapping_sub(index).wrapping_add(1);
+    if entry_counting() {
+        // The fault counted at this thread's entry (one page mapped) is the
+        // one mapping these, if it is on this file and covers `index` (a
+        // GUP fault has no entry of its own).
+        let Some(slot) = THREAD_FAULTS.get_ptr_mut(thread_slot(tid)) else {
+            return Ok(());
+        };
+        // SAFETY: this thread's slot.
+        let (k, flags, stid) = unsafe { ((*slot).key, (*slot).flags, (*slot).tid) };
+        let vm_pages = k.vm_end.wrapping_sub(k.vm_start) >> PAGE_SHIFT;
+        if stid == tid
+            && flags & tf::PENDING != 0
+            && k.ino == ino
+            && k.dev == dev
+            && index >= k.pgoff
+            && index - k.pgoff < vm_pages
+            && pages > 1
+            && let Some(c) = row(&k)
+        {
+            // SAFETY: per-CPU value or per-CPU cache slot.
+            unsafe { (*c).pages_mapped += pages - 1 };
+        }
+    }
     if let Some(p) = PENDING.get_ptr_mut(pending_slot(tid)) {
         // SAFETY: per-CPU slot.
         unsafe {
             (*p).map_tid = tid;
-            (*p).map_pages = last.wrapping_sub(index).wrapping_add(1);
+            (*p).map_pages = pages;
         }
     }
     Ok(())
@@ -154,20 +440,32 @@ fn try_filemap_map_pages(ctx: &TracePointContext) -> Result<(), i32> {
 
 #[inline(always)]
 fn on_fault(ctx: &PerfEventContext, major: bool) {
-    let (tid, tgid) = scope::current_ids();
-    if !scope::in_scope(tgid) {
-        return;
+    let counting = !entry_counting();
+    let latency_on = conf!(latency) != 0;
+    let wanted = if major {
+        event_mask::MAJOR_FAULTS
+    } else {
+        event_mask::MINOR_FAULTS
+    };
+    let event_on = events::wanted(wanted);
+    if !counting && !latency_on && !event_on {
+        return; // attached for the other kind of event only
     }
+    let (tid, tgid) = scope::current_ids();
     // SAFETY: ctx points at the kernel's bpf_perf_event_data.
     let addr = unsafe { (*ctx.ctx).addr };
 
-    let latency_on = conf!(latency) != 0;
     // The accounting time, before this program's own work (vma lookup).
     let now = if latency_on {
         // SAFETY: plain helper call.
         unsafe { bpf_ktime_get_ns() }
     } else {
         0
+    };
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let Some((c, key)) = vma_counters(task, addr, tgid, true) else {
+        return;
     };
     let (mut error_code, map_pages, mut start_ns, entry_addr) = take_pending(tid);
     let mut stall = None;
@@ -185,50 +483,53 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
     }
 
     let write = error_code & X86_PF_WRITE != 0;
-    let Some((c, k, dev, ino)) = vma_counters(addr, tgid) else {
-        return;
-    };
+    let k = key.kind;
     if let Some(ns) = stall {
-        let key = LatencyKey {
-            ino,
-            dev: if k & kind::UNATTRIBUTED != 0 {
+        // Counting at entry, the stall goes where the entry counted the
+        // fault (the same fault: same thread, same address), so rows and
+        // histograms agree (a stack fault is unattributed at entry).
+        let (lk, lino, ldev) = match entry_row(tid, addr) {
+            Some(e) => (e.kind, e.ino, e.dev),
+            None => (k, key.ino, key.dev),
+        };
+        let lkey = LatencyKey {
+            ino: lino,
+            dev: if lk & kind::UNATTRIBUTED != 0 {
                 u32::MAX
             } else {
-                dev
+                ldev
             },
             major: major as u32,
         };
-        latency::record(&key, tgid, ns);
+        latency::record(&lkey, tgid, ns);
     }
     let cow = write && k & kind::FILE != 0 && k & kind::SHARED == 0;
     // A write to a present page of a shared file mapping: write-protected
     // after writeback cleaned it (or mapped read-only by fault-around).
     let wp_shared =
         write && error_code & X86_PF_PROT != 0 && k & kind::FILE != 0 && k & kind::SHARED != 0;
-    // SAFETY: per-CPU value or per-CPU cache slot: no other writer on this CPU.
-    unsafe {
-        if major {
-            (*c).major += 1;
-        } else {
-            (*c).minor += 1;
+    if counting {
+        // SAFETY: per-CPU value or per-CPU cache slot: no other writer on
+        // this CPU.
+        unsafe {
+            if major {
+                (*c).major += 1;
+            } else {
+                (*c).minor += 1;
+            }
+            if write {
+                (*c).write += 1;
+            }
+            if cow {
+                (*c).cow += 1;
+            }
+            if wp_shared {
+                (*c).wp_shared += 1;
+            }
+            (*c).pages_mapped += map_pages;
         }
-        if write {
-            (*c).write += 1;
-        }
-        if cow {
-            (*c).cow += 1;
-        }
-        if wp_shared {
-            (*c).wp_shared += 1;
-        }
-        (*c).pages_mapped += map_pages;
     }
-    let wanted = if major {
-        event_mask::MAJOR_FAULTS
-    } else {
-        event_mask::MINOR_FAULTS
-    };
-    if events::wanted(wanted) {
+    if event_on {
         let mut flags = 0;
         if write {
             flags |= event::WRITE;
@@ -252,6 +553,21 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
     }
 }
 
+/// The row this thread's fault at `addr` was counted on at entry, if that
+/// is how faults are counted.
+#[inline(always)]
+fn entry_row(tid: u32, addr: u64) -> Option<MappingKey> {
+    if !entry_counting() {
+        return None;
+    }
+    let slot = THREAD_FAULTS.get_ptr(thread_slot(tid))?;
+    // SAFETY: this thread's slot.
+    unsafe {
+        ((*slot).tid == tid && (*slot).addr == addr && (*slot).flags & tf::PENDING != 0)
+            .then_some((*slot).key)
+    }
+}
+
 /// Sends a raw fault event (`e.latency_ns` holds the fault's entry time):
 /// the vma is this CPU's cached one (just looked up or reused), else looked
 /// up again (events on only). Out of line: the hot path stays as it was.
@@ -269,7 +585,7 @@ fn fault_event(e: &mut Event, tgid: u32) {
     let k = match key {
         Some(k) => k,
         // SAFETY: plain helper call.
-        None => find_vma(unsafe { bpf_get_current_task_btf() }, addr, tgid),
+        None => find_vma(unsafe { bpf_get_current_task_btf() }, addr, tgid, true),
     };
     if k.kind & kind::FILE != 0 {
         e.flags |= event::FILE;
@@ -437,49 +753,68 @@ extern "C" fn vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
     0
 }
 
-/// The counters for the vma containing `addr`, the vma's [`kind`] bits and
-/// its file (dev, ino; 0, 0 for anonymous memory).
+/// The counters for the vma containing `addr` and the row's key, or `None`
+/// when the process is not traced.
 ///
-/// Hot path (same vma as this CPU's last fault, vma layout unchanged): the
-/// counters live in the per-CPU cache slot itself, so a fault costs no hash
-/// lookup at all. When the slot is taken over by another vma its counters
-/// are flushed into `MAPPING_FAULTS`; userspace adds the slots' unflushed
-/// counters when it reads.
+/// Hot path (same vma as this CPU's last fault, vma layout unchanged, no
+/// process left the scope since): the counters live in the per-CPU cache
+/// slot itself, so a fault costs no hash lookup at all — neither the scope
+/// check nor the row. When the slot is taken over by another vma its
+/// counters are flushed into `MAPPING_FAULTS`; userspace adds the slots'
+/// unflushed counters when it reads.
 #[inline(always)]
-fn vma_counters(addr: u64, tgid: u32) -> Option<(*mut FaultCounters, u32, u32, u64)> {
-    // A trusted (BTF) task pointer: bpf_find_vma refuses a plain scalar.
-    // SAFETY: plain helper call.
-    let task_btf = unsafe { bpf_get_current_task_btf() };
-    let task = task_btf as u64;
+fn vma_counters(
+    task: u64,
+    addr: u64,
+    tgid: u32,
+    count_failure: bool,
+) -> Option<(*mut FaultCounters, MappingKey)> {
     let cache = VMA_CACHE.get_ptr_mut(0)?;
     let use_cache = conf!(vma_cache) != 0;
+    // Read before the scope lookup: a process leaving the scope after it
+    // shows up as a mismatch next time.
+    let scope_gen = scope::generation();
     // Read the sequence *before* the lookup: a change after it then shows
     // up as a mismatch next time instead of caching a stale vma.
     let mut mm = 0u64;
     let mut seq = 1u64; // odd: never cacheable
+    let mut seq_read = false;
     if use_cache {
-        if let Some(m) = read::<u64>(task, conf!(task_mm)) {
-            mm = m;
-            if let Some(s) = read::<u32>(m, conf!(mm_lock_seq)) {
-                seq = s as u64;
-            }
-        }
-        // SAFETY: per-CPU slot.
+        // SAFETY: per-CPU slot; a BTF task pointer, offsets from BTF.
         unsafe {
             let k = &(*cache).key;
-            if seq & 1 == 0
-                && (*cache).mm == mm
-                && (*cache).seq == seq
-                && k.tgid == tgid
-                && addr >= k.vm_start
-                && addr < k.vm_end
-            {
-                return Some((&mut (*cache).counters, k.kind, k.dev, k.ino));
+            if k.tgid == tgid && (*cache).scope_gen == scope_gen {
+                mm = load::<u64>(task, conf!(task_mm));
+                seq = load::<u32>(mm, conf!(mm_lock_seq)) as u64;
+                seq_read = true;
+                if seq & 1 == 0
+                    && (*cache).mm == mm
+                    && (*cache).seq == seq
+                    && addr >= k.vm_start
+                    && addr < k.vm_end
+                {
+                    return Some((&mut (*cache).counters, *k));
+                }
             }
         }
     }
+    if !scope::in_scope_cached(tgid, scope_gen) {
+        return None;
+    }
+    if use_cache && !seq_read {
+        // SAFETY: a BTF task pointer, offsets from BTF.
+        unsafe {
+            mm = load::<u64>(task, conf!(task_mm));
+            seq = load::<u32>(mm, conf!(mm_lock_seq)) as u64;
+        }
+    }
 
-    let key = find_vma(task_btf, addr, tgid);
+    let key = find_vma(
+        task as *mut aya_ebpf::bindings::task_struct,
+        addr,
+        tgid,
+        count_failure,
+    );
     if use_cache && seq & 1 == 0 && key.kind & kind::UNATTRIBUTED == 0 {
         flush(cache);
         // SAFETY: per-CPU slot.
@@ -487,10 +822,11 @@ fn vma_counters(addr: u64, tgid: u32) -> Option<(*mut FaultCounters, u32, u32, u
             *cache = VmaCache {
                 mm,
                 seq,
+                scope_gen,
                 key,
                 counters: FaultCounters::default(),
             };
-            return Some((&mut (*cache).counters, key.kind, key.dev, key.ino));
+            return Some((&mut (*cache).counters, key));
         }
     }
     // Not cacheable: count straight into the map.
@@ -499,7 +835,7 @@ fn vma_counters(addr: u64, tgid: u32) -> Option<(*mut FaultCounters, u32, u32, u
         Some(c) => c,
         None => LOST_FAULTS.get_ptr_mut(0)?,
     };
-    Some((c, key.kind, key.dev, key.ino))
+    Some((c, key))
 }
 
 /// The `MAPPING_FAULTS` key of a vma: the vma itself, or with
@@ -519,7 +855,7 @@ fn row_key(mut key: MappingKey) -> MappingKey {
 fn flush(cache: *mut VmaCache) {
     // SAFETY: per-CPU slot.
     let (key, c) = unsafe { ((*cache).key, (*cache).counters) };
-    if c.minor == 0 && c.major == 0 {
+    if c == FaultCounters::default() {
         return;
     }
     let zero = FaultCounters::default();
@@ -538,11 +874,21 @@ fn flush(cache: *mut VmaCache) {
 }
 
 /// Looks the vma up with `bpf_find_vma` (the costly part).
+///
+/// `count_failure`: count a failure in `FIND_VMA_FAILED` (the fault entry
+/// does not: its unattributed faults are looked up again when settled).
 #[inline(always)]
-fn find_vma(task_btf: *mut aya_ebpf::bindings::task_struct, addr: u64, tgid: u32) -> MappingKey {
+fn find_vma(
+    task_btf: *mut aya_ebpf::bindings::task_struct,
+    addr: u64,
+    tgid: u32,
+    count_failure: bool,
+) -> MappingKey {
     let (ret, found) = lookup_vma(task_btf, addr);
     if ret != 0 || found.ok == 0 {
-        count_error(errors::FIND_VMA_FAILED);
+        if count_failure {
+            count_error(errors::FIND_VMA_FAILED);
+        }
         return MappingKey {
             tgid,
             kind: kind::UNATTRIBUTED,

@@ -2,7 +2,7 @@
 //! the loader may resize them before load.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use mmtrace_common::{
     CacheCounters, CgroupKey, Comm, EvictedBits, ExitRecord, FaultCounters, FileKey, MappingKey,
@@ -10,7 +10,10 @@ use mmtrace_common::{
     errors, limits,
 };
 
-use crate::faults::Pending;
+use crate::{
+    faults::{Pending, ThreadFault},
+    scope::Verdict,
+};
 
 /// Processes in scope, by tgid. Written by userspace (targets) and by
 /// `task_newtask` (children); entries leave when the thread group dies.
@@ -121,6 +124,31 @@ pub static FILE_WRITES: PerCpuHashMap<FileKey, WriteCounters> =
 #[map]
 pub static MSYNC_INFLIGHT: HashMap<u32, MsyncCall> =
     HashMap::with_max_entries(limits::MSYNC_INFLIGHT, NO_PREALLOC);
+
+/// Each thread's last fault counted at entry, until its outcome is known
+/// (`faults`), one slot per `tid % THREAD_SLOTS` (not per CPU: a thread's
+/// next fault may run on another CPU).
+#[map]
+pub static THREAD_FAULTS: Array<ThreadFault> = Array::with_max_entries(THREAD_SLOTS, 0);
+
+/// Slots of [`THREAD_FAULTS`] (a power of two; 80 bytes each).
+pub const THREAD_SLOTS: u32 = 16_384;
+
+/// The [`THREAD_FAULTS`] slot of thread `tid`.
+#[inline(always)]
+pub fn thread_slot(tid: u32) -> u32 {
+    tid & (THREAD_SLOTS - 1)
+}
+
+/// Changed (to the time) whenever the scope changes (`scope`, and userspace
+/// when it adds a process): cached scope verdicts older than it are void.
+#[map]
+pub static SCOPE_GEN: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The fault path's last scope verdict, per CPU (valid while `SCOPE_GEN`
+/// is unchanged).
+#[map]
+pub static SCOPE_VERDICT: PerCpuArray<Verdict> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU last vma looked up, valid while the mm's `mm_lock_seq` is unchanged.
 #[map]

@@ -19,7 +19,7 @@ use mmtrace_common::{Config, ExitRecord, ScopeEntry, errors, scope as sc};
 
 use crate::{
     kread::{conf, read},
-    maps::{EXITS, SCOPE, count_error, get_or_insert},
+    maps::{EXITS, count_error, get_or_insert},
     scope,
 };
 
@@ -60,7 +60,7 @@ fn try_newtask(ctx: &TracePointContext) -> Result<(), i32> {
         flags: sc::FOLLOW_CHILDREN | sc::CHILD,
         _pad: 0,
     };
-    if SCOPE.insert(&(pid as u32), &entry, 0).is_err() {
+    if scope::insert(pid as u32, &entry).is_err() {
         count_error(errors::SCOPE_FULL);
     }
     Ok(())
@@ -99,8 +99,9 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
             (*r).memcg_id = memcg_id(task);
         }
     }
+    crate::faults::settle_exit(tid, min, maj);
     if group_dead {
-        let _ = SCOPE.remove(&tgid);
+        scope::remove(tgid);
     }
     Ok(())
 }

@@ -185,11 +185,11 @@ fn try_attach(ctx: &TracePointContext) -> Result<(), i32> {
             flags: sc::FOLLOW_CHILDREN | sc::JOINED,
             _pad: 0,
         };
-        if SCOPE.insert(&pid, &entry, 0).is_err() {
+        if crate::scope::insert(pid, &entry).is_err() {
             count_error(errors::SCOPE_FULL);
         }
     } else if SCOPE.get_ptr(&pid).is_some() {
-        let _ = SCOPE.remove(&pid);
+        crate::scope::remove(pid);
     }
     Ok(())
 }

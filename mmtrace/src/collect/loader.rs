@@ -123,6 +123,10 @@ fn spawn_bpf_log(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
+/// Why the perf fault events are left detached by default.
+const NOT_NEEDED: &str = "not needed: faults are counted at fault entry \
+                          (exceptions:page_fault_user/kernel); attached with --latency or fault events";
+
 /// The loaded and attached programs.
 pub struct Tracer {
     ebpf: Ebpf,
@@ -204,7 +208,14 @@ impl Tracer {
         for &(pid, follow) in targets {
             t.add_to_scope(pid, follow)?;
         }
-        t.probes = t.attach(features, before_attach)?;
+        // With the raw fault-entry tracepoints, faults are counted at entry
+        // (one program per fault); the perf events, which fire at the end of
+        // every fault, only for what needs the end: latency, fault events.
+        let at_entry = config.write_faults != 0;
+        let perf_needed = !at_entry
+            || config.latency != 0
+            || config.events & mmtrace_common::event_mask::FAULTS != 0;
+        t.probes = t.attach(features, at_entry, perf_needed, before_attach)?;
         Ok(t)
     }
 
@@ -231,13 +242,17 @@ impl Tracer {
     fn attach(
         &mut self,
         features: &Features,
+        at_entry: bool,
+        perf_needed: bool,
         before_attach: impl FnOnce(),
     ) -> Result<Vec<ProbeStatus>> {
         let cpus = online_cpus().map_err(|(p, e)| anyhow!("reading {p}: {e}"))?;
+        let is_perf = |p: &Probe| matches!(p.hook, Hook::PerfSoftware(_));
         let verified: Vec<Result<()>> = PROBES
             .iter()
             .map(|p| match unavailable(p, features) {
                 Some(why) => Err(anyhow!(why)),
+                None if is_perf(p) && !perf_needed => Err(anyhow!(NOT_NEEDED)),
                 None => self.load_one(p),
             })
             .collect();
@@ -245,9 +260,14 @@ impl Tracer {
         let mut out = Vec::with_capacity(PROBES.len());
         for (p, verified) in PROBES.iter().zip(verified) {
             let r = verified.and_then(|()| self.attach_one(p, &cpus));
+            // Counting at entry, the entry hooks are required.
+            let required = p.required() || (at_entry && p.program.starts_with("page_fault_"));
             match r {
                 Ok(()) => out.push(ProbeStatus::new(p, Ok(()))),
-                Err(e) if !p.required() => {
+                Err(e) if is_perf(p) && !perf_needed => {
+                    out.push(ProbeStatus::new(p, Err(format!("{e:#}"))));
+                }
+                Err(e) if !required => {
                     let s = ProbeStatus::new(p, Err(format!("{e:#}")));
                     log::warn!(
                         "{} not attached: {}",
@@ -435,6 +455,12 @@ impl Tracer {
             HashMap::try_from(self.map_mut("SCOPE")?)?;
         m.insert(pid, ScopeEntry { flags, _pad: 0 }, 0)
             .with_context(|| format!("adding pid {pid} to the scope"))?;
+        // The fault path caches scope verdicts per CPU while SCOPE_GEN is
+        // unchanged: change it (to the monotonic time, as the programs do).
+        let mut g: aya::maps::Array<&mut MapData, u64> =
+            aya::maps::Array::try_from(self.map_mut("SCOPE_GEN")?)?;
+        g.set(0, super::events::monotonic_ns(), 0)
+            .context("changing SCOPE_GEN")?;
         Ok(())
     }
 
@@ -547,9 +573,13 @@ impl Tracer {
                 s.mappings.entry(key).or_default().add(&slot.counters);
             }
         }
+        for c in s.mappings.values_mut() {
+            c.clamp_negative();
+        }
         let m: PerCpuArray<&MapData, FaultCounters> =
             PerCpuArray::try_from(self.map("LOST_FAULTS")?)?;
         s.lost_faults = sum_faults(m.get(&0, 0)?.iter().copied());
+        s.lost_faults.clamp_negative();
         let m: PerCpuHashMap<&MapData, FileKey, CacheCounters> =
             PerCpuHashMap::try_from(self.map("FILE_CACHE")?)?;
         for r in m.iter() {

@@ -97,6 +97,8 @@ pub fn error_name(index: u32) -> &'static str {
         errors::RECLAIMER_FULL => "reclaimer_map_full",
         errors::TLB_FULL => "tlb_map_full",
         errors::WRITES_FULL => "write_map_full",
+        errors::FAULT_SLOT_TAKEN => "fault_slot_taken",
+        errors::FAULT_AMBIGUOUS => "fault_kind_ambiguous",
         _ => "other",
     }
 }
@@ -112,7 +114,7 @@ pub fn error_advice(index: u32) -> &'static str {
         }
         errors::SCOPE_FULL => "some forked children were not traced: raise --max-processes",
         errors::FIND_VMA_FAILED => {
-            "faults counted per process but not attributed to a mapping (mmap lock busy)"
+            "faults counted per process but not attributed to a mapping (mmap lock busy, or a fault that grew the stack)"
         }
         errors::EXIT_FULL => "kernel fault counts of some exited processes were lost",
         errors::READ_FAILED => "some kernel reads failed: attribution may be incomplete",
@@ -123,6 +125,14 @@ pub fn error_advice(index: u32) -> &'static str {
         errors::TLB_FULL => "TLB flushes of some processes were not counted: raise --max-processes",
         errors::WRITES_FULL => {
             "write-path events of some files (or msync calls) were not counted: more than 16,384 files written"
+        }
+        errors::FAULT_SLOT_TAKEN => {
+            "threads whose ids differ by a multiple of 16384 faulted at once: that many faults \
+             were counted as minor without checking how they ended"
+        }
+        errors::FAULT_AMBIGUOUS => {
+            "a fault and GUP faults of both kinds fell between two faults of a thread: that many \
+             faults were counted as minor though one of them may have been major"
         }
         _ => "",
     }

@@ -181,6 +181,9 @@ pub fn compute(
     c.task_mm = btf.member_offset("task_struct", "mm")?;
     c.task_min_flt = btf.member_offset("task_struct", "min_flt")?;
     c.task_maj_flt = btf.member_offset("task_struct", "maj_flt")?;
+    c.task_pagefault_disabled = btf
+        .member_offset("task_struct", "pagefault_disabled")
+        .unwrap_or(Config::ABSENT);
     c.vma_vm_start = btf.member_offset("vm_area_struct", "vm_start")?;
     c.vma_vm_end = btf.member_offset("vm_area_struct", "vm_end")?;
     c.vma_vm_flags = btf.member_offset("vm_area_struct", "vm_flags")?;
@@ -239,9 +242,14 @@ pub fn compute(
         Err(_) => c.tp_exit_group_dead = Config::ABSENT,
     }
     // Raw tracepoints: the arguments are TP_PROTO's, no offsets needed.
+    // (MMTRACE_SKIP_PROBES, the loader's cost-measurement knob, can leave
+    // them detached: then the perf events count.)
+    let skipped = std::env::var("MMTRACE_SKIP_PROBES")
+        .is_ok_and(|v| v.split(',').any(|x| x.starts_with("page_fault_")));
     if tracefs_root
         .join("events/exceptions/page_fault_user")
         .is_dir()
+        && !skipped
     {
         c.write_faults = 1;
         feat.write_faults = true;
