@@ -475,7 +475,11 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
     let root = preflight::tracefs_root()?;
     preflight::check_tracepoints(&root)?;
     let me = std::process::id();
-    let (config, features) = offsets::compute(&btf, &root, me)?;
+    let (config, mut features) = offsets::compute(&btf, &root, me)?;
+    // The hooks of a default trace.
+    features
+        .choose_msync(false)
+        .map_err(|e| anyhow::anyhow!(e))?;
     drop(btf);
     let nr_cpus = aya::util::nr_cpus().unwrap_or(1);
     let per_cpu = mmtrace::cli::Cli::per_cpu_capacity;

@@ -166,16 +166,9 @@ async fn start(spec: &TraceSpec) -> Result<Started> {
     };
     preflight::check_tracepoints(&root)?;
     let (mut config, mut features) = offsets::compute(&btf, &root, self_pid)?;
-    if spec.msync_syscalls {
-        if !features.msync {
-            bail!(
-                "--msync-syscalls needs the syscalls:sys_enter_msync/sys_exit_msync tracepoints (CONFIG_FTRACE_SYSCALLS), missing here"
-            );
-        }
-        features.ext4_msync = false;
-    } else {
-        features.msync = false;
-    }
+    features
+        .choose_msync(spec.msync_syscalls)
+        .map_err(|e| anyhow::anyhow!(e))?;
     drop(btf);
     let watch = cgroup.map(CgroupWatch::new);
     if spec.all {

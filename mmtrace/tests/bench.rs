@@ -47,7 +47,7 @@ fn chunks_toggled_in_process_are_counted_exactly() {
                     .as_array()
                     .unwrap()
                     .iter()
-                    .any(|h| h == "perf:page-faults-min"),
+                    .any(|h| h == "raw:exceptions:page_fault_user"),
                 "the floor sits on mmtrace's hooks: {f}"
             );
         }

@@ -57,6 +57,26 @@ pub struct Features {
     pub ext4_msync: bool,
 }
 
+impl Features {
+    /// Where msync calls are counted: through the syscall tracepoints when
+    /// `syscalls` (`--msync-syscalls`; an error if the kernel lacks them),
+    /// else on ext4 only, without syscall hooks. Every trace (and the
+    /// bench's) makes this choice here.
+    pub fn choose_msync(&mut self, syscalls: bool) -> Result<(), &'static str> {
+        if syscalls {
+            if !self.msync {
+                return Err(
+                    "--msync-syscalls needs the syscalls:sys_enter_msync/sys_exit_msync tracepoints (CONFIG_FTRACE_SYSCALLS), missing here",
+                );
+            }
+            self.ext4_msync = false;
+        } else {
+            self.msync = false;
+        }
+        Ok(())
+    }
+}
+
 /// Kernel functions that run memcg reclaim because a cgroup file was
 /// written, not because an allocation needed memory (Linux 6.18):
 /// memory.reclaim (`user_proactive_reclaim`, `memory_reclaim`), v1
