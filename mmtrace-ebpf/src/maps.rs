@@ -1,6 +1,7 @@
 //! Every map of mmtrace, in one place. Sizes come from `mmtrace_common::limits`;
 //! the loader may resize them before load.
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -11,15 +12,26 @@ use mmtrace_common::{
 
 use crate::faults::Pending;
 
+/// Flags of the hash maps: entries are allocated when inserted, not all
+/// at load. Preallocated, the per-CPU maps locked 55 MiB on 2 CPUs (each
+/// entry's value × every possible CPU, for the whole capacity) and took
+/// ~0.3 s to create; allocated on insert they lock what is used. Safe
+/// here: since Linux 6.1 (bpf_mem_alloc) every program type may insert
+/// into such maps, and mmtrace needs 6.12. Lookups cost the same; an insert
+/// that finds the map full (or, rarely, no memory) fails as before and is
+/// counted in `ERRORS`. (LRU maps cannot be allocated on insert: `EVICTED`
+/// stays preallocated.)
+pub const ON_INSERT: u32 = BPF_F_NO_PREALLOC;
+
 /// Processes in scope, by tgid. Written by userspace (targets) and by
 /// `task_newtask` (children); entries leave when the thread group dies.
 #[map]
-pub static SCOPE: HashMap<u32, ScopeEntry> = HashMap::with_max_entries(limits::SCOPE, 0);
+pub static SCOPE: HashMap<u32, ScopeEntry> = HashMap::with_max_entries(limits::SCOPE, ON_INSERT);
 
 /// Fault counters per (process, vma, file).
 #[map]
 pub static MAPPING_FAULTS: PerCpuHashMap<MappingKey, FaultCounters> =
-    PerCpuHashMap::with_max_entries(limits::MAPPINGS, 0);
+    PerCpuHashMap::with_max_entries(limits::MAPPINGS, ON_INSERT);
 
 /// Faults of in-scope processes that could not get a `MAPPING_FAULTS` row
 /// (map full): still counted, never silently lost.
@@ -30,7 +42,7 @@ pub static LOST_FAULTS: PerCpuArray<FaultCounters> = PerCpuArray::with_max_entri
 /// interest (mapped or touched by an in-scope process).
 #[map]
 pub static FILE_CACHE: PerCpuHashMap<FileKey, CacheCounters> =
-    PerCpuHashMap::with_max_entries(limits::FILES, 0);
+    PerCpuHashMap::with_max_entries(limits::FILES, ON_INSERT);
 
 /// Pages of files of interest evicted during the trace, as bitmaps of 64
 /// pages (key index = page index / 64) split into reclaimed and invalidated,
@@ -44,17 +56,17 @@ pub static EVICTED: LruHashMap<PageKey, EvictedBits> =
 /// cgroup/global reclaim, by command name (kdamond, khugepaged, kworker..).
 #[map]
 pub static RECLAIMERS: PerCpuHashMap<Comm, u64> =
-    PerCpuHashMap::with_max_entries(limits::RECLAIMERS, 0);
+    PerCpuHashMap::with_max_entries(limits::RECLAIMERS, ON_INSERT);
 
 /// Kernel fault counters of exited threads, per tgid.
 #[map]
 pub static EXITS: PerCpuHashMap<u32, ExitRecord> =
-    PerCpuHashMap::with_max_entries(limits::EXITS, 0);
+    PerCpuHashMap::with_max_entries(limits::EXITS, ON_INSERT);
 
 /// Reclaim in progress, by thread id (set at `*_reclaim_begin`, removed at
 /// `*_reclaim_end`): the context that names an eviction's reason.
 #[map]
-pub static RECLAIM: HashMap<u32, ReclaimCtx> = HashMap::with_max_entries(8192, 0);
+pub static RECLAIM: HashMap<u32, ReclaimCtx> = HashMap::with_max_entries(8192, ON_INSERT);
 
 /// Reclaim episodes of traced tasks.
 #[map]
@@ -62,7 +74,7 @@ pub static RECLAIM_STATS: PerCpuArray<ReclaimStats> = PerCpuArray::with_max_entr
 
 /// The traced cgroup tree (with `--cgroup`), written by userspace.
 #[map]
-pub static CGROUPS: HashMap<CgroupKey, u8> = HashMap::with_max_entries(4096, 0);
+pub static CGROUPS: HashMap<CgroupKey, u8> = HashMap::with_max_entries(4096, ON_INSERT);
 
 /// Rare notices for userspace (a new file of interest): never per fault.
 #[map]
@@ -84,7 +96,7 @@ pub static EVENTS_SAMPLE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0)
 /// TLB flushes per traced process (key: tgid), by reason (`tlb`).
 #[map]
 pub static TLB_FLUSHES: PerCpuHashMap<u32, TlbCounters> =
-    PerCpuHashMap::with_max_entries(limits::SCOPE, 0);
+    PerCpuHashMap::with_max_entries(limits::SCOPE, ON_INSERT);
 
 /// Per-CPU error counters, indexed by `mmtrace_common::errors`.
 #[map]

@@ -145,6 +145,59 @@ pub fn vmemmap(kallsyms: &str, cpuinfo: &str) -> (u64, u64) {
     )
 }
 
+/// What mmtrace needs from /proc/kallsyms.
+#[derive(Clone, Debug, Default)]
+struct Symbols {
+    /// See [`vmemmap`].
+    vmemmap: (u64, u64),
+    /// See [`text_ranges`] (of [`PROACTIVE_FUNCTIONS`]).
+    ranges: Vec<[u64; 2]>,
+}
+
+impl Symbols {
+    fn read() -> Self {
+        let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        Self {
+            vmemmap: vmemmap(
+                &kallsyms,
+                &std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default(),
+            ),
+            ranges: text_ranges(
+                &kallsyms,
+                PROACTIVE_FUNCTIONS,
+                mmtrace_common::PROACTIVE_RANGES,
+            ),
+        }
+    }
+}
+
+/// The symbols being read by [`prefetch_symbols`], if it was called.
+static PREFETCH: std::sync::Mutex<Option<std::thread::JoinHandle<Symbols>>> =
+    std::sync::Mutex::new(None);
+
+/// Starts reading /proc/kallsyms on a thread of its own: the kernel takes
+/// 50-120 ms to format its ~120k lines (measured on a 2-vCPU VM), time
+/// that [`compute`] would otherwise wait for, while the BTF is parsed
+/// meanwhile. Without it, [`compute`] reads the file itself.
+pub fn prefetch_symbols() {
+    if let Ok(mut p) = PREFETCH.lock()
+        && p.is_none()
+    {
+        *p = std::thread::Builder::new()
+            .name("kallsyms".into())
+            .spawn(Symbols::read)
+            .ok();
+    }
+}
+
+fn symbols() -> Symbols {
+    let started = PREFETCH.lock().ok().and_then(|mut p| p.take());
+    match started {
+        Some(h) => h.join().unwrap_or_default(),
+        None => Symbols::read(),
+    }
+}
+
 fn off(f: &Format, name: &str, sizes: &[u32]) -> Result<u32, TracefsError> {
     Ok(f.field_sized(name, sizes)?.offset)
 }
@@ -281,16 +334,10 @@ pub fn compute(
             (c.task_cgroups, c.css_set_memcg, c.css_cgroup) = (task, cset, css);
         }
     }
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    let (addr, base) = vmemmap(
-        &kallsyms,
-        &std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default(),
-    );
-    let ranges = text_ranges(
-        &kallsyms,
-        PROACTIVE_FUNCTIONS,
-        mmtrace_common::PROACTIVE_RANGES,
-    );
+    let Symbols {
+        vmemmap: (addr, base),
+        ranges,
+    } = symbols();
     feat.proactive_reclaim = !ranges.is_empty();
     for (slot, r) in c.proactive_text.iter_mut().zip(ranges) {
         *slot = r;
