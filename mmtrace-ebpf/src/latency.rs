@@ -30,13 +30,13 @@ use mmtrace_common::{
 /// 1 entry by the loader without `--latency`.
 #[map]
 pub static FAULT_LATENCY: PerCpuHashMap<LatencyKey, LatencyHist> =
-    PerCpuHashMap::with_max_entries(LATENCY_FILES, crate::maps::ON_INSERT);
+    PerCpuHashMap::with_max_entries(LATENCY_FILES, 0);
 
 /// Fault stall totals per process (tgid). Sized to 1 entry by the loader
 /// without `--latency`; userspace deletes the entries of folded processes.
 #[map]
 pub static PROC_STALL: PerCpuHashMap<u32, ProcStall> =
-    PerCpuHashMap::with_max_entries(limits::SCOPE, crate::maps::ON_INSERT);
+    PerCpuHashMap::with_max_entries(limits::SCOPE, 0);
 
 /// Accounted faults not paired with their entry, by
 /// [`mmtrace_common::latency_miss`] index.
