@@ -75,9 +75,7 @@ pub fn prefetch_loader() {
 
 fn new_loader() -> EbpfLoader<'static> {
     let started = PREFETCH.lock().ok().and_then(|mut p| p.take());
-    started
-        .and_then(|h| h.join().ok())
-        .unwrap_or_default()
+    started.and_then(|h| h.join().ok()).unwrap_or_default()
 }
 
 /// Program types mmtrace loads (aya gives each its own `load`).
