@@ -1,6 +1,7 @@
 //! Every map of mmtrace, in one place. Sizes come from `mmtrace_common::limits`;
 //! the loader may resize them before load.
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -15,10 +16,28 @@ use crate::{
     scope::Verdict,
 };
 
+/// Flags of the hash maps whose entries are allocated when inserted, not
+/// all at load. Preallocated, every map locked 55 MiB on 2 CPUs (a per-CPU
+/// value × every possible CPU, for the whole capacity) and took ~0.3 s to
+/// create. Safe for any program type since Linux 6.1 (bpf_mem_alloc;
+/// mmtrace needs 6.12); lookups cost the same, and an insert into a full
+/// map fails as before (counted in `ERRORS`).
+///
+/// Only where inserts are rare (a file, a command name, a reclaim, a
+/// cgroup) or the values are not per-CPU: a per-CPU value comes from the
+/// kernel's per-CPU allocator, which in atomic context serves only pages
+/// it has populated beforehand, and bursts of inserts find none. Measured:
+/// `MAPPING_FAULTS` allocated on insert lost 6-7 faults to failed inserts
+/// in one of three runs of the 1,500-process test (`tests/stream.rs`).
+/// The per-process and per-mapping per-CPU maps (`MAPPING_FAULTS`,
+/// `EXITS`, `TLB_FLUSHES`) stay preallocated, as does the LRU `EVICTED`
+/// (LRU maps cannot be allocated on insert).
+pub const ON_INSERT: u32 = BPF_F_NO_PREALLOC;
+
 /// Processes in scope, by tgid. Written by userspace (targets) and by
 /// `task_newtask` (children); entries leave when the thread group dies.
 #[map]
-pub static SCOPE: HashMap<u32, ScopeEntry> = HashMap::with_max_entries(limits::SCOPE, 0);
+pub static SCOPE: HashMap<u32, ScopeEntry> = HashMap::with_max_entries(limits::SCOPE, ON_INSERT);
 
 /// Fault counters per (process, vma, file).
 #[map]
@@ -34,7 +53,7 @@ pub static LOST_FAULTS: PerCpuArray<FaultCounters> = PerCpuArray::with_max_entri
 /// interest (mapped or touched by an in-scope process).
 #[map]
 pub static FILE_CACHE: PerCpuHashMap<FileKey, CacheCounters> =
-    PerCpuHashMap::with_max_entries(limits::FILES, 0);
+    PerCpuHashMap::with_max_entries(limits::FILES, ON_INSERT);
 
 /// Pages of files of interest evicted during the trace, as bitmaps of 64
 /// pages (key index = page index / 64) split into reclaimed and invalidated,
@@ -48,7 +67,7 @@ pub static EVICTED: LruHashMap<PageKey, EvictedBits> =
 /// cgroup/global reclaim, by command name (kdamond, khugepaged, kworker..).
 #[map]
 pub static RECLAIMERS: PerCpuHashMap<Comm, u64> =
-    PerCpuHashMap::with_max_entries(limits::RECLAIMERS, 0);
+    PerCpuHashMap::with_max_entries(limits::RECLAIMERS, ON_INSERT);
 
 /// Kernel fault counters of exited threads, per tgid.
 #[map]
@@ -58,7 +77,7 @@ pub static EXITS: PerCpuHashMap<u32, ExitRecord> =
 /// Reclaim in progress, by thread id (set at `*_reclaim_begin`, removed at
 /// `*_reclaim_end`): the context that names an eviction's reason.
 #[map]
-pub static RECLAIM: HashMap<u32, ReclaimCtx> = HashMap::with_max_entries(8192, 0);
+pub static RECLAIM: HashMap<u32, ReclaimCtx> = HashMap::with_max_entries(8192, ON_INSERT);
 
 /// Reclaim episodes of traced tasks.
 #[map]
@@ -66,7 +85,7 @@ pub static RECLAIM_STATS: PerCpuArray<ReclaimStats> = PerCpuArray::with_max_entr
 
 /// The traced cgroup tree (with `--cgroup`), written by userspace.
 #[map]
-pub static CGROUPS: HashMap<CgroupKey, u8> = HashMap::with_max_entries(4096, 0);
+pub static CGROUPS: HashMap<CgroupKey, u8> = HashMap::with_max_entries(4096, ON_INSERT);
 
 /// Rare notices for userspace (a new file of interest): never per fault.
 #[map]
@@ -111,19 +130,15 @@ pub fn pending_slot(tid: u32) -> u32 {
     tid & (PENDING_SLOTS - 1)
 }
 
-/// `BPF_F_NO_PREALLOC`: entries are allocated on insert (once per file, off
-/// the fault path), so an idle map costs no memory.
-const NO_PREALLOC: u32 = 1;
-
 /// The write path per file of interest (dirtied, written back, msync).
 #[map]
 pub static FILE_WRITES: PerCpuHashMap<FileKey, WriteCounters> =
-    PerCpuHashMap::with_max_entries(limits::WRITE_FILES, NO_PREALLOC);
+    PerCpuHashMap::with_max_entries(limits::WRITE_FILES, ON_INSERT);
 
 /// msync calls of traced threads in flight, by thread id.
 #[map]
 pub static MSYNC_INFLIGHT: HashMap<u32, MsyncCall> =
-    HashMap::with_max_entries(limits::MSYNC_INFLIGHT, NO_PREALLOC);
+    HashMap::with_max_entries(limits::MSYNC_INFLIGHT, ON_INSERT);
 
 /// Each thread's last fault counted at entry, until its outcome is known
 /// (`faults`), one slot per `tid % THREAD_SLOTS` (not per CPU: a thread's

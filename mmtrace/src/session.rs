@@ -129,6 +129,9 @@ struct Started {
 /// Preflight, targets, tracer, collector; the command (if any) released
 /// last, once everything is attached.
 async fn start(spec: &TraceSpec) -> Result<Started> {
+    // The slow reads of kernel data start now, on threads of their own.
+    offsets::prefetch_symbols();
+    crate::collect::loader::prefetch_loader();
     let self_pid = std::process::id();
     for &pid in &spec.pids {
         if pid == self_pid {

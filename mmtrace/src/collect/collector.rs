@@ -601,8 +601,22 @@ impl Collector {
     /// /proc and the cgroup, unknown paths looked up host-wide.
     pub fn finish(&mut self) -> Result<Vec<OomKill>> {
         let kills = self.drain_notices();
-        self.tracer.detach();
+        // Nothing traced alive (the command and its children have exited):
+        // no counter of theirs moves, the final read can come first and the
+        // slow detach after mmtrace has exited.
+        let quiescent = !self.all
+            && self.watch.is_none()
+            && self.tracer.scope_pids().is_ok_and(|pids| {
+                pids.iter()
+                    .all(|&p| p == self.self_pid || !procfs::pid_exists(&self.root, p))
+            });
+        if !quiescent {
+            self.tracer.detach();
+        }
         self.refresh()?;
+        if quiescent {
+            self.tracer.detach_after_exit();
+        }
         resolve_unknown(&mut self.ledger, &self.snap, &self.root);
         Ok(kills)
     }

@@ -52,6 +52,32 @@ impl Default for Capacity {
     }
 }
 
+/// aya's loader being created by [`prefetch_loader`], if it was called.
+static PREFETCH: std::sync::Mutex<Option<std::thread::JoinHandle<EbpfLoader<'static>>>> =
+    std::sync::Mutex::new(None);
+
+/// Starts creating aya's loader on a thread of its own: `EbpfLoader::new`
+/// parses the whole kernel BTF (aya 0.14; 50-300 ms on a 2-vCPU VM), which
+/// then overlaps with mmtrace's own BTF lookups and /proc/kallsyms. mmtrace
+/// needs none of it (no CO-RE relocations, no BTF-attached programs), but
+/// aya offers no way to skip it. Without this, [`Tracer::load`] creates
+/// the loader itself.
+pub fn prefetch_loader() {
+    if let Ok(mut p) = PREFETCH.lock()
+        && p.is_none()
+    {
+        *p = std::thread::Builder::new()
+            .name("btf".into())
+            .spawn(EbpfLoader::new)
+            .ok();
+    }
+}
+
+fn new_loader() -> EbpfLoader<'static> {
+    let started = PREFETCH.lock().ok().and_then(|mut p| p.take());
+    started.and_then(|h| h.join().ok()).unwrap_or_default()
+}
+
 /// Program types mmtrace loads (aya gives each its own `load`).
 trait Loadable {
     fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
@@ -71,6 +97,24 @@ macro_rules! loadable {
     )*};
 }
 loadable!(TracePoint, RawTracePoint, PerfEvent);
+
+/// Loads (verifies) the program of probe `p`.
+fn load_one(p: &Probe, prog: &mut aya::programs::Program) -> Result<()> {
+    fn load<'a, T>(prog: &'a mut aya::programs::Program) -> Result<()>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+        T: Loadable + 'a,
+    {
+        let t: &mut T = prog.try_into()?;
+        Ok(t.load_program()?)
+    }
+    match p.hook {
+        Hook::Tracepoint { .. } => load::<TracePoint>(prog),
+        Hook::RawTracepoint { .. } => load::<RawTracePoint>(prog),
+        Hook::PerfSoftware(_) => load::<PerfEvent>(prog),
+    }
+    .with_context(|| format!("the kernel verifier rejected program {}", p.program))
+}
 
 /// Why an optional probe cannot be attached on this kernel, known before
 /// trying (its tracepoint is missing or has another layout).
@@ -124,6 +168,11 @@ fn spawn_bpf_log(ebpf: &mut Ebpf) -> Result<()> {
 }
 
 /// Why the perf fault events are left detached by default.
+/// A perf software event probe (attached only when needed).
+fn is_perf(p: &Probe) -> bool {
+    matches!(p.hook, Hook::PerfSoftware(_))
+}
+
 const NOT_NEEDED: &str = "not needed: faults are counted at fault entry \
                           (exceptions:page_fault_user/kernel); attached with --latency or fault events";
 
@@ -164,7 +213,8 @@ impl Tracer {
         // The programs' own diagnostics (aya-log): every level with -vv,
         // none otherwise (each log site then costs one global load).
         let log_level: u8 = if bpf_log { 0xff } else { 0 };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader: EbpfLoader<'_> = new_loader();
+        let mut ebpf = loader
             .override_global("CONFIG", config, true)
             .override_global("AYA_LOG_LEVEL", &log_level, false)
             .map_max_entries("SCOPE", cap.processes)
@@ -247,18 +297,16 @@ impl Tracer {
         before_attach: impl FnOnce(),
     ) -> Result<Vec<ProbeStatus>> {
         let cpus = online_cpus().map_err(|(p, e)| anyhow!("reading {p}: {e}"))?;
-        let is_perf = |p: &Probe| matches!(p.hook, Hook::PerfSoftware(_));
-        let verified: Vec<Result<()>> = PROBES
-            .iter()
-            .map(|p| match unavailable(p, features) {
-                Some(why) => Err(anyhow!(why)),
-                None if is_perf(p) && !perf_needed => Err(anyhow!(NOT_NEEDED)),
-                None => self.load_one(p),
-            })
-            .collect();
+        let mut verified = self.verify(features, perf_needed);
         before_attach();
         let mut out = Vec::with_capacity(PROBES.len());
-        for (p, verified) in PROBES.iter().zip(verified) {
+        for p in PROBES {
+            let verified = verified.remove(p.program).unwrap_or_else(|| {
+                Err(anyhow!(
+                    "program {} missing from the eBPF object",
+                    p.program
+                ))
+            });
             let r = verified.and_then(|()| self.attach_one(p, &cpus));
             // Counting at entry, the entry hooks are required.
             let required = p.required() || (at_entry && p.program.starts_with("page_fault_"));
@@ -282,12 +330,46 @@ impl Tracer {
         Ok(out)
     }
 
-    fn load_one(&mut self, p: &Probe) -> Result<()> {
-        match p.hook {
-            Hook::Tracepoint { .. } => self.loaded::<TracePoint>(p.program).map(drop),
-            Hook::RawTracepoint { .. } => self.loaded::<RawTracePoint>(p.program).map(drop),
-            Hook::PerfSoftware(_) => self.loaded::<PerfEvent>(p.program).map(drop),
+    /// Loads every available probe's program into the kernel, one thread
+    /// each: the verifier runs for 2-60 ms per program, and the kernel
+    /// verifies programs of privileged users in parallel (all in series
+    /// took 0.18-0.24 s on a 2-vCPU VM). Outcome by program.
+    fn verify(
+        &mut self,
+        features: &Features,
+        perf_needed: bool,
+    ) -> BTreeMap<&'static str, Result<()>> {
+        let mut out = BTreeMap::new();
+        let mut todo = Vec::new();
+        for p in PROBES {
+            match unavailable(p, features) {
+                Some(why) => {
+                    out.insert(p.program, Err(anyhow!(why)));
+                }
+                None if is_perf(p) && !perf_needed => {
+                    out.insert(p.program, Err(anyhow!(NOT_NEEDED)));
+                }
+                None => todo.push(p),
+            }
         }
+        let progs: Vec<(&'static Probe, &mut aya::programs::Program)> = self
+            .ebpf
+            .programs_mut()
+            .filter_map(|(name, prog)| Some((*todo.iter().find(|p| p.program == name)?, prog)))
+            .collect();
+        std::thread::scope(|s| {
+            let running: Vec<_> = progs
+                .into_iter()
+                .map(|(p, prog)| (p, s.spawn(move || load_one(p, prog))))
+                .collect();
+            for (p, h) in running {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow!("loading program {} panicked", p.program)));
+                out.insert(p.program, r);
+            }
+        });
+        out
     }
 
     fn attach_one(&mut self, p: &Probe, cpus: &[u32]) -> Result<()> {
@@ -418,6 +500,29 @@ impl Tracer {
     /// mmtrace's own (the bench's empty programs).
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+
+    /// Leaves the detach to a process of its own that outlives mmtrace,
+    /// for when nothing traced is alive any more: the programs then count
+    /// nothing, and mmtrace's exit need not wait for the ~35 ms per
+    /// tracepoint that the kernel spends unregistering each (an RCU grace
+    /// period under a global mutex, so they queue: 0.45-0.57 s for 12, the
+    /// larger part of `mmtrace -- /bin/true`). A forked child keeps a copy
+    /// of the link and perf-event descriptors only, closes everything else
+    /// (stdout, stderr, sockets), waits for mmtrace to exit, then exits,
+    /// and the kernel detaches then. Falls back to [`Tracer::detach`] if
+    /// the child cannot be started.
+    pub fn detach_after_exit(&mut self) {
+        if let Err(e) = release_in_child() {
+            log::debug!("detaching in a child process: {e:#}; detaching now");
+            self.detach();
+        }
+    }
+
+    /// The processes in the scope map now.
+    pub fn scope_pids(&self) -> Result<Vec<u32>> {
+        let m: HashMap<&MapData, u32, ScopeEntry> = HashMap::try_from(self.map("SCOPE")?)?;
+        Ok(m.keys().filter_map(|k| k.ok()).collect())
     }
 
     /// The ring buffer of [`mmtrace_common::Notice`]s (take it once).
@@ -653,5 +758,70 @@ impl Tracer {
             s.latency_misses[i as usize] = m.get(&i, 0)?.iter().sum();
         }
         Ok(())
+    }
+}
+
+/// See [`Tracer::detach_after_exit`].
+fn release_in_child() -> Result<()> {
+    // Decided before the fork (the child of a threaded process may only
+    // make plain system calls): every descriptor but links and perf
+    // events is closed in the child.
+    let mut close = Vec::new();
+    for e in std::fs::read_dir("/proc/self/fd").context("listing /proc/self/fd")? {
+        let e = e?;
+        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let keep = std::fs::read_link(e.path()).is_ok_and(|t| {
+            let t = t.to_string_lossy();
+            t == "anon_inode:bpf_link" || t == "anon_inode:[perf_event]"
+        });
+        if !keep {
+            close.push(fd);
+        }
+    }
+    let mut p = [0i32; 2];
+    // SAFETY: p has room for the two descriptors.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("pipe2");
+    }
+    let (rd, wr) = (p[0], p[1]);
+    // The directory listed above was open then: its number may be reused.
+    close.retain(|&fd| fd != rd && fd != wr);
+    // SAFETY: the child makes only async-signal-safe calls (close, read,
+    // _exit) on data prepared before the fork.
+    match unsafe { libc::fork() } {
+        -1 => {
+            let e = std::io::Error::last_os_error();
+            // SAFETY: our own descriptors.
+            unsafe {
+                libc::close(rd);
+                libc::close(wr);
+            }
+            Err(e).context("fork")
+        }
+        0 => {
+            // SAFETY: as above; `close` holds numbers, not owned handles.
+            unsafe {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                for &fd in &close {
+                    libc::close(fd);
+                }
+                libc::close(wr);
+                let mut b = 0u8;
+                // End of file when mmtrace (the only writer) has exited.
+                while libc::read(rd, (&raw mut b).cast(), 1) != 0
+                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+                {
+                }
+                libc::_exit(0)
+            }
+        }
+        _ => {
+            // SAFETY: our own descriptor; the write end stays open until
+            // mmtrace exits.
+            unsafe { libc::close(rd) };
+            Ok(())
+        }
     }
 }

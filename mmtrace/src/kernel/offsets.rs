@@ -92,34 +92,59 @@ pub const PROACTIVE_FUNCTIONS: &[&str] = &[
     "memory_high_write",
 ];
 
+/// Address, type and name of a /proc/kallsyms line (`ADDR T name\t[module]`).
+/// Split on single spaces, not `split_whitespace`: this runs for ~120k
+/// lines at every start, and was a third of the time spent on the file.
+fn kallsyms_line(l: &str) -> Option<(u64, &str, &str)> {
+    let (a, rest) = l.trim_start().split_once(' ')?;
+    let (t, rest) = rest.split_once(' ')?;
+    let name = rest.split(['\t', ' ', '\n']).next()?;
+    Some((u64::from_str_radix(a, 16).ok()?, t, name))
+}
+
 /// `[start, end)` of each of `names` found in `kallsyms` (end: the next
 /// symbol's address), in the order found; at most `max`. Addresses of 0
 /// (kptr_restrict) give nothing.
 pub fn text_ranges(kallsyms: &str, names: &[&str], max: usize) -> Vec<[u64; 2]> {
-    let mut addrs: Vec<u64> = Vec::new();
-    let mut starts: Vec<u64> = Vec::new();
-    for l in kallsyms.lines() {
-        let mut it = l.split_whitespace();
-        let (Some(a), Some(t), Some(name)) = (it.next(), it.next(), it.next()) else {
-            continue;
+    let mut scan = Scan::default();
+    kallsyms.lines().for_each(|l| scan.line(l, names));
+    scan.ranges(max)
+}
+
+/// One pass over /proc/kallsyms, line by line.
+#[derive(Default)]
+struct Scan {
+    addrs: Vec<u64>,
+    starts: Vec<u64>,
+    vmemmap_base: Option<u64>,
+}
+
+impl Scan {
+    fn line(&mut self, l: &str, names: &[&str]) {
+        let Some((a, t, name)) = kallsyms_line(l) else {
+            return;
         };
-        let Ok(a) = u64::from_str_radix(a, 16) else {
-            continue;
-        };
-        addrs.push(a);
-        if a != 0 && matches!(t, "t" | "T") && names.contains(&name) && !starts.contains(&a) {
-            starts.push(a);
+        self.addrs.push(a);
+        if a != 0 && matches!(t, "t" | "T") && names.contains(&name) && !self.starts.contains(&a) {
+            self.starts.push(a);
+        }
+        if name == "vmemmap_base" && self.vmemmap_base.is_none() {
+            self.vmemmap_base = Some(a);
         }
     }
-    addrs.sort_unstable();
-    starts
-        .into_iter()
-        .filter_map(|a| {
-            let i = addrs.partition_point(|x| *x <= a);
-            addrs.get(i).map(|end| [a, *end])
-        })
-        .take(max)
-        .collect()
+
+    fn ranges(mut self, max: usize) -> Vec<[u64; 2]> {
+        self.addrs.sort_unstable();
+        let addrs = self.addrs;
+        self.starts
+            .into_iter()
+            .filter_map(|a| {
+                let i = addrs.partition_point(|x| *x <= a);
+                addrs.get(i).map(|end| [a, *end])
+            })
+            .take(max)
+            .collect()
+    }
 }
 
 /// Eviction reason per x86_64 syscall number: what a task was doing when a
@@ -157,11 +182,14 @@ pub fn x86_64_syscall_reasons() -> [u8; 512] {
 /// `vmemmap_base` variable when memory regions are randomised, else the
 /// fixed x86_64 base (4-level paging; 5-level when the CPU has `la57`).
 pub fn vmemmap(kallsyms: &str, cpuinfo: &str) -> (u64, u64) {
-    for l in kallsyms.lines() {
-        let mut it = l.split_whitespace();
-        if let (Some(addr), Some(_), Some("vmemmap_base")) = (it.next(), it.next(), it.next()) {
-            return (u64::from_str_radix(addr, 16).unwrap_or(0), 0);
-        }
+    let mut scan = Scan::default();
+    kallsyms.lines().for_each(|l| scan.line(l, &[]));
+    vmemmap_from(scan.vmemmap_base, cpuinfo)
+}
+
+fn vmemmap_from(vmemmap_base: Option<u64>, cpuinfo: &str) -> (u64, u64) {
+    if let Some(addr) = vmemmap_base {
+        return (addr, 0);
     }
     if !cfg!(target_arch = "x86_64") {
         return (0, 0);
@@ -178,6 +206,63 @@ pub fn vmemmap(kallsyms: &str, cpuinfo: &str) -> (u64, u64) {
             0xffff_ea00_0000_0000
         },
     )
+}
+
+/// What mmtrace needs from /proc/kallsyms.
+#[derive(Clone, Debug, Default)]
+struct Symbols {
+    /// See [`vmemmap`].
+    vmemmap: (u64, u64),
+    /// See [`text_ranges`] (of [`PROACTIVE_FUNCTIONS`]).
+    ranges: Vec<[u64; 2]>,
+}
+
+impl Symbols {
+    /// Line by line: the whole file (5.4 MB here) is never in memory.
+    fn read() -> Self {
+        use std::io::BufRead as _;
+        let mut scan = Scan::default();
+        if let Ok(f) = std::fs::File::open("/proc/kallsyms") {
+            let mut r = std::io::BufReader::with_capacity(64 << 10, f);
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                scan.line(&line, PROACTIVE_FUNCTIONS);
+                line.clear();
+            }
+        }
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Self {
+            vmemmap: vmemmap_from(scan.vmemmap_base, &cpuinfo),
+            ranges: scan.ranges(mmtrace_common::PROACTIVE_RANGES),
+        }
+    }
+}
+
+/// The symbols being read by [`prefetch_symbols`], if it was called.
+static PREFETCH: std::sync::Mutex<Option<std::thread::JoinHandle<Symbols>>> =
+    std::sync::Mutex::new(None);
+
+/// Starts reading /proc/kallsyms on a thread of its own: the kernel takes
+/// 50-120 ms to format its ~120k lines (measured on a 2-vCPU VM), time
+/// that [`compute`] would otherwise wait for, while the BTF is parsed
+/// meanwhile. Without it, [`compute`] reads the file itself.
+pub fn prefetch_symbols() {
+    if let Ok(mut p) = PREFETCH.lock()
+        && p.is_none()
+    {
+        *p = std::thread::Builder::new()
+            .name("kallsyms".into())
+            .spawn(Symbols::read)
+            .ok();
+    }
+}
+
+fn symbols() -> Symbols {
+    let started = PREFETCH.lock().ok().and_then(|mut p| p.take());
+    match started {
+        Some(h) => h.join().unwrap_or_default(),
+        None => Symbols::read(),
+    }
 }
 
 fn off(f: &Format, name: &str, sizes: &[u32]) -> Result<u32, TracefsError> {
@@ -324,16 +409,10 @@ pub fn compute(
             (c.task_cgroups, c.css_set_memcg, c.css_cgroup) = (task, cset, css);
         }
     }
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    let (addr, base) = vmemmap(
-        &kallsyms,
-        &std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default(),
-    );
-    let ranges = text_ranges(
-        &kallsyms,
-        PROACTIVE_FUNCTIONS,
-        mmtrace_common::PROACTIVE_RANGES,
-    );
+    let Symbols {
+        vmemmap: (addr, base),
+        ranges,
+    } = symbols();
     feat.proactive_reclaim = !ranges.is_empty();
     for (slot, r) in c.proactive_text.iter_mut().zip(ranges) {
         *slot = r;
@@ -466,6 +545,19 @@ mod tests {
             "hidden addresses (kptr_restrict) give no range"
         );
         assert_eq!(text_ranges(k, PROACTIVE_FUNCTIONS, 1).len(), 1);
+    }
+
+    #[test]
+    fn kallsyms_lines_with_modules_and_newlines() {
+        assert_eq!(
+            kallsyms_line("ffffffff816a8480 t memory_reclaim\n"),
+            Some((0xffff_ffff_816a_8480, "t", "memory_reclaim"))
+        );
+        assert_eq!(
+            kallsyms_line("ffffffffc0a01000 t nft_init\t[nf_tables]\n"),
+            Some((0xffff_ffff_c0a0_1000, "t", "nft_init"))
+        );
+        assert_eq!(kallsyms_line("garbage\n"), None);
     }
 
     #[test]
