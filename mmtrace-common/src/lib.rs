@@ -1010,7 +1010,7 @@ mod tests {
         assert_eq!(size_of::<ScopeEntry>(), 8);
         assert_eq!(size_of::<Notice>(), 24);
         assert_eq!(size_of::<Event>(), 80);
-        assert_eq!(size_of::<VmaCache>(), 16 + 48 + 48);
+        assert_eq!(size_of::<VmaCache>(), 24 + 48 + 48);
         assert_eq!(size_of::<Config>() % 8, 0);
         assert_eq!(size_of::<SignalNotice>(), 24 + 48 + 8 + 16);
         assert_eq!(size_of::<TlbCounters>(), 3 * 8 * tlb_reason::COUNT);
