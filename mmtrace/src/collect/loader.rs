@@ -137,7 +137,7 @@ fn unavailable(p: &Probe, f: &Features) -> Option<&'static str> {
             Some("the kernel's BTF lacks the writeback structs' fields")
         }
         "msync_enter" | "msync_exit" if !f.msync => Some(
-            "off (--msync-syscalls: every syscall on the host pays for a syscall tracepoint), or missing",
+            "off without --msync-syscalls (every syscall on the host would pay for a syscall tracepoint), or missing",
         ),
         "ext4_sync_enter" | "ext4_sync_exit" if !f.ext4_msync => {
             Some("missing, not x86_64, or replaced by --msync-syscalls")
@@ -312,7 +312,9 @@ impl Tracer {
             let required = p.required() || (at_entry && p.program.starts_with("page_fault_"));
             match r {
                 Ok(()) => out.push(ProbeStatus::new(p, Ok(()))),
-                Err(e) if is_perf(p) && !perf_needed => {
+                Err(e)
+                    if (is_perf(p) && !perf_needed) || features.left_out_by_choice(p.program) =>
+                {
                     out.push(ProbeStatus::new(p, Err(format!("{e:#}"))));
                 }
                 Err(e) if !required => {

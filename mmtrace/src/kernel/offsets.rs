@@ -55,6 +55,11 @@ pub struct Features {
     /// read (x86_64): msync(MS_SYNC) on ext4 is counted without syscall
     /// tracepoints.
     pub ext4_msync: bool,
+    /// What [`Features::choose_msync`] chose (`--msync-syscalls`), so the
+    /// probes left out by that choice are not reported as missing.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub msync_syscalls_chosen: Option<bool>,
 }
 
 impl Features {
@@ -63,6 +68,7 @@ impl Features {
     /// else on ext4 only, without syscall hooks. Every trace (and the
     /// bench's) makes this choice here.
     pub fn choose_msync(&mut self, syscalls: bool) -> Result<(), &'static str> {
+        self.msync_syscalls_chosen = Some(syscalls);
         if syscalls {
             if !self.msync {
                 return Err(
@@ -74,6 +80,15 @@ impl Features {
             self.msync = false;
         }
         Ok(())
+    }
+
+    /// `program` is left out by a choice, not missing: no warning.
+    pub fn left_out_by_choice(&self, program: &str) -> bool {
+        match (program, self.msync_syscalls_chosen) {
+            ("msync_enter" | "msync_exit", Some(false)) => true,
+            ("ext4_sync_enter" | "ext4_sync_exit", Some(true)) => true,
+            _ => false,
+        }
     }
 }
 
@@ -515,6 +530,26 @@ fn oom_offsets(c: &mut Config, feat: &mut Features, tracefs_root: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_msync_choice_leaves_one_pair_of_probes_out_quietly() {
+        let all = Features {
+            msync: true,
+            ext4_msync: true,
+            ..Features::default()
+        };
+        let mut f = all;
+        f.choose_msync(false).unwrap();
+        assert!(!f.msync && f.ext4_msync);
+        assert!(f.left_out_by_choice("msync_enter") && !f.left_out_by_choice("ext4_sync_exit"));
+        let mut f = all;
+        f.choose_msync(true).unwrap();
+        assert!(f.msync && !f.ext4_msync);
+        assert!(f.left_out_by_choice("ext4_sync_enter") && !f.left_out_by_choice("msync_exit"));
+        let mut f = Features::default();
+        assert!(f.choose_msync(true).is_err(), "no syscall tracepoints here");
+        assert!(!Features::default().left_out_by_choice("msync_enter"));
+    }
 
     #[test]
     fn text_ranges_end_at_the_next_symbol() {
