@@ -84,11 +84,11 @@ impl Features {
 
     /// `program` is left out by a choice, not missing: no warning.
     pub fn left_out_by_choice(&self, program: &str) -> bool {
-        match (program, self.msync_syscalls_chosen) {
-            ("msync_enter" | "msync_exit", Some(false)) => true,
-            ("ext4_sync_enter" | "ext4_sync_exit", Some(true)) => true,
-            _ => false,
-        }
+        matches!(
+            (program, self.msync_syscalls_chosen),
+            ("msync_enter" | "msync_exit", Some(false))
+                | ("ext4_sync_enter" | "ext4_sync_exit", Some(true))
+        )
     }
 }
 
