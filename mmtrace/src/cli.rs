@@ -74,10 +74,10 @@ pub struct Cli {
     /// p50, p99, max) and totals per process ("WHAT FAULTS COST"). Not
     /// I/O time: a minor fault can wait on readahead, a major one may not
     /// sleep. x86 only (needs exceptions:page_fault_user). Off by default:
-    /// it adds about 200 ns of BPF run time per anonymous minor fault
-    /// (324 -> 524 ns, kernel BPF stats; +11% of an unloaded 1.8 us fault,
-    /// wall clock 1.04x median), measured with `cargo xtask bench --pairs 9`
-    /// on a 2-vCPU Linux 6.18 KVM guest.
+    /// it attaches the perf page-fault events as well, and took the kernel
+    /// BPF run time per anonymous minor fault from 168-174 ns to 604-745 ns
+    /// (`--bpf-stats`, `mmtrace workload anon --pages 65536 --rounds 4`,
+    /// two runs each, 2-vCPU Linux 6.18 KVM guest).
     #[arg(long, global = true)]
     pub latency: bool,
 
