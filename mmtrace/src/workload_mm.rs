@@ -86,13 +86,7 @@ fn install(
 fn segv_on_read_only(path: &Path, pages: u64, settle: Duration) -> Result<Map<String, Value>> {
     let ps = page_size();
     let len = pages as usize * ps;
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let mut f = create_rw(path)?;
     f.write_all(&vec![0x5a; len])
         .with_context(|| format!("writing {}", path.display()))?;
     let map = Mapping::file(&f, len, libc::PROT_READ, libc::MAP_SHARED)?;
@@ -137,13 +131,7 @@ pub fn sigbus(
     ensure!(keep < pages, "--keep must be below --pages");
     let ps = page_size();
     let len = pages as usize * ps;
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let mut f = create_rw(path)?;
     f.write_all(&vec![0x5a; len])
         .with_context(|| format!("writing {}", path.display()))?;
     f.sync_all()?;
@@ -302,13 +290,7 @@ pub fn msync_records(
         records.saturating_mul(record_bytes) <= size,
         "--records x --record-bytes exceeds --size"
     );
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let f = create_rw(path)?;
     f.set_len(size)
         .with_context(|| format!("sizing {}", path.display()))?;
     let map = Mapping::file(
@@ -378,4 +360,15 @@ pub fn msync_records(
         .with("distinct_pages_written", written.div_ceil(ps))
         .with("msync_ns", nanos(in_msync))
         .with("elapsed_ns", nanos(elapsed)))
+}
+
+/// Creates (or empties) `path` for reading and writing.
+fn create_rw(path: &Path) -> Result<std::fs::File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))
 }
