@@ -964,13 +964,18 @@ mod tests {
             files,
             ..Default::default()
         };
+        apply_report(a, t, &report, Some(3));
+    }
+
+    /// One record of the `/app` cgroup's trace.
+    fn apply_report(a: &mut Accum, t: f64, report: &Report, events_dropped: Option<u64>) {
         a.apply(&Input {
             elapsed_s: t,
-            report: &report,
+            report,
             cgroups: &[],
             cgroup: None,
             cgroup_label: Some("/app"),
-            events_dropped: Some(3),
+            events_dropped,
             all: false,
         });
     }
@@ -984,15 +989,7 @@ mod tests {
             mmap_cost,
             ..Default::default()
         };
-        a.apply(&Input {
-            elapsed_s: t,
-            report: &report,
-            cgroups: &[],
-            cgroup: None,
-            cgroup_label: Some("/app"),
-            events_dropped: None,
-            all: false,
-        });
+        apply_report(a, t, &report, None);
     }
 
     #[test]
