@@ -190,14 +190,35 @@ fn c_warm_file_takes_minor_faults_only_and_adds_nothing() {
     let dir = scratch();
     let f = make_file(dir.path(), "warm.bin", 16 << 20);
     read_all(&f);
+    let rep = dir.path().join("r.json");
     let (recs, out) = trace(
         &[],
-        &workload(&["mmap-read", "--path", f.to_str().unwrap()]),
+        &workload(&[
+            "mmap-read",
+            "--path",
+            f.to_str().unwrap(),
+            "--report",
+            rep.to_str().unwrap(),
+        ]),
     );
     ok(&out);
     let row = file_row(summary(&recs), ino(&f));
-    assert_eq!(u(&row["major_faults"]), 0, "{row}");
-    assert_eq!(u(&row["pages_added"]), 0, "{row}");
+    // DAMON may reclaim some of the warmed pages before the workload maps
+    // the file (a clean-clone CI run saw 256 go). What mincore saw resident
+    // when the read began is the evidence: those pages must add nothing and
+    // take no major fault; only the missing ones (and any DAMON took during
+    // the read) may be added.
+    let r = report(&rep);
+    let missing = u(&r["pages"]) - u(&r["resident_before"]).min(u(&r["pages"]));
+    let added = u(&row["pages_added"]);
+    let slack = background_evictions(row);
+    assert!(
+        added >= missing && added <= missing + slack,
+        "added {added}, missing at start {missing}, evicted in the background {slack}: {row}"
+    );
+    if missing + slack == 0 {
+        assert_eq!(u(&row["major_faults"]), 0, "{row}");
+    }
     assert!(u(&row["minor_faults"]) > 0);
     // Fault-around and large folios: far fewer faults than pages read, and
     // more pages mapped than faults taken.
