@@ -71,8 +71,8 @@ use crate::{
     kread::{conf, read},
     latency,
     maps::{
-        LOST_FAULTS, MAPPING_FAULTS, PENDING, THREAD_FAULTS, VMA_CACHE, count_error, get_or_insert,
-        pending_slot, thread_slot,
+        LOST_FAULTS, MAPPING_FAULTS, PENDING, THREAD_FAULTS, VMA_CACHE, atomic_add, count_error,
+        get_or_insert_shared, pending_slot, thread_slot,
     },
     pagecache::register_file,
     scope,
@@ -229,7 +229,7 @@ fn on_entry(addr: u64, code: u64, kernel_mode: bool) {
             pending && (*slot).tid != tid
         }
     };
-    let Some((c, key)) = vma_counters(task, addr, tgid, true) else {
+    let Some((row, key)) = vma_counters(task, addr, tgid, true) else {
         return;
     };
     if taken {
@@ -240,25 +240,29 @@ fn on_entry(addr: u64, code: u64, kernel_mode: bool) {
     let file = k & kind::FILE != 0;
     let shared = k & kind::SHARED != 0;
     let mut flags = tf::PENDING;
-    // SAFETY: per-CPU value or per-CPU cache slot: no other writer on this CPU.
-    unsafe {
-        (*c).minor += 1;
-        (*c).pages_mapped += 1;
-        if write {
-            (*c).write += 1;
-            flags |= tf::WRITE;
-            if file && !shared {
-                (*c).cow += 1;
-                flags |= tf::COW;
-            }
-            // A write to a present page of a shared file mapping:
-            // write-protected after writeback cleaned it (or mapped
-            // read-only by fault-around).
-            if file && shared && code & X86_PF_PROT != 0 {
-                (*c).wp_shared += 1;
-                flags |= tf::WP_SHARED;
-            }
+    let mut d = FaultCounters {
+        minor: 1,
+        pages_mapped: 1,
+        ..FaultCounters::default()
+    };
+    if write {
+        d.write = 1;
+        flags |= tf::WRITE;
+        if file && !shared {
+            d.cow = 1;
+            flags |= tf::COW;
         }
+        // A write to a present page of a shared file mapping:
+        // write-protected after writeback cleaned it (or mapped read-only
+        // by fault-around).
+        if file && shared && code & X86_PF_PROT != 0 {
+            d.wp_shared = 1;
+            flags |= tf::WP_SHARED;
+        }
+    }
+    row.add(&d);
+    // SAFETY: this thread's slot (see above).
+    unsafe {
         (*slot).tid = tid;
         (*slot).flags = flags;
         (*slot).task = task;
@@ -293,30 +297,32 @@ fn settle(slot: *mut ThreadFault, dmin: u64, dmaj: u64) {
     if dmin != 0 {
         return; // minor, plus GUP minor faults
     }
-    let Some(c) = row(&key) else {
+    let Some(row) = row(&key) else {
         return;
     };
-    // Counters may go below zero on one CPU (wrapping): the per-CPU sum is
-    // right.
-    // SAFETY: per-CPU value or per-CPU cache slot.
-    unsafe {
-        (*c).minor = (*c).minor.wrapping_sub(1);
-        if dmaj != 0 {
-            (*c).major += 1;
-            return;
-        }
+    // Counters may go below zero on one CPU's cache slot or transiently in
+    // the row (wrapping; -1 is u64::MAX): the sum is right.
+    const TAKE_BACK: u64 = u64::MAX;
+    let mut d = FaultCounters {
+        minor: TAKE_BACK,
+        ..FaultCounters::default()
+    };
+    if dmaj != 0 {
+        d.major = 1;
+    } else {
         // Not counted by the kernel: the fault failed or is to be retried.
-        (*c).pages_mapped = (*c).pages_mapped.wrapping_sub(1);
+        d.pages_mapped = TAKE_BACK;
         if flags & tf::WRITE != 0 {
-            (*c).write = (*c).write.wrapping_sub(1);
+            d.write = TAKE_BACK;
         }
         if flags & tf::COW != 0 {
-            (*c).cow = (*c).cow.wrapping_sub(1);
+            d.cow = TAKE_BACK;
         }
         if flags & tf::WP_SHARED != 0 {
-            (*c).wp_shared = (*c).wp_shared.wrapping_sub(1);
+            d.wp_shared = TAKE_BACK;
         }
     }
+    row.add(&d);
 }
 
 /// At a thread's exit: settles its pending fault against the exit-time
@@ -348,23 +354,78 @@ pub fn settle_exit(tid: u32, min: u64, maj: u64) {
     }
 }
 
-/// The counters of row `key`: this CPU's cache slot if it holds the row,
-/// else the map's (inserted if absent).
+/// Where a fault's counts go: this CPU's own counters (its vma cache slot,
+/// or `LOST_FAULTS`), added to plainly, or a `MAPPING_FAULTS` row every CPU
+/// shares, added to atomically.
+#[derive(Clone, Copy)]
+struct Row {
+    c: *mut FaultCounters,
+    shared: bool,
+}
+
+impl Row {
+    #[inline(always)]
+    fn own(c: *mut FaultCounters) -> Self {
+        Self { c, shared: false }
+    }
+
+    /// Adds `d` (wrapping: a take-back is `u64::MAX`).
+    #[inline(always)]
+    fn add(self, d: &FaultCounters) {
+        if self.shared {
+            add_shared(self.c, d);
+        } else {
+            // SAFETY: this CPU's counters: no other writer.
+            unsafe { (*self.c).add(d) };
+        }
+    }
+}
+
+/// Adds `d` to a shared row: one atomic add per non-zero counter.
+#[inline(never)]
+fn add_shared(c: *mut FaultCounters, d: &FaultCounters) {
+    // SAFETY: `c` points at a map value; fields are aligned u64s.
+    let fields = unsafe {
+        [
+            (&raw mut (*c).minor, d.minor),
+            (&raw mut (*c).major, d.major),
+            (&raw mut (*c).write, d.write),
+            (&raw mut (*c).cow, d.cow),
+            (&raw mut (*c).pages_mapped, d.pages_mapped),
+            (&raw mut (*c).wp_shared, d.wp_shared),
+        ]
+    };
+    for (p, v) in fields {
+        if v != 0 {
+            atomic_add(p, v);
+        }
+    }
+}
+
+/// The shared `MAPPING_FAULTS` row of `key` (inserted if absent), or this
+/// CPU's `LOST_FAULTS` when the map is full.
 #[inline(always)]
-fn row(key: &MappingKey) -> Option<*mut FaultCounters> {
+fn map_row(key: &MappingKey) -> Option<Row> {
+    let zero = FaultCounters::default();
+    match get_or_insert_shared(&MAPPING_FAULTS, &row_key(*key), &zero, errors::MAPPING_FULL) {
+        Some(c) => Some(Row { c, shared: true }),
+        None => LOST_FAULTS.get_ptr_mut(0).map(Row::own),
+    }
+}
+
+/// The counters of row `key`: this CPU's cache slot if it holds the row,
+/// else the map's.
+#[inline(always)]
+fn row(key: &MappingKey) -> Option<Row> {
     if let Some(cache) = VMA_CACHE.get_ptr_mut(0) {
         // SAFETY: per-CPU slot.
         unsafe {
             if (*cache).key == *key {
-                return Some(&mut (*cache).counters);
+                return Some(Row::own(&mut (*cache).counters));
             }
         }
     }
-    let zero = FaultCounters::default();
-    match get_or_insert(&MAPPING_FAULTS, &row_key(*key), &zero, errors::MAPPING_FULL) {
-        Some(c) => Some(c),
-        None => LOST_FAULTS.get_ptr_mut(0),
-    }
+    map_row(key)
 }
 
 #[inline(always)]
@@ -422,10 +483,12 @@ fn try_filemap_map_pages(ctx: &TracePointContext) -> Result<(), i32> {
             && index >= k.pgoff
             && index - k.pgoff < vm_pages
             && pages > 1
-            && let Some(c) = row(&k)
+            && let Some(row) = row(&k)
         {
-            // SAFETY: per-CPU value or per-CPU cache slot.
-            unsafe { (*c).pages_mapped += pages - 1 };
+            row.add(&FaultCounters {
+                pages_mapped: pages - 1,
+                ..FaultCounters::default()
+            });
         }
     }
     if let Some(p) = PENDING.get_ptr_mut(pending_slot(tid)) {
@@ -464,7 +527,7 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
     };
     // SAFETY: plain helper call.
     let task = unsafe { bpf_get_current_task_btf() } as u64;
-    let Some((c, key)) = vma_counters(task, addr, tgid, true) else {
+    let Some((row, key)) = vma_counters(task, addr, tgid, true) else {
         return;
     };
     let (mut error_code, map_pages, mut start_ns, entry_addr) = take_pending(tid);
@@ -509,25 +572,14 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
     let wp_shared =
         write && error_code & X86_PF_PROT != 0 && k & kind::FILE != 0 && k & kind::SHARED != 0;
     if counting {
-        // SAFETY: per-CPU value or per-CPU cache slot: no other writer on
-        // this CPU.
-        unsafe {
-            if major {
-                (*c).major += 1;
-            } else {
-                (*c).minor += 1;
-            }
-            if write {
-                (*c).write += 1;
-            }
-            if cow {
-                (*c).cow += 1;
-            }
-            if wp_shared {
-                (*c).wp_shared += 1;
-            }
-            (*c).pages_mapped += map_pages;
-        }
+        row.add(&FaultCounters {
+            minor: !major as u64,
+            major: major as u64,
+            write: write as u64,
+            cow: cow as u64,
+            wp_shared: wp_shared as u64,
+            pages_mapped: map_pages,
+        });
     }
     if event_on {
         let mut flags = 0;
@@ -763,12 +815,7 @@ extern "C" fn vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
 /// counters are flushed into `MAPPING_FAULTS`; userspace adds the slots'
 /// unflushed counters when it reads.
 #[inline(always)]
-fn vma_counters(
-    task: u64,
-    addr: u64,
-    tgid: u32,
-    count_failure: bool,
-) -> Option<(*mut FaultCounters, MappingKey)> {
+fn vma_counters(task: u64, addr: u64, tgid: u32, count_failure: bool) -> Option<(Row, MappingKey)> {
     let cache = VMA_CACHE.get_ptr_mut(0)?;
     let use_cache = conf!(vma_cache) != 0;
     // Read before the scope lookup: a process leaving the scope after it
@@ -793,7 +840,7 @@ fn vma_counters(
                     && addr >= k.vm_start
                     && addr < k.vm_end
                 {
-                    return Some((&mut (*cache).counters, *k));
+                    return Some((Row::own(&mut (*cache).counters), *k));
                 }
             }
         }
@@ -826,16 +873,11 @@ fn vma_counters(
                 key,
                 counters: FaultCounters::default(),
             };
-            return Some((&mut (*cache).counters, key));
+            return Some((Row::own(&mut (*cache).counters), key));
         }
     }
     // Not cacheable: count straight into the map.
-    let zero = FaultCounters::default();
-    let c = match get_or_insert(&MAPPING_FAULTS, &row_key(key), &zero, errors::MAPPING_FULL) {
-        Some(c) => c,
-        None => LOST_FAULTS.get_ptr_mut(0)?,
-    };
-    Some((c, key))
+    Some((map_row(&key)?, key))
 }
 
 /// The `MAPPING_FAULTS` key of a vma: the vma itself, or with
@@ -858,19 +900,12 @@ fn flush(cache: *mut VmaCache) {
     if c == FaultCounters::default() {
         return;
     }
-    let zero = FaultCounters::default();
-    let m = match get_or_insert(&MAPPING_FAULTS, &row_key(key), &zero, errors::MAPPING_FULL) {
-        Some(m) => m,
-        None => match LOST_FAULTS.get_ptr_mut(0) {
-            Some(m) => m,
-            None => return,
-        },
+    let Some(row) = map_row(&key) else {
+        return;
     };
-    // SAFETY: per-CPU value and slot.
-    unsafe {
-        (*m).add(&c);
-        (*cache).counters = zero;
-    }
+    row.add(&c);
+    // SAFETY: per-CPU slot.
+    unsafe { (*cache).counters = FaultCounters::default() };
 }
 
 /// Looks the vma up with `bpf_find_vma` (the costly part).

@@ -17,6 +17,11 @@
 //! offsets in `kread`. Aggregation happens here: no per-fault record crosses
 //! to userspace unless raw events are asked for.
 #![no_std]
+#![feature(core_intrinsics)]
+#![allow(
+    internal_features,
+    reason = "atomic_xadd: the bpf target has no AtomicU64::fetch_add"
+)]
 #![no_main]
 #![allow(
     clippy::needless_borrows_for_generic_args,

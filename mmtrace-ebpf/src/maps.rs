@@ -23,14 +23,19 @@ use crate::{
 /// mmtrace needs 6.12); lookups cost the same, and an insert into a full
 /// map fails as before (counted in `ERRORS`).
 ///
-/// Only where inserts are rare (a file, a command name, a reclaim, a
-/// cgroup) or the values are not per-CPU: a per-CPU value comes from the
-/// kernel's per-CPU allocator, which in atomic context serves only pages
-/// it has populated beforehand, and bursts of inserts find none. Measured:
-/// `MAPPING_FAULTS` allocated on insert lost 6-7 faults to failed inserts
-/// in one of three runs of the 1,500-process test (`tests/stream.rs`).
-/// The per-process and per-mapping per-CPU maps (`MAPPING_FAULTS`,
-/// `EXITS`, `TLB_FLUSHES`) stay preallocated, as does the LRU `EVICTED`
+/// Per-CPU values only where inserts are rare (a file, a command name): a
+/// per-CPU value comes from the kernel's per-CPU allocator, which in atomic
+/// context serves only pages it has populated beforehand, and bursts of
+/// inserts find none. Measured: a per-CPU `MAPPING_FAULTS` allocated on
+/// insert lost 6-7 faults to failed inserts in one of three runs of the
+/// 1,500-process test (`tests/stream.rs`). So the per-mapping, per-process
+/// maps (`MAPPING_FAULTS`, `EXITS`, `TLB_FLUSHES`) hold one shared value
+/// per key, added to with atomic instructions ([`atomic_add`]): allocated
+/// on insert, they lock only what is used, and nothing scales with the
+/// number of CPUs (preallocated per-CPU, they locked 25 MiB on 2 CPUs and
+/// would lock 800 MiB on 64). The fault path stays free of atomics: it
+/// counts into a per-CPU vma cache slot (`VMA_CACHE`) and adds it to the
+/// map when the slot changes vma. The LRU `EVICTED` stays preallocated
 /// (LRU maps cannot be allocated on insert).
 pub const ON_INSERT: u32 = BPF_F_NO_PREALLOC;
 
@@ -41,8 +46,8 @@ pub static SCOPE: HashMap<u32, ScopeEntry> = HashMap::with_max_entries(limits::S
 
 /// Fault counters per (process, vma, file).
 #[map]
-pub static MAPPING_FAULTS: PerCpuHashMap<MappingKey, FaultCounters> =
-    PerCpuHashMap::with_max_entries(limits::MAPPINGS, 0);
+pub static MAPPING_FAULTS: HashMap<MappingKey, FaultCounters> =
+    HashMap::with_max_entries(limits::MAPPINGS, ON_INSERT);
 
 /// Faults of in-scope processes that could not get a `MAPPING_FAULTS` row
 /// (map full): still counted, never silently lost.
@@ -71,8 +76,7 @@ pub static RECLAIMERS: PerCpuHashMap<Comm, u64> =
 
 /// Kernel fault counters of exited threads, per tgid.
 #[map]
-pub static EXITS: PerCpuHashMap<u32, ExitRecord> =
-    PerCpuHashMap::with_max_entries(limits::EXITS, 0);
+pub static EXITS: HashMap<u32, ExitRecord> = HashMap::with_max_entries(limits::EXITS, ON_INSERT);
 
 /// Reclaim in progress, by thread id (set at `*_reclaim_begin`, removed at
 /// `*_reclaim_end`): the context that names an eviction's reason.
@@ -106,8 +110,8 @@ pub static EVENTS_SAMPLE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0)
 
 /// TLB flushes per traced process (key: tgid), by reason (`tlb`).
 #[map]
-pub static TLB_FLUSHES: PerCpuHashMap<u32, TlbCounters> =
-    PerCpuHashMap::with_max_entries(limits::SCOPE, 0);
+pub static TLB_FLUSHES: HashMap<u32, TlbCounters> =
+    HashMap::with_max_entries(limits::SCOPE, ON_INSERT);
 
 /// Per-CPU error counters, indexed by `mmtrace_common::errors`.
 #[map]
@@ -196,4 +200,37 @@ pub fn get_or_insert<K, V>(
         count_error(error);
     }
     p
+}
+
+/// [`get_or_insert`] for a map with one shared value per key (add to it
+/// with [`atomic_add`]).
+#[inline(always)]
+pub fn get_or_insert_shared<K, V>(
+    map: &HashMap<K, V>,
+    key: &K,
+    zero: &V,
+    error: u32,
+) -> Option<*mut V> {
+    if let Some(p) = map.get_ptr_mut(key) {
+        return Some(p);
+    }
+    let _ = map.insert(key, zero, 1);
+    let p = map.get_ptr_mut(key);
+    if p.is_none() {
+        count_error(error);
+    }
+    p
+}
+
+/// Adds `v` to the shared `u64` at `p` with one atomic instruction (BPF
+/// `lock xadd`): for values of maps that are not per-CPU.
+#[inline(always)]
+pub fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: `p` points at an aligned u64 in a map value. The result is
+    // unused, so LLVM emits the plain `lock xadd` every BPF CPU version has.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, v,
+        )
+    };
 }

@@ -19,7 +19,7 @@ use mmtrace_common::{Config, ExitRecord, ScopeEntry, errors, scope as sc};
 
 use crate::{
     kread::{conf, read},
-    maps::{EXITS, count_error, get_or_insert},
+    maps::{EXITS, atomic_add, count_error, get_or_insert_shared},
     scope,
 };
 
@@ -83,14 +83,17 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
         // SAFETY: offset from the tracepoint's format file.
         unsafe { ctx.read_at::<u8>(gd_off as usize)? != 0 }
     };
-    let Some(r) = get_or_insert(&EXITS, &tgid, &ExitRecord::default(), errors::EXIT_FULL) else {
+    let Some(r) = get_or_insert_shared(&EXITS, &tgid, &ExitRecord::default(), errors::EXIT_FULL)
+    else {
         return Ok(());
     };
-    // SAFETY: per-CPU value.
+    // SAFETY: a map value shared by every CPU: threads of one process exit
+    // on several CPUs at once, so the sums are atomic adds. Only the group's
+    // last thread writes the rest.
     unsafe {
-        (*r).min_flt += min;
-        (*r).maj_flt += maj;
-        (*r).threads += 1;
+        atomic_add(&raw mut (*r).min_flt, min);
+        atomic_add(&raw mut (*r).maj_flt, maj);
+        atomic_add(&raw mut (*r).threads, 1);
         if group_dead {
             (*r).group_dead = 1;
             if let Ok(comm) = bpf_get_current_comm() {

@@ -13,7 +13,7 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use mmtrace_common::{TlbCounters, errors, tlb_reason};
 
 use crate::{
-    maps::{TLB_FLUSHES, get_or_insert},
+    maps::{TLB_FLUSHES, atomic_add, get_or_insert_shared},
     scope,
 };
 
@@ -33,20 +33,20 @@ pub fn tlb_flush(ctx: RawTracePointContext) -> u32 {
         tlb_reason::COUNT - 1
     };
     let zero = TlbCounters::default();
-    let Some(c) = get_or_insert(&TLB_FLUSHES, &tgid, &zero, errors::TLB_FULL) else {
+    let Some(c) = get_or_insert_shared(&TLB_FLUSHES, &tgid, &zero, errors::TLB_FULL) else {
         return 0;
     };
-    // SAFETY: per-CPU value, no concurrent writer on this CPU.
+    // SAFETY: a map value shared by every CPU: atomic adds only.
     unsafe {
         if let Some(f) = (*c).flushes.get_mut(i) {
-            *f += 1;
+            atomic_add(f, 1);
         }
         if pages == TLB_FLUSH_ALL {
             if let Some(f) = (*c).full.get_mut(i) {
-                *f += 1;
+                atomic_add(f, 1);
             }
         } else if let Some(p) = (*c).pages.get_mut(i) {
-            *p += pages;
+            atomic_add(p, pages);
         }
     }
     0

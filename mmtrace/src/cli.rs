@@ -51,12 +51,13 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub mappings: bool,
 
-    /// Capacity of the per-mapping map (entries) [default: 65536 on up to 8
-    /// CPUs, less on more: its values are per CPU].
+    /// Capacity of the per-mapping map (entries; memory is taken per entry
+    /// in use, not for the capacity) [default: 65536].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_mappings: Option<u32>,
 
-    /// Capacity of the per-file map (entries) [default: as --max-mappings].
+    /// Capacity of the per-file map (entries) [default: 65536 on up to 8
+    /// CPUs, less on more: its values are per CPU].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_files: Option<u32>,
 

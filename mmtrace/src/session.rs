@@ -307,10 +307,11 @@ fn capacity(spec: &TraceSpec) -> Capacity {
     let per_cpu = crate::cli::Cli::per_cpu_capacity;
     Capacity {
         processes: spec.capacity.processes,
+        // One shared value per entry, allocated on insert: no scaling.
         mappings: spec
             .capacity
             .mappings
-            .unwrap_or_else(|| per_cpu(mmtrace_common::limits::MAPPINGS, nr_cpus)),
+            .unwrap_or(mmtrace_common::limits::MAPPINGS),
         files: spec
             .capacity
             .files

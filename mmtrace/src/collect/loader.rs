@@ -19,7 +19,7 @@ use mmtrace_common::{
     WriteCounters, errors, latency_miss,
 };
 
-use super::maps::{Snapshot, comm_string, merge_exit, sum_cache, sum_faults};
+use super::maps::{Snapshot, comm_string, sum_cache, sum_faults};
 use crate::kernel::{
     offsets::Features,
     probes::{Hook, PROBES, Probe, ProbeStatus, SoftwareCounter},
@@ -613,8 +613,8 @@ impl Tracer {
     /// still in a per-CPU vma cache slot must wait: the slot would flush
     /// them later as a new entry.)
     pub fn forget(&mut self, pids: &BTreeSet<u32>) -> Result<BTreeMap<MappingKey, FaultCounters>> {
-        let mut m: PerCpuHashMap<&mut MapData, MappingKey, FaultCounters> =
-            PerCpuHashMap::try_from(self.map_mut("MAPPING_FAULTS")?)?;
+        let mut m: HashMap<&mut MapData, MappingKey, FaultCounters> =
+            HashMap::try_from(self.map_mut("MAPPING_FAULTS")?)?;
         let keys: Vec<MappingKey> = m
             .keys()
             .filter_map(|k| k.ok())
@@ -624,10 +624,10 @@ impl Tracer {
         for k in keys {
             let v = m.get(&k, 0).context("reading MAPPING_FAULTS")?;
             m.remove(&k).context("deleting from MAPPING_FAULTS")?;
-            deleted.insert(k, sum_faults(v.iter().copied()));
+            deleted.insert(k, v);
         }
-        let mut e: PerCpuHashMap<&mut MapData, u32, ExitRecord> =
-            PerCpuHashMap::try_from(self.map_mut("EXITS")?)?;
+        let mut e: HashMap<&mut MapData, u32, ExitRecord> =
+            HashMap::try_from(self.map_mut("EXITS")?)?;
         for p in pids {
             // Absent when the process left no exit record (map full).
             let _ = e.remove(p);
@@ -645,15 +645,13 @@ impl Tracer {
     /// Deletes the TLB counters of processes that are gone; returns what
     /// they held (read just before the delete).
     pub fn forget_tlb(&mut self, pids: &BTreeSet<u32>) -> Result<BTreeMap<u32, TlbCounters>> {
-        let mut m: PerCpuHashMap<&mut MapData, u32, TlbCounters> =
-            PerCpuHashMap::try_from(self.map_mut("TLB_FLUSHES")?)?;
+        let mut m: HashMap<&mut MapData, u32, TlbCounters> =
+            HashMap::try_from(self.map_mut("TLB_FLUSHES")?)?;
         let mut deleted = BTreeMap::new();
         for p in pids {
             let Ok(v) = m.get(p, 0) else { continue };
-            let mut sum = TlbCounters::default();
-            v.iter().for_each(|c| sum.add(c));
             m.remove(p).context("deleting from TLB_FLUSHES")?;
-            deleted.insert(*p, sum);
+            deleted.insert(*p, v);
         }
         Ok(deleted)
     }
@@ -661,11 +659,11 @@ impl Tracer {
     /// Reads every map.
     pub fn snapshot(&self) -> Result<Snapshot> {
         let mut s = Snapshot::default();
-        let m: PerCpuHashMap<&MapData, MappingKey, FaultCounters> =
-            PerCpuHashMap::try_from(self.map("MAPPING_FAULTS")?)?;
+        let m: HashMap<&MapData, MappingKey, FaultCounters> =
+            HashMap::try_from(self.map("MAPPING_FAULTS")?)?;
         for r in m.iter() {
             let (k, v) = r.context("reading MAPPING_FAULTS")?;
-            s.mappings.insert(k, sum_faults(v.iter().copied()));
+            s.mappings.insert(k, v);
         }
         // Faults still held in the per-CPU vma cache slots (not flushed yet).
         let m: PerCpuArray<&MapData, VmaCache> = PerCpuArray::try_from(self.map("VMA_CACHE")?)?;
@@ -700,11 +698,10 @@ impl Tracer {
             let w = s.writes.entry(k).or_default();
             v.iter().for_each(|c| w.add(c));
         }
-        let m: PerCpuHashMap<&MapData, u32, ExitRecord> =
-            PerCpuHashMap::try_from(self.map("EXITS")?)?;
+        let m: HashMap<&MapData, u32, ExitRecord> = HashMap::try_from(self.map("EXITS")?)?;
         for r in m.iter() {
             let (k, v) = r.context("reading EXITS")?;
-            s.exits.insert(k, merge_exit(v.iter().copied()));
+            s.exits.insert(k, v);
         }
         let m: HashMap<&MapData, u32, ScopeEntry> = HashMap::try_from(self.map("SCOPE")?)?;
         let mut scope = BTreeMap::new();
@@ -724,12 +721,10 @@ impl Tracer {
             let (k, v) = r.context("reading RECLAIMERS")?;
             s.reclaimers.insert(comm_string(&k), v.iter().sum());
         }
-        let m: PerCpuHashMap<&MapData, u32, TlbCounters> =
-            PerCpuHashMap::try_from(self.map("TLB_FLUSHES")?)?;
+        let m: HashMap<&MapData, u32, TlbCounters> = HashMap::try_from(self.map("TLB_FLUSHES")?)?;
         for r in m.iter() {
             let (k, v) = r.context("reading TLB_FLUSHES")?;
-            let t = s.tlb.entry(k).or_default();
-            v.iter().for_each(|c| t.add(c));
+            s.tlb.insert(k, v);
         }
         let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map("ERRORS")?)?;
         for i in 0..errors::COUNT {

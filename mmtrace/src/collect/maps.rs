@@ -50,24 +50,6 @@ pub fn comm_string(c: &[u8; 16]) -> String {
     String::from_utf8_lossy(&c[..n]).into_owned()
 }
 
-/// Merges the per-CPU copies of one exit record.
-pub fn merge_exit(values: impl IntoIterator<Item = ExitRecord>) -> ExitRecord {
-    let mut out = ExitRecord::default();
-    for v in values {
-        out.min_flt += v.min_flt;
-        out.maj_flt += v.maj_flt;
-        out.threads += v.threads;
-        if v.group_dead != 0 {
-            out.group_dead = 1;
-            out.comm = v.comm;
-            out.memcg_id = v.memcg_id;
-        } else if out.comm[0] == 0 {
-            out.comm = v.comm;
-        }
-    }
-    out
-}
-
 pub fn sum_faults(values: impl IntoIterator<Item = FaultCounters>) -> FaultCounters {
     let mut out = FaultCounters::default();
     for v in values {
@@ -141,31 +123,6 @@ pub fn error_advice(index: u32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn merge_exit_sums_and_keeps_the_dead_comm() {
-        let mut a = ExitRecord {
-            min_flt: 3,
-            maj_flt: 1,
-            threads: 1,
-            ..Default::default()
-        };
-        a.comm[..3].copy_from_slice(b"thr");
-        let mut b = ExitRecord {
-            min_flt: 4,
-            maj_flt: 2,
-            threads: 1,
-            group_dead: 1,
-            ..Default::default()
-        };
-        b.comm[..4].copy_from_slice(b"main");
-        let m = merge_exit([a, ExitRecord::default(), b]);
-        assert_eq!(
-            (m.min_flt, m.maj_flt, m.threads, m.group_dead),
-            (7, 3, 2, 1)
-        );
-        assert_eq!(&m.comm[..4], b"main");
-    }
 
     #[test]
     fn every_error_has_a_name_and_advice() {
