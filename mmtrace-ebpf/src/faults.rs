@@ -54,6 +54,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_ktime_get_ns,
         generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_map_lookup_percpu_elem},
@@ -151,13 +152,13 @@ pub fn page_faults_maj(ctx: PerfEventContext) -> u32 {
 /// unsigned long error_code)` (arch/x86/include/asm/trace/exceptions.h).
 #[raw_tracepoint(tracepoint = "page_fault_user")]
 pub fn page_fault_user(ctx: RawTracePointContext) -> u32 {
-    on_entry(ctx.arg::<u64>(0), ctx.arg::<u64>(2), false);
+    on_entry(&ctx, ctx.arg::<u64>(0), ctx.arg::<u64>(2), false);
     0
 }
 
 #[raw_tracepoint(tracepoint = "page_fault_kernel")]
 pub fn page_fault_kernel(ctx: RawTracePointContext) -> u32 {
-    on_entry(ctx.arg::<u64>(0), ctx.arg::<u64>(2), true);
+    on_entry(&ctx, ctx.arg::<u64>(0), ctx.arg::<u64>(2), true);
     0
 }
 
@@ -185,7 +186,7 @@ unsafe fn load<T: Copy>(base: u64, off: u32) -> T {
 }
 
 #[inline(always)]
-fn on_entry(addr: u64, code: u64, kernel_mode: bool) {
+fn on_entry(ctx: &RawTracePointContext, addr: u64, code: u64, kernel_mode: bool) {
     if conf!(latency) != 0 || events::wanted(event_mask::FAULTS) || !entry_counting() {
         stash_error_code(addr, code);
     }
@@ -229,7 +230,7 @@ fn on_entry(addr: u64, code: u64, kernel_mode: bool) {
             pending && (*slot).tid != tid
         }
     };
-    let Some((row, key)) = vma_counters(task, addr, tgid, true) else {
+    let Some((row, key)) = vma_counters(ctx, task, addr, tgid, true) else {
         return;
     };
     if taken {
@@ -527,7 +528,7 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
     };
     // SAFETY: plain helper call.
     let task = unsafe { bpf_get_current_task_btf() } as u64;
-    let Some((row, key)) = vma_counters(task, addr, tgid, true) else {
+    let Some((row, key)) = vma_counters(ctx, task, addr, tgid, true) else {
         return;
     };
     let (mut error_code, map_pages, mut start_ns, entry_addr) = take_pending(tid);
@@ -547,11 +548,16 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
 
     let write = error_code & X86_PF_WRITE != 0;
     let k = key.kind;
+    // Counting at entry, the row the entry counted this fault on (the same
+    // fault: same thread, same address): stalls and events go there too, so
+    // they agree with the rows (a stack fault is unattributed at entry).
+    let counted_on = if stall.is_some() || event_on {
+        entry_row(tid, addr)
+    } else {
+        None
+    };
     if let Some(ns) = stall {
-        // Counting at entry, the stall goes where the entry counted the
-        // fault (the same fault: same thread, same address), so rows and
-        // histograms agree (a stack fault is unattributed at entry).
-        let (lk, lino, ldev) = match entry_row(tid, addr) {
+        let (lk, lino, ldev) = match counted_on {
             Some(e) => (e.kind, e.ino, e.dev),
             None => (k, key.ino, key.dev),
         };
@@ -601,7 +607,7 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
             flags,
             ..Event::default()
         };
-        fault_event(&mut e, tgid);
+        fault_event(&mut e, tgid, counted_on);
     }
 }
 
@@ -621,13 +627,16 @@ fn entry_row(tid: u32, addr: u64) -> Option<MappingKey> {
 }
 
 /// Sends a raw fault event (`e.latency_ns` holds the fault's entry time):
-/// the vma is this CPU's cached one (just looked up or reused), else looked
-/// up again (events on only). Out of line: the hot path stays as it was.
+/// the vma is the row the entry counted the fault on (`counted_on`), else
+/// this CPU's cached one (just looked up or reused), else looked up again
+/// (events on only). Out of line: the hot path stays as it was.
 #[inline(never)]
-fn fault_event(e: &mut Event, tgid: u32) {
+fn fault_event(e: &mut Event, tgid: u32, counted_on: Option<MappingKey>) {
     let addr = e.addr;
-    let mut key = None;
-    if let Some(cache) = VMA_CACHE.get_ptr(0) {
+    let mut key = counted_on;
+    if key.is_none()
+        && let Some(cache) = VMA_CACHE.get_ptr(0)
+    {
         // SAFETY: per-CPU slot.
         let k = unsafe { (*cache).key };
         if k.tgid == tgid && addr >= k.vm_start && addr < k.vm_end {
@@ -815,7 +824,13 @@ extern "C" fn vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
 /// counters are flushed into `MAPPING_FAULTS`; userspace adds the slots'
 /// unflushed counters when it reads.
 #[inline(always)]
-fn vma_counters(task: u64, addr: u64, tgid: u32, count_failure: bool) -> Option<(Row, MappingKey)> {
+fn vma_counters<C: EbpfContext>(
+    ctx: &C,
+    task: u64,
+    addr: u64,
+    tgid: u32,
+    count_failure: bool,
+) -> Option<(Row, MappingKey)> {
     let cache = VMA_CACHE.get_ptr_mut(0)?;
     let use_cache = conf!(vma_cache) != 0;
     // Read before the scope lookup: a process leaving the scope after it
@@ -862,6 +877,17 @@ fn vma_counters(task: u64, addr: u64, tgid: u32, count_failure: bool) -> Option<
         tgid,
         count_failure,
     );
+    if key.kind & kind::FILE != 0 && entry_counting() {
+        // The file becomes one of interest before the fault reads it in
+        // (`filemap:mm_filemap_fault` does this only without entry counting:
+        // here it costs a lookup per vma change, not a program per fault).
+        let file = FileKey {
+            ino: key.ino,
+            dev: key.dev,
+            _pad: 0,
+        };
+        register_file(ctx, &file, tgid);
+    }
     if use_cache && seq & 1 == 0 && key.kind & kind::UNATTRIBUTED == 0 {
         flush(cache);
         // SAFETY: per-CPU slot.

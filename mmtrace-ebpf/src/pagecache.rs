@@ -9,7 +9,10 @@
 //!     field:dev_t s_dev;         offset:32; size:4
 //!     field:unsigned char order; offset:36; size:1
 //!   filemap:mm_filemap_fault (6.12+, fires at the start of filemap_fault(),
-//!   before readahead adds pages, so the file is registered in time)
+//!   before readahead adds pages, so the file is registered in time). Only
+//!   attached where faults are not counted at entry: the entry registers the
+//!   file of a vma when it looks the vma up (`faults`), for no program per
+//!   file fault.
 //!     field:unsigned long i_ino; offset:8; field:dev_t s_dev; offset:16
 //! Offsets are read from tracefs at start, not taken from this comment.
 //!
@@ -24,6 +27,7 @@
 //! counts it). A page re-added after an invalidation (fadvise, truncate) is
 //! a re-read, counted apart.
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_comm,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
@@ -65,8 +69,8 @@ pub fn filemap_fault(ctx: TracePointContext) -> u32 {
 /// Makes `key` a file of interest for `tgid` (idempotent); a new file is
 /// announced to userspace so it can learn the path while the mapping lives.
 #[inline(always)]
-pub fn register_file(
-    ctx: &TracePointContext,
+pub fn register_file<C: EbpfContext>(
+    ctx: &C,
     key: &FileKey,
     tgid: u32,
 ) -> Option<*mut CacheCounters> {
@@ -96,7 +100,7 @@ pub fn register_file(
 
 /// `-vv`: a file became of interest (rare: once per file).
 #[inline(always)]
-fn log_new_file(ctx: &TracePointContext, key: &FileKey, tgid: u32) {
+fn log_new_file<C: EbpfContext>(ctx: &C, key: &FileKey, tgid: u32) {
     debug!(
         ctx,
         "file {}:{} ino {} of interest (pid {})",

@@ -167,14 +167,23 @@ fn spawn_bpf_log(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
-/// Why the perf fault events are left detached by default.
-/// A perf software event probe (attached only when needed).
-fn is_perf(p: &Probe) -> bool {
-    matches!(p.hook, Hook::PerfSoftware(_))
+/// Why probe `p` is left detached although the kernel has it: counting
+/// faults at entry makes the perf fault events (unless --latency or fault
+/// events need the fault's end) and `filemap_fault` (the entry registers
+/// the file of a vma when it looks it up) redundant.
+fn not_needed(p: &Probe, at_entry: bool, perf_needed: bool) -> Option<&'static str> {
+    match p.hook {
+        Hook::PerfSoftware(_) if !perf_needed => Some(
+            "not needed: faults are counted at fault entry \
+             (exceptions:page_fault_user/kernel); attached with --latency or fault events",
+        ),
+        _ if at_entry && p.program == "filemap_fault" => Some(
+            "not needed: faults are counted at fault entry, which registers the file of a vma \
+             when it looks the vma up",
+        ),
+        _ => None,
+    }
 }
-
-const NOT_NEEDED: &str = "not needed: faults are counted at fault entry \
-                          (exceptions:page_fault_user/kernel); attached with --latency or fault events";
 
 /// The loaded and attached programs.
 pub struct Tracer {
@@ -297,7 +306,7 @@ impl Tracer {
         before_attach: impl FnOnce(),
     ) -> Result<Vec<ProbeStatus>> {
         let cpus = online_cpus().map_err(|(p, e)| anyhow!("reading {p}: {e}"))?;
-        let mut verified = self.verify(features, perf_needed);
+        let mut verified = self.verify(features, at_entry, perf_needed);
         before_attach();
         let mut out = Vec::with_capacity(PROBES.len());
         for p in PROBES {
@@ -313,7 +322,8 @@ impl Tracer {
             match r {
                 Ok(()) => out.push(ProbeStatus::new(p, Ok(()))),
                 Err(e)
-                    if (is_perf(p) && !perf_needed) || features.left_out_by_choice(p.program) =>
+                    if not_needed(p, at_entry, perf_needed).is_some()
+                        || features.left_out_by_choice(p.program) =>
                 {
                     out.push(ProbeStatus::new(p, Err(format!("{e:#}"))));
                 }
@@ -339,6 +349,7 @@ impl Tracer {
     fn verify(
         &mut self,
         features: &Features,
+        at_entry: bool,
         perf_needed: bool,
     ) -> BTreeMap<&'static str, Result<()>> {
         let mut out = BTreeMap::new();
@@ -348,10 +359,12 @@ impl Tracer {
                 Some(why) => {
                     out.insert(p.program, Err(anyhow!(why)));
                 }
-                None if is_perf(p) && !perf_needed => {
-                    out.insert(p.program, Err(anyhow!(NOT_NEEDED)));
-                }
-                None => todo.push(p),
+                None => match not_needed(p, at_entry, perf_needed) {
+                    Some(why) => {
+                        out.insert(p.program, Err(anyhow!(why)));
+                    }
+                    None => todo.push(p),
+                },
             }
         }
         let progs: Vec<(&'static Probe, &mut aya::programs::Program)> = self
