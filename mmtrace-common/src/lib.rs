@@ -291,10 +291,32 @@ pub struct Config {
     /// Non-zero: the fault path may reuse the last vma per CPU while the
     /// process's `mm_lock_seq` is unchanged (needs `mm_lock_seq`).
     pub vma_cache: u32,
+    // --- read on every fault entry: kept in the first cache line ---
+    /// Non-zero when the raw tracepoints exceptions:page_fault_{user,kernel}
+    /// (x86 only) are attached and hand over the error code.
+    pub write_faults: u32,
+    /// Non-zero with `--latency`: the fault entry hooks record the entry
+    /// time and address of every fault, and the accounting (perf) event
+    /// adds the fault's latency to `FAULT_LATENCY` / `PROC_STALL`.
+    pub latency: u32,
+    /// `task_struct.pagefault_disabled` ([`Config::ABSENT`]: unknown): a
+    /// kernel-mode fault with it non-zero is a nofault read, never counted.
+    pub task_pagefault_disabled: u32,
+    /// Non-zero for `--all`: every process but mmtrace is in scope, without
+    /// `SCOPE` entries (children are not added, nothing fills up).
+    pub scope_all: u32,
+    /// [`event_mask`] bits: which raw events go to the `EVENTS` ring buffer
+    /// (0: none; the programs only aggregate).
+    pub events: u32,
     // --- struct offsets (bytes), from BTF ---
     pub task_mm: u32,
     pub task_min_flt: u32,
     pub task_maj_flt: u32,
+    /// `task_struct.pid` / `tgid`: the fault entry reads them from the task
+    /// it has, instead of calling `bpf_get_current_pid_tgid` (a helper
+    /// call is not inlined, and costs more than two loads).
+    pub task_pid: u32,
+    pub task_tgid: u32,
     pub mm_lock_seq: u32,
     pub vma_vm_start: u32,
     pub vma_vm_end: u32,
@@ -324,18 +346,8 @@ pub struct Config {
     /// task:task_newtask
     pub tp_newtask_pid: u32,
     pub tp_newtask_clone_flags: u32,
-    /// Non-zero when the raw tracepoints exceptions:page_fault_{user,kernel}
-    /// (x86 only) are attached and hand over the error code.
-    pub write_faults: u32,
     /// Number of possible CPUs (bounds the cross-CPU hand-over search).
     pub nr_cpus: u32,
-    /// Non-zero with `--latency`: the fault entry hooks record the entry
-    /// time and address of every fault, and the accounting (perf) event
-    /// adds the fault's latency to `FAULT_LATENCY` / `PROC_STALL`.
-    pub latency: u32,
-    /// `task_struct.pagefault_disabled` ([`Config::ABSENT`]: unknown): a
-    /// kernel-mode fault with it non-zero is a nofault read, never counted.
-    pub task_pagefault_disabled: u32,
     /// `task_struct.flags` (PF_KSWAPD, PF_MEMALLOC).
     pub task_flags: u32,
     /// filemap:mm_filemap_{add_to,delete_from}_page_cache `pfn`.
@@ -384,12 +396,6 @@ pub struct Config {
     pub tp_oom_file: u32,
     pub tp_oom_shmem: u32,
     pub tp_oom_score_adj: u32,
-    /// Non-zero for `--all`: every process but mmtrace is in scope, without
-    /// `SCOPE` entries (children are not added, nothing fills up).
-    pub scope_all: u32,
-    /// [`event_mask`] bits: which raw events go to the `EVENTS` ring buffer
-    /// (0: none; the programs only aggregate).
-    pub events: u32,
     /// Stream one raw event in `events_sample` (per CPU); 0 or 1: all.
     pub events_sample: u32,
     // --- The write path (BTF offsets; tracefs offsets, ABSENT: no such event).

@@ -193,9 +193,11 @@ fn on_entry(ctx: &RawTracePointContext, addr: u64, code: u64, kernel_mode: bool)
     if !entry_counting() || addr & KERNEL_HALF != 0 {
         return;
     }
-    let (tid, tgid) = scope::current_ids();
-    // SAFETY: plain helper call.
+    // SAFETY: plain helper call (inlined by the verifier on x86-64).
     let task = unsafe { bpf_get_current_task_btf() } as u64;
+    // SAFETY: a BTF task pointer, offsets from BTF.
+    let (tid, tgid): (u32, u32) =
+        unsafe { (load(task, conf!(task_pid)), load(task, conf!(task_tgid))) };
     if kernel_mode && conf!(task_pagefault_disabled) != Config::ABSENT {
         // SAFETY: a BTF task pointer, offset from BTF.
         let disabled: i32 = unsafe { load(task, conf!(task_pagefault_disabled)) };
@@ -832,23 +834,14 @@ fn vma_counters<C: EbpfContext>(
     count_failure: bool,
 ) -> Option<(Row, MappingKey)> {
     let cache = VMA_CACHE.get_ptr_mut(0)?;
-    let use_cache = conf!(vma_cache) != 0;
-    // Read before the scope lookup: a process leaving the scope after it
-    // shows up as a mismatch next time.
-    let scope_gen = scope::generation();
-    // Read the sequence *before* the lookup: a change after it then shows
-    // up as a mismatch next time instead of caching a stale vma.
-    let mut mm = 0u64;
-    let mut seq = 1u64; // odd: never cacheable
-    let mut seq_read = false;
-    if use_cache {
+    if conf!(vma_cache) != 0 {
+        let scope_gen = scope::generation();
         // SAFETY: per-CPU slot; a BTF task pointer, offsets from BTF.
         unsafe {
             let k = &(*cache).key;
             if k.tgid == tgid && (*cache).scope_gen == scope_gen {
-                mm = load::<u64>(task, conf!(task_mm));
-                seq = load::<u32>(mm, conf!(mm_lock_seq)) as u64;
-                seq_read = true;
+                let mm = load::<u64>(task, conf!(task_mm));
+                let seq = load::<u32>(mm, conf!(mm_lock_seq)) as u64;
                 if seq & 1 == 0
                     && (*cache).mm == mm
                     && (*cache).seq == seq
@@ -860,23 +853,45 @@ fn vma_counters<C: EbpfContext>(
             }
         }
     }
-    if !scope::in_scope_cached(tgid, scope_gen) {
+    if vma_miss(ctx, addr, tgid, count_failure as u32) == 0 {
         return None;
     }
-    if use_cache && !seq_read {
+    // SAFETY: per-CPU slot, just filled by `vma_miss`.
+    unsafe { Some((Row::own(&mut (*cache).counters), (*cache).key)) }
+}
+
+/// The slow path of [`vma_counters`], out of line so the per-fault program
+/// stays small (its JIT image is what every fault runs through): checks the
+/// scope, looks the vma up, registers its file, and moves this CPU's cache
+/// slot to it (flushing what the slot held). A vma that cannot be cached
+/// (the mm's layout is changing, or no vma was found) still takes the slot,
+/// with an odd `seq` no fault matches: the next fault flushes it to the map.
+/// Returns 0 when `tgid` is not traced.
+#[inline(never)]
+fn vma_miss<C: EbpfContext>(ctx: &C, addr: u64, tgid: u32, count_failure: u32) -> u32 {
+    let Some(cache) = VMA_CACHE.get_ptr_mut(0) else {
+        return 0;
+    };
+    // Read before the scope lookup: a process leaving the scope after it
+    // shows up as a mismatch next time.
+    let scope_gen = scope::generation();
+    if !scope::in_scope_cached(tgid, scope_gen) {
+        return 0;
+    }
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task_btf() };
+    // Read the sequence *before* the lookup: a change after it then shows
+    // up as a mismatch next time instead of caching a stale vma.
+    let (mm, mut seq) = if conf!(vma_cache) != 0 {
         // SAFETY: a BTF task pointer, offsets from BTF.
         unsafe {
-            mm = load::<u64>(task, conf!(task_mm));
-            seq = load::<u32>(mm, conf!(mm_lock_seq)) as u64;
+            let mm = load::<u64>(task as u64, conf!(task_mm));
+            (mm, load::<u32>(mm, conf!(mm_lock_seq)) as u64)
         }
-    }
-
-    let key = find_vma(
-        task as *mut aya_ebpf::bindings::task_struct,
-        addr,
-        tgid,
-        count_failure,
-    );
+    } else {
+        (0, 1) // odd: never cacheable
+    };
+    let key = find_vma(task, addr, tgid, count_failure != 0);
     if key.kind & kind::FILE != 0 && entry_counting() {
         // The file becomes one of interest before the fault reads it in
         // (`filemap:mm_filemap_fault` does this only without entry counting:
@@ -888,22 +903,21 @@ fn vma_counters<C: EbpfContext>(
         };
         register_file(ctx, &file, tgid);
     }
-    if use_cache && seq & 1 == 0 && key.kind & kind::UNATTRIBUTED == 0 {
-        flush(cache);
-        // SAFETY: per-CPU slot.
-        unsafe {
-            *cache = VmaCache {
-                mm,
-                seq,
-                scope_gen,
-                key,
-                counters: FaultCounters::default(),
-            };
-            return Some((Row::own(&mut (*cache).counters), key));
-        }
+    if key.kind & kind::UNATTRIBUTED != 0 {
+        seq = 1;
     }
-    // Not cacheable: count straight into the map.
-    Some((map_row(&key)?, key))
+    flush(cache);
+    // SAFETY: per-CPU slot.
+    unsafe {
+        *cache = VmaCache {
+            mm,
+            seq,
+            scope_gen,
+            key,
+            counters: FaultCounters::default(),
+        };
+    }
+    1
 }
 
 /// The `MAPPING_FAULTS` key of a vma: the vma itself, or with

@@ -301,6 +301,8 @@ pub fn compute(
     c.task_mm = btf.member_offset("task_struct", "mm")?;
     c.task_min_flt = btf.member_offset("task_struct", "min_flt")?;
     c.task_maj_flt = btf.member_offset("task_struct", "maj_flt")?;
+    c.task_pid = btf.member_offset("task_struct", "pid")?;
+    c.task_tgid = btf.member_offset("task_struct", "tgid")?;
     c.task_pagefault_disabled = btf
         .member_offset("task_struct", "pagefault_disabled")
         .unwrap_or(Config::ABSENT);
