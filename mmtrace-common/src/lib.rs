@@ -78,6 +78,9 @@ pub struct VmaCache {
     /// `SCOPE_GEN` when the slot was filled: while unchanged, no process
     /// left the scope, so the slot's process is still traced.
     pub scope_gen: u64,
+    /// The file's `address_space` (`file.f_mapping`; 0: anonymous), which
+    /// the raw `mm_filemap_map_pages` tracepoint names: identity only.
+    pub mapping: u64,
     /// The mapping row (with tgid); `vm_start..vm_end` is the cached range.
     pub key: MappingKey,
     /// Unflushed counters of this row.
@@ -429,6 +432,8 @@ pub struct Config {
     /// ext4:ext4_sync_file_enter `dev`, `ino`.
     pub tp_ext4_sync_dev: u32,
     pub tp_ext4_sync_ino: u32,
+    /// `file.f_mapping` (the raw `mm_filemap_map_pages` names the mapping).
+    pub file_f_mapping: u32,
     /// Kernel text ranges `[start, end)` of the functions that run memcg
     /// reclaim for a write to a cgroup file (memory.reclaim, force_empty, a
     /// lowered limit): a reclaim whose kernel stack passes through one is
@@ -1016,8 +1021,18 @@ mod tests {
         assert_eq!(size_of::<ScopeEntry>(), 8);
         assert_eq!(size_of::<Notice>(), 24);
         assert_eq!(size_of::<Event>(), 80);
-        assert_eq!(size_of::<VmaCache>(), 24 + 48 + 48);
+        assert_eq!(size_of::<VmaCache>(), 32 + 48 + 48);
         assert_eq!(size_of::<Config>() % 8, 0);
+        // No padding before Config's u64 fields either (aya::Pod).
+        use core::mem::offset_of;
+        assert_eq!(
+            offset_of!(Config, vmemmap_base_addr),
+            offset_of!(Config, cgroup_mode) + 4
+        );
+        assert_eq!(
+            offset_of!(Config, proactive_text),
+            offset_of!(Config, file_f_mapping) + 4
+        );
         assert_eq!(size_of::<SignalNotice>(), 24 + 48 + 8 + 16);
         assert_eq!(size_of::<TlbCounters>(), 3 * 8 * tlb_reason::COUNT);
         assert_eq!(size_of::<LatencyKey>(), 16);

@@ -133,6 +133,9 @@ pub struct ThreadFault {
     pub key: MappingKey,
     /// The faulting address.
     pub addr: u64,
+    /// The vma's file's `address_space` (0: anonymous): fault-around of
+    /// this fault names it.
+    pub mapping: u64,
 }
 
 #[perf_event]
@@ -165,6 +168,59 @@ pub fn page_fault_kernel(ctx: RawTracePointContext) -> u32 {
 #[tracepoint]
 pub fn filemap_map_pages(ctx: TracePointContext) -> u32 {
     let _ = try_filemap_map_pages(&ctx);
+    0
+}
+
+/// Fault-around when faults are counted at entry (this replaces
+/// [`filemap_map_pages`] then): the raw tracepoint, `TP_PROTO(struct
+/// address_space *mapping, pgoff_t index, pgoff_t last_index)` (Linux 6.12+,
+/// include/trace/events/filemap.h). Its arguments are plain loads and the
+/// fault it belongs to is this thread's pending entry, on the same
+/// `address_space` and covering `index`: no helper call, no hash lookup, no
+/// scope check (only traced threads have a pending entry). Fault-around
+/// without an entry (a GUP fault: `MAP_POPULATE`, `mlock`) is not counted
+/// as pages mapped, as before, and its file is registered by the page-cache
+/// hooks or userspace's scan of the maps.
+#[raw_tracepoint(tracepoint = "mm_filemap_map_pages")]
+pub fn filemap_map_pages_entry(ctx: RawTracePointContext) -> u32 {
+    let (mapping, index, last) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2));
+    // SAFETY: plain helper call (inlined by the verifier on x86-64).
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    // SAFETY: a BTF task pointer, offset from BTF.
+    let tid: u32 = unsafe { load(task, conf!(task_pid)) };
+    let Some(slot) = THREAD_FAULTS.get_ptr(thread_slot(tid)) else {
+        return 0;
+    };
+    // SAFETY: this thread's slot.
+    let (k, flags, stid, smap) =
+        unsafe { ((*slot).key, (*slot).flags, (*slot).tid, (*slot).mapping) };
+    let pages = last.wrapping_sub(index).wrapping_add(1);
+    let vm_pages = k.vm_end.wrapping_sub(k.vm_start) >> PAGE_SHIFT;
+    if stid == tid
+        && flags & tf::PENDING != 0
+        && smap == mapping
+        && mapping != 0
+        && index >= k.pgoff
+        && index - k.pgoff < vm_pages
+        && pages > 1
+        && let Some(row) = row(&k)
+    {
+        row.add(&FaultCounters {
+            pages_mapped: pages - 1,
+            ..FaultCounters::default()
+        });
+    }
+    if events::wanted(event_mask::FAULTS)
+        && stid == tid
+        && let Some(p) = PENDING.get_ptr_mut(pending_slot(tid))
+    {
+        // The fault's raw event reports the pages it mapped.
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*p).map_tid = tid;
+            (*p).map_pages = pages;
+        }
+    }
     0
 }
 
@@ -232,7 +288,7 @@ fn on_entry(ctx: &RawTracePointContext, addr: u64, code: u64, kernel_mode: bool)
             pending && (*slot).tid != tid
         }
     };
-    let Some((row, key)) = vma_counters(ctx, task, addr, tgid, true) else {
+    let Some(Counted { row, key, mapping }) = vma_counters(ctx, task, addr, tgid, true) else {
         return;
     };
     if taken {
@@ -273,6 +329,7 @@ fn on_entry(ctx: &RawTracePointContext, addr: u64, code: u64, kernel_mode: bool)
         (*slot).maj_flt = maj;
         (*slot).key = key;
         (*slot).addr = addr;
+        (*slot).mapping = mapping;
     }
 }
 
@@ -530,7 +587,7 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
     };
     // SAFETY: plain helper call.
     let task = unsafe { bpf_get_current_task_btf() } as u64;
-    let Some((row, key)) = vma_counters(ctx, task, addr, tgid, true) else {
+    let Some(Counted { row, key, .. }) = vma_counters(ctx, task, addr, tgid, true) else {
         return;
     };
     let (mut error_code, map_pages, mut start_ns, entry_addr) = take_pending(tid);
@@ -648,7 +705,7 @@ fn fault_event(e: &mut Event, tgid: u32, counted_on: Option<MappingKey>) {
     let k = match key {
         Some(k) => k,
         // SAFETY: plain helper call.
-        None => find_vma(unsafe { bpf_get_current_task_btf() }, addr, tgid, true),
+        None => find_vma(unsafe { bpf_get_current_task_btf() }, addr, tgid, true).0,
     };
     if k.kind & kind::FILE != 0 {
         e.flags |= event::FILE;
@@ -749,6 +806,8 @@ pub(crate) struct Found {
     pub pgoff: u64,
     pub ino: u64,
     pub dev: u64,
+    /// `file.f_mapping` (0: anonymous).
+    pub mapping: u64,
 }
 
 /// The vma holding `addr` in the current task (`task_btf`, a trusted BTF
@@ -798,6 +857,8 @@ extern "C" fn vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
             let Some(inode) = read::<u64>(file, core::ptr::read_volatile(&c.file_f_inode)) else {
                 return 0;
             };
+            (*found).mapping =
+                read::<u64>(file, core::ptr::read_volatile(&c.file_f_mapping)).unwrap_or(0);
             let (Some(ino), Some(sb)) = (
                 read::<u64>(inode, core::ptr::read_volatile(&c.inode_i_ino)),
                 read::<u64>(inode, core::ptr::read_volatile(&c.inode_i_sb)),
@@ -832,7 +893,7 @@ fn vma_counters<C: EbpfContext>(
     addr: u64,
     tgid: u32,
     count_failure: bool,
-) -> Option<(Row, MappingKey)> {
+) -> Option<Counted> {
     let cache = VMA_CACHE.get_ptr_mut(0)?;
     if conf!(vma_cache) != 0 {
         let scope_gen = scope::generation();
@@ -848,7 +909,11 @@ fn vma_counters<C: EbpfContext>(
                     && addr >= k.vm_start
                     && addr < k.vm_end
                 {
-                    return Some((Row::own(&mut (*cache).counters), *k));
+                    return Some(Counted {
+                        row: Row::own(&mut (*cache).counters),
+                        key: *k,
+                        mapping: (*cache).mapping,
+                    });
                 }
             }
         }
@@ -857,7 +922,21 @@ fn vma_counters<C: EbpfContext>(
         return None;
     }
     // SAFETY: per-CPU slot, just filled by `vma_miss`.
-    unsafe { Some((Row::own(&mut (*cache).counters), (*cache).key)) }
+    unsafe {
+        Some(Counted {
+            row: Row::own(&mut (*cache).counters),
+            key: (*cache).key,
+            mapping: (*cache).mapping,
+        })
+    }
+}
+
+/// Where [`vma_counters`] counts a fault: the row, its key and the vma's
+/// file's `address_space` (0: anonymous).
+struct Counted {
+    row: Row,
+    key: MappingKey,
+    mapping: u64,
 }
 
 /// The slow path of [`vma_counters`], out of line so the per-fault program
@@ -891,7 +970,7 @@ fn vma_miss<C: EbpfContext>(ctx: &C, addr: u64, tgid: u32, count_failure: u32) -
     } else {
         (0, 1) // odd: never cacheable
     };
-    let key = find_vma(task, addr, tgid, count_failure != 0);
+    let (key, mapping) = find_vma(task, addr, tgid, count_failure != 0);
     if key.kind & kind::FILE != 0 && entry_counting() {
         // The file becomes one of interest before the fault reads it in
         // (`filemap:mm_filemap_fault` does this only without entry counting:
@@ -913,6 +992,7 @@ fn vma_miss<C: EbpfContext>(ctx: &C, addr: u64, tgid: u32, count_failure: u32) -
             mm,
             seq,
             scope_gen,
+            mapping,
             key,
             counters: FaultCounters::default(),
         };
@@ -958,23 +1038,24 @@ fn find_vma(
     addr: u64,
     tgid: u32,
     count_failure: bool,
-) -> MappingKey {
+) -> (MappingKey, u64) {
     let (ret, found) = lookup_vma(task_btf, addr);
     if ret != 0 || found.ok == 0 {
         if count_failure {
             count_error(errors::FIND_VMA_FAILED);
         }
-        return MappingKey {
+        let key = MappingKey {
             tgid,
             kind: kind::UNATTRIBUTED,
             ..MappingKey::default()
         };
+        return (key, 0);
     }
     let mut k = if found.has_file != 0 { kind::FILE } else { 0 };
     if found.flags & VM_SHARED != 0 {
         k |= kind::SHARED;
     }
-    MappingKey {
+    let key = MappingKey {
         tgid,
         kind: k,
         vm_start: found.start,
@@ -983,5 +1064,6 @@ fn find_vma(
         ino: found.ino,
         dev: found.dev as u32,
         _pad: 0,
-    }
+    };
+    (key, found.mapping)
 }

@@ -181,6 +181,13 @@ fn not_needed(p: &Probe, at_entry: bool, perf_needed: bool) -> Option<&'static s
             "not needed: faults are counted at fault entry, which registers the file of a vma \
              when it looks the vma up",
         ),
+        _ if at_entry && p.program == "filemap_map_pages" => Some(
+            "replaced by its raw tracepoint (filemap_map_pages_entry) when faults are counted at \
+             fault entry",
+        ),
+        _ if !at_entry && p.program == "filemap_map_pages_entry" => {
+            Some("not needed: faults are not counted at fault entry here")
+        }
         _ => None,
     }
 }
@@ -318,7 +325,10 @@ impl Tracer {
             });
             let r = verified.and_then(|()| self.attach_one(p, &cpus));
             // Counting at entry, the entry hooks are required.
-            let required = p.required() || (at_entry && p.program.starts_with("page_fault_"));
+            let required = p.required()
+                || (at_entry
+                    && (p.program.starts_with("page_fault_")
+                        || p.program == "filemap_map_pages_entry"));
             match r {
                 Ok(()) => out.push(ProbeStatus::new(p, Ok(()))),
                 Err(e)

@@ -312,6 +312,7 @@ pub fn compute(
     c.vma_vm_pgoff = btf.member_offset("vm_area_struct", "vm_pgoff")?;
     c.vma_vm_file = btf.member_offset("vm_area_struct", "vm_file")?;
     c.file_f_inode = btf.member_offset("file", "f_inode")?;
+    c.file_f_mapping = btf.member_offset("file", "f_mapping")?;
     c.inode_i_ino = btf.member_offset("inode", "i_ino")?;
     c.inode_i_sb = btf.member_offset("inode", "i_sb")?;
     c.sb_s_dev = btf.member_offset("super_block", "s_dev")?;

@@ -129,6 +129,17 @@ pub const PROBES: &[Probe] = &[
         "mm_filemap_map_pages",
         "pages mapped by fault-around",
     ),
+    Probe {
+        program: "filemap_map_pages_entry",
+        hook: Hook::RawTracepoint {
+            category: "filemap",
+            event: "mm_filemap_map_pages",
+        },
+        need: Need::Optional {
+            without: "pages mapped by fault-around are not counted",
+        },
+        purpose: "pages mapped by fault-around (with faults counted at entry)",
+    },
     tp(
         "task_newtask",
         "task",
