@@ -94,6 +94,7 @@ pub async fn run(spec: &TraceSpec) -> Result<i32> {
         (_, e) => e,
     };
     let records = finish(spec, &mut collector, end, error.as_ref(), child, exited)?;
+    crate::timing::phase("final report built");
     let mut late = None;
     for r in &records {
         if let Err(e) = sinks.emit(r) {
@@ -103,6 +104,7 @@ pub async fn run(spec: &TraceSpec) -> Result<i32> {
     if let Err(e) = sinks.close().await {
         late.get_or_insert(e);
     }
+    crate::timing::phase("report written");
     if let Some(e) = error {
         return Err(e.context(
             "the trace stopped early (the final report shows what was counted until then)",
@@ -163,6 +165,7 @@ async fn start(spec: &TraceSpec) -> Result<Started> {
             .as_deref()
             .unwrap_or(Path::new(preflight::BTF_PATH)),
     )?;
+    crate::timing::phase("BTF parsed");
     let root = match std::env::var_os("MMTRACE_TRACEFS") {
         Some(r) => PathBuf::from(r),
         None => preflight::tracefs_root()?,
@@ -173,6 +176,7 @@ async fn start(spec: &TraceSpec) -> Result<Started> {
         .choose_msync(spec.msync_syscalls)
         .map_err(|e| anyhow::anyhow!(e))?;
     drop(btf);
+    crate::timing::phase("offsets computed (tracefs formats, kallsyms)");
     let watch = cgroup.map(CgroupWatch::new);
     if spec.all {
         config.scope_all = 1;
@@ -209,6 +213,7 @@ async fn start(spec: &TraceSpec) -> Result<Started> {
                 Some(g) => Some(release_into(g, collector.watch.as_ref(), spec.all)?),
                 None => None,
             };
+            crate::timing::phase("command released");
             let what = describe(spec, &collector, child, targets);
             let meta = meta(spec, &features, collector.probes().to_vec(), &collector);
             Ok(Started {
@@ -272,6 +277,7 @@ fn attach(
     if let (Some(w), false) = (&watch, spec.all) {
         tracer.set_cgroups(&w.keys())?;
     }
+    crate::timing::phase("attached");
     let mut c = Collector::new(Setup {
         tracer,
         watch,
@@ -299,6 +305,7 @@ fn attach(
             bail!("process {pid} exited before mmtrace could attach; nothing was traced");
         }
     }
+    crate::timing::phase("targets read");
     Ok((c, targets.len()))
 }
 
@@ -458,6 +465,7 @@ async fn watch(
         }
         if let Some(pid) = child {
             if let Some(e) = target::wait(pid, false).context("waiting for the command")? {
+                crate::timing::phase("command exit seen");
                 return Ok((EndReason::TargetExited, Some(e)));
             }
         } else if !spec.pids.is_empty() && c.targets_gone(&spec.pids) {
@@ -543,6 +551,7 @@ fn finish(
         out.extend(evs.into_iter().map(Record::Event));
     }
     let finished = c.finish();
+    crate::timing::phase("final read, detach started");
     out.extend(c.take_signals().into_iter().map(Record::Signal));
     match finished {
         Ok(kills) => out.extend(kills.into_iter().flat_map(kill_records)),

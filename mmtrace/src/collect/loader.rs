@@ -108,12 +108,19 @@ fn load_one(p: &Probe, prog: &mut aya::programs::Program) -> Result<()> {
         let t: &mut T = prog.try_into()?;
         Ok(t.load_program()?)
     }
-    match p.hook {
+    let t0 = std::time::Instant::now();
+    let r = match p.hook {
         Hook::Tracepoint { .. } => load::<TracePoint>(prog),
         Hook::RawTracepoint { .. } => load::<RawTracePoint>(prog),
         Hook::PerfSoftware(_) => load::<PerfEvent>(prog),
-    }
-    .with_context(|| format!("the kernel verifier rejected program {}", p.program))
+    };
+    log::debug!(
+        "program {} loaded in {:.1} ms ({:.1} ms of CPU)",
+        p.program,
+        t0.elapsed().as_secs_f64() * 1e3,
+        crate::timing::thread_cpu_ms()
+    );
+    r.with_context(|| format!("the kernel verifier rejected program {}", p.program))
 }
 
 /// Why an optional probe cannot be attached on this kernel, known before
@@ -214,6 +221,7 @@ impl Tracer {
         // none otherwise (each log site then costs one global load).
         let log_level: u8 = if bpf_log { 0xff } else { 0 };
         let mut loader: EbpfLoader<'_> = new_loader();
+        crate::timing::phase("aya's loader ready (its BTF parse)");
         let mut ebpf = loader
             .override_global("CONFIG", config, true)
             .override_global("AYA_LOG_LEVEL", &log_level, false)
@@ -243,6 +251,7 @@ impl Tracer {
             )
             .load(EBPF_OBJECT)
             .context("loading mmtrace's eBPF object (maps and BTF) into the kernel")?;
+        crate::timing::phase("maps created");
         if bpf_log {
             spawn_bpf_log(&mut ebpf)?;
         }
@@ -298,6 +307,7 @@ impl Tracer {
     ) -> Result<Vec<ProbeStatus>> {
         let cpus = online_cpus().map_err(|(p, e)| anyhow!("reading {p}: {e}"))?;
         let mut verified = self.verify(features, perf_needed);
+        crate::timing::phase("programs verified");
         before_attach();
         let mut out = Vec::with_capacity(PROBES.len());
         for p in PROBES {

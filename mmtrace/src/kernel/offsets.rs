@@ -107,14 +107,37 @@ pub const PROACTIVE_FUNCTIONS: &[&str] = &[
     "memory_high_write",
 ];
 
-/// Address, type and name of a /proc/kallsyms line (`ADDR T name\t[module]`).
-/// Split on single spaces, not `split_whitespace`: this runs for ~120k
-/// lines at every start, and was a third of the time spent on the file.
-fn kallsyms_line(l: &str) -> Option<(u64, &str, &str)> {
-    let (a, rest) = l.trim_start().split_once(' ')?;
-    let (t, rest) = rest.split_once(' ')?;
-    let name = rest.split(['\t', ' ', '\n']).next()?;
-    Some((u64::from_str_radix(a, 16).ok()?, t, name))
+/// Address, type and name of a /proc/kallsyms line (`ADDR T name\t[module]`),
+/// as bytes: this runs for ~120k lines at every start, where `str` lines
+/// (UTF-8 checks, `read_line`, `from_str_radix`) cost as much as the
+/// kernel's formatting of the file.
+fn kallsyms_line(l: &[u8]) -> Option<(u64, u8, &[u8])> {
+    let l = l.trim_ascii_start();
+    let sp = l.iter().position(|&b| b == b' ')?;
+    let (a, rest) = (&l[..sp], &l[sp + 1..]);
+    let (&t, rest) = rest.split_first()?;
+    let name = rest.strip_prefix(b" ")?;
+    let end = name
+        .iter()
+        .position(|&b| matches!(b, b'\t' | b' ' | b'\n'))
+        .unwrap_or(name.len());
+    Some((hex(a)?, t, &name[..end]))
+}
+
+/// A non-empty hexadecimal number of at most 16 digits.
+fn hex(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &b| {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return None,
+        };
+        Some(n << 4 | u64::from(d))
+    })
 }
 
 /// `[start, end)` of each of `names` found in `kallsyms` (end: the next
@@ -122,7 +145,7 @@ fn kallsyms_line(l: &str) -> Option<(u64, &str, &str)> {
 /// (kptr_restrict) give nothing.
 pub fn text_ranges(kallsyms: &str, names: &[&str], max: usize) -> Vec<[u64; 2]> {
     let mut scan = Scan::default();
-    kallsyms.lines().for_each(|l| scan.line(l, names));
+    scan.all_lines(kallsyms.as_bytes(), names);
     scan.ranges(max)
 }
 
@@ -135,27 +158,51 @@ struct Scan {
 }
 
 impl Scan {
-    fn line(&mut self, l: &str, names: &[&str]) {
+    /// Every complete line of `buf`; returns how many bytes they took.
+    fn lines(&mut self, buf: &[u8], names: &[&str]) -> usize {
+        let mut used = 0;
+        for l in buf.split_inclusive(|&b| b == b'\n') {
+            if l.last() != Some(&b'\n') {
+                break;
+            }
+            self.line(l, names);
+            used += l.len();
+        }
+        used
+    }
+
+    /// Every line of `text`, the last one also without a newline.
+    fn all_lines(&mut self, text: &[u8], names: &[&str]) {
+        text.split(|&b| b == b'\n')
+            .for_each(|l| self.line(l, names));
+    }
+
+    fn line(&mut self, l: &[u8], names: &[&str]) {
         let Some((a, t, name)) = kallsyms_line(l) else {
             return;
         };
         self.addrs.push(a);
-        if a != 0 && matches!(t, "t" | "T") && names.contains(&name) && !self.starts.contains(&a) {
+        if a != 0
+            && matches!(t, b't' | b'T')
+            && names.iter().any(|n| n.as_bytes() == name)
+            && !self.starts.contains(&a)
+        {
             self.starts.push(a);
         }
-        if name == "vmemmap_base" && self.vmemmap_base.is_none() {
+        if name == b"vmemmap_base" && self.vmemmap_base.is_none() {
             self.vmemmap_base = Some(a);
         }
     }
 
-    fn ranges(mut self, max: usize) -> Vec<[u64; 2]> {
-        self.addrs.sort_unstable();
+    /// Each start's end is the least address above it: one pass over the
+    /// addresses per start (a handful), no sort of the ~120k.
+    fn ranges(self, max: usize) -> Vec<[u64; 2]> {
         let addrs = self.addrs;
         self.starts
             .into_iter()
             .filter_map(|a| {
-                let i = addrs.partition_point(|x| *x <= a);
-                addrs.get(i).map(|end| [a, *end])
+                let end = addrs.iter().copied().filter(|&x| x > a).min()?;
+                Some([a, end])
             })
             .take(max)
             .collect()
@@ -198,7 +245,7 @@ pub fn x86_64_syscall_reasons() -> [u8; 512] {
 /// fixed x86_64 base (4-level paging; 5-level when the CPU has `la57`).
 pub fn vmemmap(kallsyms: &str, cpuinfo: &str) -> (u64, u64) {
     let mut scan = Scan::default();
-    kallsyms.lines().for_each(|l| scan.line(l, &[]));
+    scan.all_lines(kallsyms.as_bytes(), &[]);
     vmemmap_from(scan.vmemmap_base, cpuinfo)
 }
 
@@ -233,18 +280,37 @@ struct Symbols {
 }
 
 impl Symbols {
-    /// Line by line: the whole file (5.4 MB here) is never in memory.
+    /// A chunk at a time: the whole file (5.4 MB here) is never in memory.
     fn read() -> Self {
-        use std::io::BufRead as _;
+        use std::io::Read as _;
+        let t0 = std::time::Instant::now();
         let mut scan = Scan::default();
-        if let Ok(f) = std::fs::File::open("/proc/kallsyms") {
-            let mut r = std::io::BufReader::with_capacity(64 << 10, f);
-            let mut line = String::new();
-            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
-                scan.line(&line, PROACTIVE_FUNCTIONS);
-                line.clear();
+        if let Ok(mut f) = std::fs::File::open("/proc/kallsyms") {
+            let mut buf = vec![0u8; 256 << 10];
+            let mut have = 0;
+            loop {
+                match f.read(&mut buf[have..]) {
+                    Ok(0) => {
+                        scan.all_lines(&buf[..have], PROACTIVE_FUNCTIONS);
+                        break;
+                    }
+                    Ok(n) => have += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+                let used = scan.lines(&buf[..have], PROACTIVE_FUNCTIONS);
+                buf.copy_within(used..have, 0);
+                have -= used;
+                if have == buf.len() {
+                    break; // a line longer than the buffer: not kallsyms
+                }
             }
         }
+        log::debug!(
+            "/proc/kallsyms read in {:.1} ms ({:.1} ms of CPU)",
+            t0.elapsed().as_secs_f64() * 1e3,
+            crate::timing::thread_cpu_ms()
+        );
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         Self {
             vmemmap: vmemmap_from(scan.vmemmap_base, &cpuinfo),
@@ -585,14 +651,24 @@ mod tests {
     #[test]
     fn kallsyms_lines_with_modules_and_newlines() {
         assert_eq!(
-            kallsyms_line("ffffffff816a8480 t memory_reclaim\n"),
-            Some((0xffff_ffff_816a_8480, "t", "memory_reclaim"))
+            kallsyms_line(b"ffffffff816a8480 t memory_reclaim\n"),
+            Some((0xffff_ffff_816a_8480, b't', &b"memory_reclaim"[..]))
         );
         assert_eq!(
-            kallsyms_line("ffffffffc0a01000 t nft_init\t[nf_tables]\n"),
-            Some((0xffff_ffff_c0a0_1000, "t", "nft_init"))
+            kallsyms_line(b"ffffffffc0a01000 t nft_init\t[nf_tables]\n"),
+            Some((0xffff_ffff_c0a0_1000, b't', &b"nft_init"[..]))
         );
-        assert_eq!(kallsyms_line("garbage\n"), None);
+        assert_eq!(
+            kallsyms_line(b"ffffffff816a8480 t last_line_without_newline"),
+            Some((
+                0xffff_ffff_816a_8480,
+                b't',
+                &b"last_line_without_newline"[..]
+            ))
+        );
+        assert_eq!(kallsyms_line(b"garbage\n"), None);
+        assert_eq!(kallsyms_line(b"ffffffffx16a8480 t bad_hex\n"), None);
+        assert_eq!(kallsyms_line(b"1ffffffff816a8480 t too_long\n"), None);
     }
 
     #[test]
