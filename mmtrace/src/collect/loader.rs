@@ -195,7 +195,23 @@ pub struct Tracer {
     links: Vec<Box<dyn Send>>,
     /// `Config::coarse_mappings`: mapping rows without their range.
     coarse_mappings: bool,
+    /// Probes whose hook gets another probe's program (see [`SHARED`]).
+    served_by: BTreeMap<&'static str, &'static str>,
 }
+
+/// Probes whose hook can take another probe's program, so that the kernel
+/// verifies one program instead of two (the verifier's work is most of the
+/// start-up's CPU time): `(probe, program)`.
+///
+/// `page_fault_user` and `page_fault_kernel` run the same code (`on_entry`
+/// in mmtrace-ebpf's faults.rs) except that the kernel-mode one first skips
+/// faults taken while the task has page faults disabled (nofault reads of
+/// user memory). A task never runs user code with page faults disabled, so
+/// on the user hook that check never skips: the kernel-mode program counts
+/// user faults exactly as the user one does, for one more load from the
+/// task per fault. Each is the costliest program to verify (40-57 ms of CPU
+/// on the 2-vCPU VM).
+const SHARED: &[(&str, &str)] = &[("page_fault_user", "page_fault_kernel")];
 
 /// Run-time statistics of one program (kernel BPF stats).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, schemars::JsonSchema)]
@@ -263,6 +279,7 @@ impl Tracer {
             probes: Vec::new(),
             links: Vec::new(),
             coarse_mappings: config.coarse_mappings != 0,
+            served_by: BTreeMap::new(),
         };
         for &(pid, follow) in targets {
             t.add_to_scope(pid, follow)?;
@@ -364,6 +381,15 @@ impl Tracer {
                 None => todo.push(p),
             }
         }
+        // A probe whose hook another probe's program serves is not loaded
+        // (both must be wanted; if only one is, it loads its own program).
+        for &(probe, program) in SHARED {
+            let wanted = |n: &str| todo.iter().any(|p| p.program == n);
+            if wanted(probe) && wanted(program) {
+                todo.retain(|p| p.program != probe);
+                self.served_by.insert(probe, program);
+            }
+        }
         let progs: Vec<(&'static Probe, &mut aya::programs::Program)> = self
             .ebpf
             .programs_mut()
@@ -381,11 +407,19 @@ impl Tracer {
                 out.insert(p.program, r);
             }
         });
+        for (&probe, &program) in &self.served_by {
+            let r = match out.get(program) {
+                Some(Ok(())) => Ok(()),
+                Some(Err(e)) => Err(anyhow!("{e:#}")),
+                None => Err(anyhow!("program {program} missing from the eBPF object")),
+            };
+            out.insert(probe, r);
+        }
         out
     }
 
     fn attach_one(&mut self, p: &Probe, cpus: &[u32]) -> Result<()> {
-        let prog = p.program;
+        let prog = self.served_by.get(p.program).copied().unwrap_or(p.program);
         match p.hook {
             Hook::Tracepoint { category, event } => {
                 let p = self.loaded::<TracePoint>(prog)?;
