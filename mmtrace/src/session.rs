@@ -138,7 +138,6 @@ struct Started {
 async fn start(spec: &TraceSpec) -> Result<Started> {
     // The slow reads of kernel data start now, on threads of their own.
     offsets::prefetch_symbols();
-    crate::collect::loader::prefetch_loader();
     let self_pid = std::process::id();
     for &pid in &spec.pids {
         if pid == self_pid {
@@ -171,6 +170,10 @@ async fn start(spec: &TraceSpec) -> Result<Started> {
             .unwrap_or(Path::new(preflight::BTF_PATH)),
     )?;
     crate::timing::phase("BTF parsed");
+    // aya's own parse of the kernel BTF starts only now: on 2 CPUs, three
+    // threads at once slowed /proc/kallsyms, which is what the offsets
+    // wait for; aya's loader is needed only after them.
+    crate::collect::loader::prefetch_loader();
     let root = match std::env::var_os("MMTRACE_TRACEFS") {
         Some(r) => PathBuf::from(r),
         None => preflight::tracefs_root()?,
