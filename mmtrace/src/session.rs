@@ -137,7 +137,13 @@ struct Started {
 /// last, once everything is attached.
 async fn start(spec: &TraceSpec) -> Result<Started> {
     // The slow reads of kernel data start now, on threads of their own.
-    offsets::prefetch_symbols();
+    // aya's parse of the kernel BTF (needed only once the offsets are
+    // computed) starts now too if /proc/kallsyms need not be read, else
+    // after mmtrace's own BTF parse: three threads at once on 2 CPUs slowed
+    // /proc/kallsyms, which the offsets wait for.
+    if offsets::prefetch_symbols() {
+        crate::collect::loader::prefetch_loader();
+    }
     let self_pid = std::process::id();
     for &pid in &spec.pids {
         if pid == self_pid {
@@ -170,9 +176,6 @@ async fn start(spec: &TraceSpec) -> Result<Started> {
             .unwrap_or(Path::new(preflight::BTF_PATH)),
     )?;
     crate::timing::phase("BTF parsed");
-    // aya's own parse of the kernel BTF starts only now: on 2 CPUs, three
-    // threads at once slowed /proc/kallsyms, which is what the offsets
-    // wait for; aya's loader is needed only after them.
     crate::collect::loader::prefetch_loader();
     let root = match std::env::var_os("MMTRACE_TRACEFS") {
         Some(r) => PathBuf::from(r),

@@ -279,9 +279,79 @@ struct Symbols {
     ranges: Vec<[u64; 2]>,
 }
 
+/// Where [`Symbols`] are kept for the next traces of this boot: the
+/// kernel's own symbols never move until it reboots, and formatting
+/// /proc/kallsyms is the longest part of a start (55-60 ms of kernel CPU on
+/// the 2-vCPU VM, what the offsets wait for). Root's only (kernel addresses:
+/// mode 0600 in a 0700 directory), in a tmpfs that a reboot empties, and
+/// tagged with the boot id and the functions asked for.
+const CACHE_DIR: &str = "/run/mmtrace";
+const CACHE: &str = "/run/mmtrace/kallsyms";
+const CACHE_MAGIC: &str = "mmtrace kallsyms 1";
+
 impl Symbols {
-    /// A chunk at a time: the whole file (5.4 MB here) is never in memory.
+    /// From the cache when it is this boot's, else from /proc/kallsyms
+    /// (then cached, if its addresses were visible).
     fn read() -> Self {
+        Self::cached().unwrap_or_else(Self::read_and_cache)
+    }
+
+    /// This boot's cached symbols, if there are.
+    fn cached() -> Option<Self> {
+        let boot_id = boot_id()?;
+        Self::from_cache(&read_cache()?, &boot_id)
+    }
+
+    /// Scans /proc/kallsyms and caches what it found.
+    fn read_and_cache() -> Self {
+        let s = Self::scan();
+        if let Some(boot_id) = boot_id()
+            && (!s.ranges.is_empty() || s.vmemmap.0 != 0)
+        {
+            write_cache(&s.to_cache(&boot_id));
+        }
+        s
+    }
+
+    fn to_cache(&self, boot_id: &str) -> String {
+        let mut t = format!(
+            "{CACHE_MAGIC}\n{boot_id}\n{} {}\n{:x} {:x}\n",
+            PROACTIVE_FUNCTIONS.join(","),
+            mmtrace_common::PROACTIVE_RANGES,
+            self.vmemmap.0,
+            self.vmemmap.1
+        );
+        for [lo, hi] in &self.ranges {
+            t += &format!("{lo:x} {hi:x}\n");
+        }
+        t
+    }
+
+    /// The cached symbols, if `text` is a cache of this boot for the same
+    /// functions.
+    fn from_cache(text: &str, boot_id: &str) -> Option<Self> {
+        let mut lines = text.lines();
+        let asked = format!(
+            "{} {}",
+            PROACTIVE_FUNCTIONS.join(","),
+            mmtrace_common::PROACTIVE_RANGES
+        );
+        if lines.next()? != CACHE_MAGIC || lines.next()? != boot_id || lines.next()? != asked {
+            return None;
+        }
+        let pair = |l: &str| -> Option<(u64, u64)> {
+            let (a, b) = l.split_once(' ')?;
+            Some((hex(a.as_bytes())?, hex(b.as_bytes())?))
+        };
+        let vmemmap = pair(lines.next()?)?;
+        let ranges = lines
+            .map(|l| pair(l).map(|(lo, hi)| [lo, hi]))
+            .collect::<Option<Vec<_>>>()?;
+        (ranges.len() <= mmtrace_common::PROACTIVE_RANGES).then_some(Self { vmemmap, ranges })
+    }
+
+    /// A chunk at a time: the whole file (5.4 MB here) is never in memory.
+    fn scan() -> Self {
         use std::io::Read as _;
         let t0 = std::time::Instant::now();
         let mut scan = Scan::default();
@@ -319,29 +389,92 @@ impl Symbols {
     }
 }
 
-/// The symbols being read by [`prefetch_symbols`], if it was called.
-static PREFETCH: std::sync::Mutex<Option<std::thread::JoinHandle<Symbols>>> =
-    std::sync::Mutex::new(None);
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_owned())
+}
 
-/// Starts reading /proc/kallsyms on a thread of its own: the kernel takes
-/// 50-120 ms to format its ~120k lines (measured on a 2-vCPU VM), time
-/// that [`compute`] would otherwise wait for, while the BTF is parsed
-/// meanwhile. Without it, [`compute`] reads the file itself.
-pub fn prefetch_symbols() {
-    if let Ok(mut p) = PREFETCH.lock()
-        && p.is_none()
-    {
-        *p = std::thread::Builder::new()
-            .name("kallsyms".into())
-            .spawn(Symbols::read)
-            .ok();
+/// The cache's text, if it is root's own and only root can read it.
+fn read_cache() -> Option<String> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(CACHE)
+        .ok()?;
+    let m = f.metadata().ok()?;
+    if m.uid() != 0 || m.mode() & 0o077 != 0 || !m.is_file() || m.len() > 4096 {
+        return None;
     }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut f, &mut text).ok()?;
+    Some(text)
+}
+
+/// Writes the cache (a new file renamed over the old: concurrent traces
+/// never read half of one). Failures only cost the next start the scan.
+fn write_cache(text: &str) {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(CACHE_DIR);
+    let dir_ok = std::fs::symlink_metadata(CACHE_DIR)
+        .is_ok_and(|m| m.is_dir() && m.uid() == 0 && m.mode() & 0o077 == 0);
+    if !dir_ok {
+        return;
+    }
+    let tmp = format!("{CACHE}.{}", std::process::id());
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    if written.is_err() || std::fs::rename(&tmp, CACHE).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// The symbols found by [`prefetch_symbols`]: cached, or being read.
+enum Prefetched {
+    Cached(Symbols),
+    Reading(std::thread::JoinHandle<Symbols>),
+}
+
+static PREFETCH: std::sync::Mutex<Option<Prefetched>> = std::sync::Mutex::new(None);
+
+/// Takes the symbols from this boot's cache, or starts reading
+/// /proc/kallsyms on a thread of its own: the kernel takes 50-120 ms to
+/// format its ~120k lines (measured on a 2-vCPU VM), time that [`compute`]
+/// would otherwise wait for, while the BTF is parsed meanwhile. Without
+/// it, [`compute`] reads them itself. Returns whether they were cached
+/// (nothing is being read).
+pub fn prefetch_symbols() -> bool {
+    let Ok(mut p) = PREFETCH.lock() else {
+        return false;
+    };
+    if p.is_none() {
+        *p = match Symbols::cached() {
+            Some(s) => Some(Prefetched::Cached(s)),
+            None => std::thread::Builder::new()
+                .name("kallsyms".into())
+                .spawn(Symbols::read_and_cache)
+                .ok()
+                .map(Prefetched::Reading),
+        };
+    }
+    matches!(*p, Some(Prefetched::Cached(_)))
 }
 
 fn symbols() -> Symbols {
     let started = PREFETCH.lock().ok().and_then(|mut p| p.take());
     match started {
-        Some(h) => h.join().unwrap_or_default(),
+        Some(Prefetched::Cached(s)) => s,
+        Some(Prefetched::Reading(h)) => h.join().unwrap_or_default(),
         None => Symbols::read(),
     }
 }
@@ -669,6 +802,31 @@ mod tests {
         assert_eq!(kallsyms_line(b"garbage\n"), None);
         assert_eq!(kallsyms_line(b"ffffffffx16a8480 t bad_hex\n"), None);
         assert_eq!(kallsyms_line(b"1ffffffff816a8480 t too_long\n"), None);
+    }
+
+    #[test]
+    fn the_symbols_cache_is_this_boots_for_these_functions() {
+        let s = Symbols {
+            vmemmap: (0xffff_ffff_82e1_c0a8, 0),
+            ranges: vec![[0xffff_ffff_816a_8480, 0xffff_ffff_816a_8600]],
+        };
+        let t = s.to_cache("boot-a");
+        let back = Symbols::from_cache(&t, "boot-a").unwrap();
+        assert_eq!((back.vmemmap, back.ranges), (s.vmemmap, s.ranges.clone()));
+        assert!(Symbols::from_cache(&t, "boot-b").is_none(), "another boot");
+        let other = t.replacen("memory_reclaim", "memory_reclaim_v2", 1);
+        assert!(
+            Symbols::from_cache(&other, "boot-a").is_none(),
+            "other functions"
+        );
+        assert!(Symbols::from_cache(&t.replace("816a8600", "zz"), "boot-a").is_none());
+        assert!(Symbols::from_cache("", "boot-a").is_none());
+        let none = Symbols {
+            vmemmap: (0, 0xffff_ea00_0000_0000),
+            ranges: Vec::new(),
+        };
+        let back = Symbols::from_cache(&none.to_cache("b"), "b").unwrap();
+        assert_eq!((back.vmemmap, back.ranges), (none.vmemmap, Vec::new()));
     }
 
     #[test]
