@@ -24,5 +24,6 @@ pub mod signals;
 pub mod spec;
 pub mod stall;
 pub mod target;
+pub mod timing;
 pub mod tlb;
 pub mod verdict;

@@ -17,6 +17,7 @@ mod bench_chunks;
 mod workload;
 
 fn main() {
+    mmtrace::timing::start();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",

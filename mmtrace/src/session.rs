@@ -51,6 +51,10 @@ pub async fn run(spec: &TraceSpec) -> Result<i32> {
         signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
     );
+    // The command's exit wakes the loop at once, not at the next tick (up
+    // to 200 ms later: most of `mmtrace -- true` when it came after the
+    // first tick).
+    let mut sigchld = signal(SignalKind::child()).context("installing the SIGCHLD handler")?;
     let (stop_tx, mut stop_rx) = mpsc::channel(1);
     let mut sinks = Sinks::open(spec, stop_tx)?;
     let started = start(spec).await?;
@@ -82,6 +86,7 @@ pub async fn run(spec: &TraceSpec) -> Result<i32> {
             &mut sinks,
             &mut stop_rx,
             &mut signals,
+            &mut sigchld,
         )
         .await
         {
@@ -94,6 +99,7 @@ pub async fn run(spec: &TraceSpec) -> Result<i32> {
         (_, e) => e,
     };
     let records = finish(spec, &mut collector, end, error.as_ref(), child, exited)?;
+    crate::timing::phase("final report built");
     let mut late = None;
     for r in &records {
         if let Err(e) = sinks.emit(r) {
@@ -103,6 +109,7 @@ pub async fn run(spec: &TraceSpec) -> Result<i32> {
     if let Err(e) = sinks.close().await {
         late.get_or_insert(e);
     }
+    crate::timing::phase("report written");
     if let Some(e) = error {
         return Err(e.context(
             "the trace stopped early (the final report shows what was counted until then)",
@@ -130,8 +137,13 @@ struct Started {
 /// last, once everything is attached.
 async fn start(spec: &TraceSpec) -> Result<Started> {
     // The slow reads of kernel data start now, on threads of their own.
-    offsets::prefetch_symbols();
-    crate::collect::loader::prefetch_loader();
+    // aya's parse of the kernel BTF (needed only once the offsets are
+    // computed) starts now too if /proc/kallsyms need not be read, else
+    // after mmtrace's own BTF parse: three threads at once on 2 CPUs slowed
+    // /proc/kallsyms, which the offsets wait for.
+    if offsets::prefetch_symbols() {
+        crate::collect::loader::prefetch_loader();
+    }
     let self_pid = std::process::id();
     for &pid in &spec.pids {
         if pid == self_pid {
@@ -163,6 +175,8 @@ async fn start(spec: &TraceSpec) -> Result<Started> {
             .as_deref()
             .unwrap_or(Path::new(preflight::BTF_PATH)),
     )?;
+    crate::timing::phase("BTF parsed");
+    crate::collect::loader::prefetch_loader();
     let root = match std::env::var_os("MMTRACE_TRACEFS") {
         Some(r) => PathBuf::from(r),
         None => preflight::tracefs_root()?,
@@ -173,6 +187,7 @@ async fn start(spec: &TraceSpec) -> Result<Started> {
         .choose_msync(spec.msync_syscalls)
         .map_err(|e| anyhow::anyhow!(e))?;
     drop(btf);
+    crate::timing::phase("offsets computed (tracefs formats, kallsyms)");
     let watch = cgroup.map(CgroupWatch::new);
     if spec.all {
         config.scope_all = 1;
@@ -209,6 +224,7 @@ async fn start(spec: &TraceSpec) -> Result<Started> {
                 Some(g) => Some(release_into(g, collector.watch.as_ref(), spec.all)?),
                 None => None,
             };
+            crate::timing::phase("command released");
             let what = describe(spec, &collector, child, targets);
             let meta = meta(spec, &features, collector.probes().to_vec(), &collector);
             Ok(Started {
@@ -272,6 +288,7 @@ fn attach(
     if let (Some(w), false) = (&watch, spec.all) {
         tracer.set_cgroups(&w.keys())?;
     }
+    crate::timing::phase("attached");
     let mut c = Collector::new(Setup {
         tracer,
         watch,
@@ -299,6 +316,7 @@ fn attach(
             bail!("process {pid} exited before mmtrace could attach; nothing was traced");
         }
     }
+    crate::timing::phase("targets read");
     Ok((c, targets.len()))
 }
 
@@ -426,6 +444,7 @@ async fn watch(
     sinks: &mut Sinks,
     stop: &mut mpsc::Receiver<()>,
     (sigint, sigterm): &mut (Signal, Signal),
+    sigchld: &mut Signal,
 ) -> Result<(EndReason, Option<Exited>)> {
     let mut tick = tokio::time::interval(if spec.all { SCAN_ALL } else { SCAN });
     let start = Instant::now();
@@ -436,6 +455,8 @@ async fn watch(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            // A child exited (or stopped): read and check now.
+            _ = sigchld.recv(), if child.is_some() => {}
             r = c.ready() => {
                 let (events, kills) = match r? {
                     Ready::Notices => (Vec::new(), c.drain_notices()),
@@ -459,6 +480,7 @@ async fn watch(
         }
         if let Some(pid) = child {
             if let Some(e) = target::wait(pid, false).context("waiting for the command")? {
+                crate::timing::phase("command exit seen");
                 return Ok((EndReason::TargetExited, Some(e)));
             }
         } else if !spec.pids.is_empty() && c.targets_gone(&spec.pids) {
@@ -544,6 +566,7 @@ fn finish(
         out.extend(evs.into_iter().map(Record::Event));
     }
     let finished = c.finish();
+    crate::timing::phase("final read, detach started");
     out.extend(c.take_signals().into_iter().map(Record::Signal));
     match finished {
         Ok(kills) => out.extend(kills.into_iter().flat_map(kill_records)),

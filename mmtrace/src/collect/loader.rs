@@ -108,12 +108,19 @@ fn load_one(p: &Probe, prog: &mut aya::programs::Program) -> Result<()> {
         let t: &mut T = prog.try_into()?;
         Ok(t.load_program()?)
     }
-    match p.hook {
+    let t0 = std::time::Instant::now();
+    let r = match p.hook {
         Hook::Tracepoint { .. } => load::<TracePoint>(prog),
         Hook::RawTracepoint { .. } => load::<RawTracePoint>(prog),
         Hook::PerfSoftware(_) => load::<PerfEvent>(prog),
-    }
-    .with_context(|| format!("the kernel verifier rejected program {}", p.program))
+    };
+    log::debug!(
+        "program {} loaded in {:.1} ms ({:.1} ms of CPU)",
+        p.program,
+        t0.elapsed().as_secs_f64() * 1e3,
+        crate::timing::thread_cpu_ms()
+    );
+    r.with_context(|| format!("the kernel verifier rejected program {}", p.program))
 }
 
 /// Why an optional probe cannot be attached on this kernel, known before
@@ -202,9 +209,28 @@ pub struct Tracer {
     probes: Vec<ProbeStatus>,
     /// The attachments, owned here: dropping one detaches it.
     links: Vec<Box<dyn Send>>,
+    /// The attachments that count faults (fault entry, perf fault events):
+    /// detached last, see [`Tracer::detach`].
+    fault_links: Vec<Box<dyn Send>>,
     /// `Config::coarse_mappings`: mapping rows without their range.
     coarse_mappings: bool,
+    /// Probes whose hook gets another probe's program (see [`SHARED`]).
+    served_by: BTreeMap<&'static str, &'static str>,
 }
+
+/// Probes whose hook can take another probe's program, so that the kernel
+/// verifies one program instead of two (the verifier's work is most of the
+/// start-up's CPU time): `(probe, program)`.
+///
+/// `page_fault_user` and `page_fault_kernel` run the same code (`on_entry`
+/// in mmtrace-ebpf's faults.rs) except that the kernel-mode one first skips
+/// faults taken while the task has page faults disabled (nofault reads of
+/// user memory). A task never runs user code with page faults disabled, so
+/// on the user hook that check never skips: the kernel-mode program counts
+/// user faults exactly as the user one does, for one more load from the
+/// task per fault. Each is the costliest program to verify (40-57 ms of CPU
+/// on the 2-vCPU VM).
+const SHARED: &[(&str, &str)] = &[("page_fault_user", "page_fault_kernel")];
 
 /// Run-time statistics of one program (kernel BPF stats).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, schemars::JsonSchema)]
@@ -230,6 +256,7 @@ impl Tracer {
         // none otherwise (each log site then costs one global load).
         let log_level: u8 = if bpf_log { 0xff } else { 0 };
         let mut loader: EbpfLoader<'_> = new_loader();
+        crate::timing::phase("aya's loader ready (its BTF parse)");
         let mut ebpf = loader
             .override_global("CONFIG", config, true)
             .override_global("AYA_LOG_LEVEL", &log_level, false)
@@ -259,6 +286,7 @@ impl Tracer {
             )
             .load(EBPF_OBJECT)
             .context("loading mmtrace's eBPF object (maps and BTF) into the kernel")?;
+        crate::timing::phase("maps created");
         if bpf_log {
             spawn_bpf_log(&mut ebpf)?;
         }
@@ -270,6 +298,8 @@ impl Tracer {
             probes: Vec::new(),
             links: Vec::new(),
             coarse_mappings: config.coarse_mappings != 0,
+            served_by: BTreeMap::new(),
+            fault_links: Vec::new(),
         };
         for &(pid, follow) in targets {
             t.add_to_scope(pid, follow)?;
@@ -314,6 +344,7 @@ impl Tracer {
     ) -> Result<Vec<ProbeStatus>> {
         let cpus = online_cpus().map_err(|(p, e)| anyhow!("reading {p}: {e}"))?;
         let mut verified = self.verify(features, at_entry, perf_needed);
+        crate::timing::phase("programs verified");
         before_attach();
         let mut out = Vec::with_capacity(PROBES.len());
         for p in PROBES {
@@ -377,6 +408,15 @@ impl Tracer {
                 },
             }
         }
+        // A probe whose hook another probe's program serves is not loaded
+        // (both must be wanted; if only one is, it loads its own program).
+        for &(probe, program) in SHARED {
+            let wanted = |n: &str| todo.iter().any(|p| p.program == n);
+            if wanted(probe) && wanted(program) {
+                todo.retain(|p| p.program != probe);
+                self.served_by.insert(probe, program);
+            }
+        }
         let progs: Vec<(&'static Probe, &mut aya::programs::Program)> = self
             .ebpf
             .programs_mut()
@@ -394,11 +434,43 @@ impl Tracer {
                 out.insert(p.program, r);
             }
         });
+        for (&probe, &program) in &self.served_by {
+            let r = match out.get(program) {
+                Some(Ok(())) => Ok(()),
+                Some(Err(e)) => Err(anyhow!("{e:#}")),
+                None => Err(anyhow!("program {program} missing from the eBPF object")),
+            };
+            out.insert(probe, r);
+        }
         out
     }
 
     fn attach_one(&mut self, p: &Probe, cpus: &[u32]) -> Result<()> {
-        let prog = p.program;
+        let prog = self.served_by.get(p.program).copied().unwrap_or(p.program);
+        let counts_faults =
+            matches!(p.hook, Hook::PerfSoftware(_)) || p.program.starts_with("page_fault_");
+        let mut links = std::mem::take(if counts_faults {
+            &mut self.fault_links
+        } else {
+            &mut self.links
+        });
+        let r = self.attach_into(p, prog, cpus, &mut links);
+        if counts_faults {
+            self.fault_links = links;
+        } else {
+            self.links = links;
+        }
+        r
+    }
+
+    /// Attaches `prog` to `p`'s hook; the attachment goes to `links`.
+    fn attach_into(
+        &mut self,
+        p: &Probe,
+        prog: &str,
+        cpus: &[u32],
+        out: &mut Vec<Box<dyn Send>>,
+    ) -> Result<()> {
         match p.hook {
             Hook::Tracepoint { category, event } => {
                 let p = self.loaded::<TracePoint>(prog)?;
@@ -406,7 +478,7 @@ impl Tracer {
                     format!("attaching {prog} to tracepoint {category}:{event}")
                 })?;
                 let link = p.take_link(id)?;
-                self.links.push(Box::new(link));
+                out.push(Box::new(link));
             }
             Hook::RawTracepoint { event, .. } => {
                 let p = self.loaded::<RawTracePoint>(prog)?;
@@ -414,7 +486,7 @@ impl Tracer {
                     .attach(event)
                     .with_context(|| format!("attaching {prog} to raw tracepoint {event}"))?;
                 let link = p.take_link(id)?;
-                self.links.push(Box::new(link));
+                out.push(Box::new(link));
             }
             Hook::PerfSoftware(c) => {
                 let ev = match c {
@@ -436,7 +508,7 @@ impl Tracer {
                         })?;
                     links.push(Box::new(prog_ref.take_link(id)?));
                 }
-                self.links.extend(links);
+                out.extend(links);
             }
         }
         Ok(())
@@ -489,16 +561,27 @@ impl Tracer {
 
     /// Detaches every program; the maps stay readable, so the final
     /// snapshot is consistent (nothing changes while it is read).
+    ///
+    /// The hooks that count faults go last, once the others are gone (0.4-0.6
+    /// s on the 2-vCPU VM): the final read, right after, then sees the
+    /// kernel's fault counters of processes still running within one
+    /// detach of the hooks' (when they went first, a process faulting on
+    /// through the detach had its faults of that half second reported as
+    /// untraced).
     pub fn detach(&mut self) {
         // Each tracepoint detach waits for an RCU grace period (~76 ms here,
         // measured with strace): one after the other, 12 of them took 0.9 s.
         // Dropped from one thread each, they share grace periods.
-        let links = std::mem::take(&mut self.links);
-        std::thread::scope(|s| {
-            for link in links {
-                s.spawn(move || drop(link));
-            }
-        });
+        for links in [
+            std::mem::take(&mut self.links),
+            std::mem::take(&mut self.fault_links),
+        ] {
+            std::thread::scope(|s| {
+                for link in links {
+                    s.spawn(move || drop(link));
+                }
+            });
+        }
     }
 
     /// Attaches again, after [`detach`](Self::detach), every probe that was

@@ -107,14 +107,37 @@ pub const PROACTIVE_FUNCTIONS: &[&str] = &[
     "memory_high_write",
 ];
 
-/// Address, type and name of a /proc/kallsyms line (`ADDR T name\t[module]`).
-/// Split on single spaces, not `split_whitespace`: this runs for ~120k
-/// lines at every start, and was a third of the time spent on the file.
-fn kallsyms_line(l: &str) -> Option<(u64, &str, &str)> {
-    let (a, rest) = l.trim_start().split_once(' ')?;
-    let (t, rest) = rest.split_once(' ')?;
-    let name = rest.split(['\t', ' ', '\n']).next()?;
-    Some((u64::from_str_radix(a, 16).ok()?, t, name))
+/// Address, type and name of a /proc/kallsyms line (`ADDR T name\t[module]`),
+/// as bytes: this runs for ~120k lines at every start, where `str` lines
+/// (UTF-8 checks, `read_line`, `from_str_radix`) cost as much as the
+/// kernel's formatting of the file.
+fn kallsyms_line(l: &[u8]) -> Option<(u64, u8, &[u8])> {
+    let l = l.trim_ascii_start();
+    let sp = l.iter().position(|&b| b == b' ')?;
+    let (a, rest) = (&l[..sp], &l[sp + 1..]);
+    let (&t, rest) = rest.split_first()?;
+    let name = rest.strip_prefix(b" ")?;
+    let end = name
+        .iter()
+        .position(|&b| matches!(b, b'\t' | b' ' | b'\n'))
+        .unwrap_or(name.len());
+    Some((hex(a)?, t, &name[..end]))
+}
+
+/// A non-empty hexadecimal number of at most 16 digits.
+fn hex(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &b| {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return None,
+        };
+        Some(n << 4 | u64::from(d))
+    })
 }
 
 /// `[start, end)` of each of `names` found in `kallsyms` (end: the next
@@ -122,7 +145,7 @@ fn kallsyms_line(l: &str) -> Option<(u64, &str, &str)> {
 /// (kptr_restrict) give nothing.
 pub fn text_ranges(kallsyms: &str, names: &[&str], max: usize) -> Vec<[u64; 2]> {
     let mut scan = Scan::default();
-    kallsyms.lines().for_each(|l| scan.line(l, names));
+    scan.all_lines(kallsyms.as_bytes(), names);
     scan.ranges(max)
 }
 
@@ -135,27 +158,51 @@ struct Scan {
 }
 
 impl Scan {
-    fn line(&mut self, l: &str, names: &[&str]) {
+    /// Every complete line of `buf`; returns how many bytes they took.
+    fn lines(&mut self, buf: &[u8], names: &[&str]) -> usize {
+        let mut used = 0;
+        for l in buf.split_inclusive(|&b| b == b'\n') {
+            if l.last() != Some(&b'\n') {
+                break;
+            }
+            self.line(l, names);
+            used += l.len();
+        }
+        used
+    }
+
+    /// Every line of `text`, the last one also without a newline.
+    fn all_lines(&mut self, text: &[u8], names: &[&str]) {
+        text.split(|&b| b == b'\n')
+            .for_each(|l| self.line(l, names));
+    }
+
+    fn line(&mut self, l: &[u8], names: &[&str]) {
         let Some((a, t, name)) = kallsyms_line(l) else {
             return;
         };
         self.addrs.push(a);
-        if a != 0 && matches!(t, "t" | "T") && names.contains(&name) && !self.starts.contains(&a) {
+        if a != 0
+            && matches!(t, b't' | b'T')
+            && names.iter().any(|n| n.as_bytes() == name)
+            && !self.starts.contains(&a)
+        {
             self.starts.push(a);
         }
-        if name == "vmemmap_base" && self.vmemmap_base.is_none() {
+        if name == b"vmemmap_base" && self.vmemmap_base.is_none() {
             self.vmemmap_base = Some(a);
         }
     }
 
-    fn ranges(mut self, max: usize) -> Vec<[u64; 2]> {
-        self.addrs.sort_unstable();
+    /// Each start's end is the least address above it: one pass over the
+    /// addresses per start (a handful), no sort of the ~120k.
+    fn ranges(self, max: usize) -> Vec<[u64; 2]> {
         let addrs = self.addrs;
         self.starts
             .into_iter()
             .filter_map(|a| {
-                let i = addrs.partition_point(|x| *x <= a);
-                addrs.get(i).map(|end| [a, *end])
+                let end = addrs.iter().copied().filter(|&x| x > a).min()?;
+                Some([a, end])
             })
             .take(max)
             .collect()
@@ -198,7 +245,7 @@ pub fn x86_64_syscall_reasons() -> [u8; 512] {
 /// fixed x86_64 base (4-level paging; 5-level when the CPU has `la57`).
 pub fn vmemmap(kallsyms: &str, cpuinfo: &str) -> (u64, u64) {
     let mut scan = Scan::default();
-    kallsyms.lines().for_each(|l| scan.line(l, &[]));
+    scan.all_lines(kallsyms.as_bytes(), &[]);
     vmemmap_from(scan.vmemmap_base, cpuinfo)
 }
 
@@ -232,19 +279,108 @@ struct Symbols {
     ranges: Vec<[u64; 2]>,
 }
 
+/// Where [`Symbols`] are kept for the next traces of this boot: the
+/// kernel's own symbols never move until it reboots, and formatting
+/// /proc/kallsyms is the longest part of a start (55-60 ms of kernel CPU on
+/// the 2-vCPU VM, what the offsets wait for). Root's only (kernel addresses:
+/// mode 0600 in a 0700 directory), in a tmpfs that a reboot empties, and
+/// tagged with the boot id and the functions asked for.
+const CACHE_DIR: &str = "/run/mmtrace";
+const CACHE: &str = "/run/mmtrace/kallsyms";
+const CACHE_MAGIC: &str = "mmtrace kallsyms 1";
+
 impl Symbols {
-    /// Line by line: the whole file (5.4 MB here) is never in memory.
+    /// From the cache when it is this boot's, else from /proc/kallsyms
+    /// (then cached, if its addresses were visible).
     fn read() -> Self {
-        use std::io::BufRead as _;
+        Self::cached().unwrap_or_else(Self::read_and_cache)
+    }
+
+    /// This boot's cached symbols, if there are.
+    fn cached() -> Option<Self> {
+        let boot_id = boot_id()?;
+        Self::from_cache(&read_cache()?, &boot_id)
+    }
+
+    /// Scans /proc/kallsyms and caches what it found.
+    fn read_and_cache() -> Self {
+        let s = Self::scan();
+        if let Some(boot_id) = boot_id()
+            && (!s.ranges.is_empty() || s.vmemmap.0 != 0)
+        {
+            write_cache(&s.to_cache(&boot_id));
+        }
+        s
+    }
+
+    fn to_cache(&self, boot_id: &str) -> String {
+        let mut t = format!(
+            "{CACHE_MAGIC}\n{boot_id}\n{} {}\n{:x} {:x}\n",
+            PROACTIVE_FUNCTIONS.join(","),
+            mmtrace_common::PROACTIVE_RANGES,
+            self.vmemmap.0,
+            self.vmemmap.1
+        );
+        for [lo, hi] in &self.ranges {
+            t += &format!("{lo:x} {hi:x}\n");
+        }
+        t
+    }
+
+    /// The cached symbols, if `text` is a cache of this boot for the same
+    /// functions.
+    fn from_cache(text: &str, boot_id: &str) -> Option<Self> {
+        let mut lines = text.lines();
+        let asked = format!(
+            "{} {}",
+            PROACTIVE_FUNCTIONS.join(","),
+            mmtrace_common::PROACTIVE_RANGES
+        );
+        if lines.next()? != CACHE_MAGIC || lines.next()? != boot_id || lines.next()? != asked {
+            return None;
+        }
+        let pair = |l: &str| -> Option<(u64, u64)> {
+            let (a, b) = l.split_once(' ')?;
+            Some((hex(a.as_bytes())?, hex(b.as_bytes())?))
+        };
+        let vmemmap = pair(lines.next()?)?;
+        let ranges = lines
+            .map(|l| pair(l).map(|(lo, hi)| [lo, hi]))
+            .collect::<Option<Vec<_>>>()?;
+        (ranges.len() <= mmtrace_common::PROACTIVE_RANGES).then_some(Self { vmemmap, ranges })
+    }
+
+    /// A chunk at a time: the whole file (5.4 MB here) is never in memory.
+    fn scan() -> Self {
+        use std::io::Read as _;
+        let t0 = std::time::Instant::now();
         let mut scan = Scan::default();
-        if let Ok(f) = std::fs::File::open("/proc/kallsyms") {
-            let mut r = std::io::BufReader::with_capacity(64 << 10, f);
-            let mut line = String::new();
-            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
-                scan.line(&line, PROACTIVE_FUNCTIONS);
-                line.clear();
+        if let Ok(mut f) = std::fs::File::open("/proc/kallsyms") {
+            let mut buf = vec![0u8; 256 << 10];
+            let mut have = 0;
+            loop {
+                match f.read(&mut buf[have..]) {
+                    Ok(0) => {
+                        scan.all_lines(&buf[..have], PROACTIVE_FUNCTIONS);
+                        break;
+                    }
+                    Ok(n) => have += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+                let used = scan.lines(&buf[..have], PROACTIVE_FUNCTIONS);
+                buf.copy_within(used..have, 0);
+                have -= used;
+                if have == buf.len() {
+                    break; // a line longer than the buffer: not kallsyms
+                }
             }
         }
+        log::debug!(
+            "/proc/kallsyms read in {:.1} ms ({:.1} ms of CPU)",
+            t0.elapsed().as_secs_f64() * 1e3,
+            crate::timing::thread_cpu_ms()
+        );
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         Self {
             vmemmap: vmemmap_from(scan.vmemmap_base, &cpuinfo),
@@ -253,29 +389,92 @@ impl Symbols {
     }
 }
 
-/// The symbols being read by [`prefetch_symbols`], if it was called.
-static PREFETCH: std::sync::Mutex<Option<std::thread::JoinHandle<Symbols>>> =
-    std::sync::Mutex::new(None);
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_owned())
+}
 
-/// Starts reading /proc/kallsyms on a thread of its own: the kernel takes
-/// 50-120 ms to format its ~120k lines (measured on a 2-vCPU VM), time
-/// that [`compute`] would otherwise wait for, while the BTF is parsed
-/// meanwhile. Without it, [`compute`] reads the file itself.
-pub fn prefetch_symbols() {
-    if let Ok(mut p) = PREFETCH.lock()
-        && p.is_none()
-    {
-        *p = std::thread::Builder::new()
-            .name("kallsyms".into())
-            .spawn(Symbols::read)
-            .ok();
+/// The cache's text, if it is root's own and only root can read it.
+fn read_cache() -> Option<String> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(CACHE)
+        .ok()?;
+    let m = f.metadata().ok()?;
+    if m.uid() != 0 || m.mode() & 0o077 != 0 || !m.is_file() || m.len() > 4096 {
+        return None;
     }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut f, &mut text).ok()?;
+    Some(text)
+}
+
+/// Writes the cache (a new file renamed over the old: concurrent traces
+/// never read half of one). Failures only cost the next start the scan.
+fn write_cache(text: &str) {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(CACHE_DIR);
+    let dir_ok = std::fs::symlink_metadata(CACHE_DIR)
+        .is_ok_and(|m| m.is_dir() && m.uid() == 0 && m.mode() & 0o077 == 0);
+    if !dir_ok {
+        return;
+    }
+    let tmp = format!("{CACHE}.{}", std::process::id());
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    if written.is_err() || std::fs::rename(&tmp, CACHE).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// The symbols found by [`prefetch_symbols`]: cached, or being read.
+enum Prefetched {
+    Cached(Symbols),
+    Reading(std::thread::JoinHandle<Symbols>),
+}
+
+static PREFETCH: std::sync::Mutex<Option<Prefetched>> = std::sync::Mutex::new(None);
+
+/// Takes the symbols from this boot's cache, or starts reading
+/// /proc/kallsyms on a thread of its own: the kernel takes 50-120 ms to
+/// format its ~120k lines (measured on a 2-vCPU VM), time that [`compute`]
+/// would otherwise wait for, while the BTF is parsed meanwhile. Without
+/// it, [`compute`] reads them itself. Returns whether they were cached
+/// (nothing is being read).
+pub fn prefetch_symbols() -> bool {
+    let Ok(mut p) = PREFETCH.lock() else {
+        return false;
+    };
+    if p.is_none() {
+        *p = match Symbols::cached() {
+            Some(s) => Some(Prefetched::Cached(s)),
+            None => std::thread::Builder::new()
+                .name("kallsyms".into())
+                .spawn(Symbols::read_and_cache)
+                .ok()
+                .map(Prefetched::Reading),
+        };
+    }
+    matches!(*p, Some(Prefetched::Cached(_)))
 }
 
 fn symbols() -> Symbols {
     let started = PREFETCH.lock().ok().and_then(|mut p| p.take());
     match started {
-        Some(h) => h.join().unwrap_or_default(),
+        Some(Prefetched::Cached(s)) => s,
+        Some(Prefetched::Reading(h)) => h.join().unwrap_or_default(),
         None => Symbols::read(),
     }
 }
@@ -588,14 +787,49 @@ mod tests {
     #[test]
     fn kallsyms_lines_with_modules_and_newlines() {
         assert_eq!(
-            kallsyms_line("ffffffff816a8480 t memory_reclaim\n"),
-            Some((0xffff_ffff_816a_8480, "t", "memory_reclaim"))
+            kallsyms_line(b"ffffffff816a8480 t memory_reclaim\n"),
+            Some((0xffff_ffff_816a_8480, b't', &b"memory_reclaim"[..]))
         );
         assert_eq!(
-            kallsyms_line("ffffffffc0a01000 t nft_init\t[nf_tables]\n"),
-            Some((0xffff_ffff_c0a0_1000, "t", "nft_init"))
+            kallsyms_line(b"ffffffffc0a01000 t nft_init\t[nf_tables]\n"),
+            Some((0xffff_ffff_c0a0_1000, b't', &b"nft_init"[..]))
         );
-        assert_eq!(kallsyms_line("garbage\n"), None);
+        assert_eq!(
+            kallsyms_line(b"ffffffff816a8480 t last_line_without_newline"),
+            Some((
+                0xffff_ffff_816a_8480,
+                b't',
+                &b"last_line_without_newline"[..]
+            ))
+        );
+        assert_eq!(kallsyms_line(b"garbage\n"), None);
+        assert_eq!(kallsyms_line(b"ffffffffx16a8480 t bad_hex\n"), None);
+        assert_eq!(kallsyms_line(b"1ffffffff816a8480 t too_long\n"), None);
+    }
+
+    #[test]
+    fn the_symbols_cache_is_this_boots_for_these_functions() {
+        let s = Symbols {
+            vmemmap: (0xffff_ffff_82e1_c0a8, 0),
+            ranges: vec![[0xffff_ffff_816a_8480, 0xffff_ffff_816a_8600]],
+        };
+        let t = s.to_cache("boot-a");
+        let back = Symbols::from_cache(&t, "boot-a").unwrap();
+        assert_eq!((back.vmemmap, back.ranges), (s.vmemmap, s.ranges.clone()));
+        assert!(Symbols::from_cache(&t, "boot-b").is_none(), "another boot");
+        let other = t.replacen("memory_reclaim", "memory_reclaim_v2", 1);
+        assert!(
+            Symbols::from_cache(&other, "boot-a").is_none(),
+            "other functions"
+        );
+        assert!(Symbols::from_cache(&t.replace("816a8600", "zz"), "boot-a").is_none());
+        assert!(Symbols::from_cache("", "boot-a").is_none());
+        let none = Symbols {
+            vmemmap: (0, 0xffff_ea00_0000_0000),
+            ranges: Vec::new(),
+        };
+        let back = Symbols::from_cache(&none.to_cache("b"), "b").unwrap();
+        assert_eq!((back.vmemmap, back.ranges), (none.vmemmap, Vec::new()));
     }
 
     #[test]
