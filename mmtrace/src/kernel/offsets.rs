@@ -155,6 +155,8 @@ struct Scan {
     addrs: Vec<u64>,
     starts: Vec<u64>,
     vmemmap_base: Option<u64>,
+    /// The address of `_text`: where the kernel was loaded.
+    text: Option<u64>,
 }
 
 impl Scan {
@@ -191,6 +193,9 @@ impl Scan {
         }
         if name == b"vmemmap_base" && self.vmemmap_base.is_none() {
             self.vmemmap_base = Some(a);
+        }
+        if name == b"_text" && self.text.is_none() {
+            self.text = Some(a);
         }
     }
 
@@ -240,20 +245,27 @@ pub fn x86_64_syscall_reasons() -> [u8; 512] {
     t
 }
 
+/// Where x86_64 loads the kernel without KASLR (`__START_KERNEL`).
+const X86_64_UNRANDOMIZED_TEXT: u64 = 0xffff_ffff_8100_0000;
+
 /// Where the kernel's `struct page` array starts: the address of the
-/// `vmemmap_base` variable when memory regions are randomised, else the
-/// fixed x86_64 base (4-level paging; 5-level when the CPU has `la57`).
+/// `vmemmap_base` variable (in /proc/kallsyms with `CONFIG_KALLSYMS_ALL`),
+/// else the fixed x86_64 base (4-level paging; 5-level when the CPU has
+/// `la57`) — but only when the kernel was not loaded at a random address:
+/// with KASLR on, memory regions (vmemmap among them) are randomised too,
+/// and a fixed base would read the wrong `struct page`. Then (0, 0): the
+/// owner memcg of evicted pages is not read.
 pub fn vmemmap(kallsyms: &str, cpuinfo: &str) -> (u64, u64) {
     let mut scan = Scan::default();
     scan.all_lines(kallsyms.as_bytes(), &[]);
-    vmemmap_from(scan.vmemmap_base, cpuinfo)
+    vmemmap_from(scan.vmemmap_base, scan.text, cpuinfo)
 }
 
-fn vmemmap_from(vmemmap_base: Option<u64>, cpuinfo: &str) -> (u64, u64) {
+fn vmemmap_from(vmemmap_base: Option<u64>, text: Option<u64>, cpuinfo: &str) -> (u64, u64) {
     if let Some(addr) = vmemmap_base {
         return (addr, 0);
     }
-    if !cfg!(target_arch = "x86_64") {
+    if !cfg!(target_arch = "x86_64") || text != Some(X86_64_UNRANDOMIZED_TEXT) {
         return (0, 0);
     }
     let la57 = cpuinfo
@@ -287,7 +299,8 @@ struct Symbols {
 /// tagged with the boot id and the functions asked for.
 const CACHE_DIR: &str = "/run/mmtrace";
 const CACHE: &str = "/run/mmtrace/kallsyms";
-const CACHE_MAGIC: &str = "mmtrace kallsyms 1";
+// 2: the fixed vmemmap base only when the kernel text is not randomised.
+const CACHE_MAGIC: &str = "mmtrace kallsyms 2";
 
 impl Symbols {
     /// From the cache when it is this boot's, else from /proc/kallsyms
@@ -383,7 +396,7 @@ impl Symbols {
         );
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         Self {
-            vmemmap: vmemmap_from(scan.vmemmap_base, &cpuinfo),
+            vmemmap: vmemmap_from(scan.vmemmap_base, scan.text, &cpuinfo),
             ranges: scan.ranges(mmtrace_common::PROACTIVE_RANGES),
         }
     }
@@ -836,13 +849,22 @@ mod tests {
     fn vmemmap_from_kallsyms_or_the_fixed_base() {
         let k = "ffffffff81000000 T _stext\nffffffff82e1c0a8 D vmemmap_base\n";
         assert_eq!(vmemmap(k, ""), (0xffff_ffff_82e1_c0a8, 0));
+        let fixed = "ffffffff81000000 T _text\n";
         if cfg!(target_arch = "x86_64") {
-            assert_eq!(vmemmap("", "flags : fpu vme\n"), (0, 0xffff_ea00_0000_0000));
             assert_eq!(
-                vmemmap("", "flags : fpu la57\n"),
+                vmemmap(fixed, "flags : fpu vme\n"),
+                (0, 0xffff_ea00_0000_0000)
+            );
+            assert_eq!(
+                vmemmap(fixed, "flags : fpu la57\n"),
                 (0, 0xffd4_0000_0000_0000)
             );
         }
+        // KASLR on (text moved), no vmemmap_base symbol: unknown, not a
+        // guess; and no _text at all: unknown too.
+        let moved = "ffffffff9a200000 T _text\n";
+        assert_eq!(vmemmap(moved, "flags : fpu vme\n"), (0, 0));
+        assert_eq!(vmemmap("", "flags : fpu vme\n"), (0, 0));
     }
 
     #[test]
