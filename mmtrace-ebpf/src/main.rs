@@ -18,6 +18,7 @@
 //! to userspace unless raw events are asked for.
 #![no_std]
 #![feature(core_intrinsics)]
+#![feature(asm_experimental_arch)]
 #![allow(
     internal_features,
     reason = "atomic_xadd: the bpf target has no AtomicU64::fetch_add"

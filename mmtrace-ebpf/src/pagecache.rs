@@ -43,7 +43,7 @@ use mmtrace_common::{
 
 use crate::{
     events,
-    kread::{conf, read},
+    kread::{conf, read, tp_field},
     maps::{CGROUPS, EVICTED, FILE_CACHE, NOTICES, RECLAIM, RECLAIMERS, count_error},
     scope,
 };
@@ -114,14 +114,12 @@ fn log_new_file<C: EbpfContext>(ctx: &C, key: &FileKey, tgid: u32) {
 /// (file, page index, pages in the folio) of a page-cache event.
 #[inline(always)]
 fn read_cache_event(ctx: &TracePointContext) -> Result<(FileKey, u64, u64), i32> {
-    // SAFETY: offsets from the tracepoint's format file.
-    unsafe {
-        let ino = ctx.read_at::<u64>(conf!(tp_cache_ino) as usize)?;
-        let dev = ctx.read_at::<u32>(conf!(tp_cache_dev) as usize)?;
-        let index = ctx.read_at::<u64>(conf!(tp_cache_index) as usize)?;
-        let order = ctx.read_at::<u8>(conf!(tp_cache_order) as usize)? as u64;
-        Ok((FileKey { ino, dev, _pad: 0 }, index, 1u64 << (order & 31)))
-    }
+    // Offsets from the tracepoint's format file.
+    let ino = tp_field::<u64>(ctx, conf!(tp_cache_ino))?;
+    let dev = tp_field::<u32>(ctx, conf!(tp_cache_dev))?;
+    let index = tp_field::<u64>(ctx, conf!(tp_cache_index))?;
+    let order = tp_field::<u8>(ctx, conf!(tp_cache_order))? as u64;
+    Ok((FileKey { ino, dev, _pad: 0 }, index, 1u64 << (order & 31)))
 }
 
 #[inline(always)]
@@ -260,7 +258,7 @@ fn evicted_pages(key: &FileKey, index: u64, pages: u64, mark: Mark) -> (u64, u64
 fn try_delete(ctx: &TracePointContext) -> Result<(), i32> {
     let (key, index, pages) = read_cache_event(ctx)?;
     // SAFETY: offset from the tracepoint's format file.
-    let pfn = unsafe { ctx.read_at::<u64>(conf!(tp_cache_pfn) as usize) }.unwrap_or(0);
+    let pfn = tp_field::<u64>(ctx, conf!(tp_cache_pfn)).unwrap_or(0);
     let owned = owned_by_traced_cgroup(pfn);
     // A file not yet of interest becomes one when a task in scope evicts it
     // (fadvise before the first read) or when the page was charged to the
