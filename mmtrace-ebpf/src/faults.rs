@@ -73,7 +73,7 @@ use crate::{
     latency,
     maps::{
         LOST_FAULTS, MAPPING_FAULTS, PENDING, THREAD_FAULTS, VMA_CACHE, atomic_add, count_error,
-        get_or_insert_shared, pending_slot, thread_slot,
+        get_or_insert, pending_slot, thread_slot,
     },
     pagecache::register_file,
     scope,
@@ -467,7 +467,7 @@ fn add_shared(c: *mut FaultCounters, d: &FaultCounters) {
 #[inline(always)]
 fn map_row(key: &MappingKey) -> Option<Row> {
     let zero = FaultCounters::default();
-    match get_or_insert_shared(&MAPPING_FAULTS, &row_key(*key), &zero, errors::MAPPING_FULL) {
+    match get_or_insert(&MAPPING_FAULTS, &row_key(*key), &zero, errors::MAPPING_FULL) {
         Some(c) => Some(Row { c, shared: true }),
         None => LOST_FAULTS.get_ptr_mut(0).map(Row::own),
     }
@@ -525,32 +525,10 @@ fn try_filemap_map_pages(ctx: &TracePointContext) -> Result<(), i32> {
         )
     };
     register_file(ctx, &FileKey { ino, dev, _pad: 0 }, tgid);
+    // Only attached without entry counting (the raw
+    // `filemap_map_pages_entry` credits fault-around then): the pages go to
+    // the perf event that ends the fault.
     let pages = last.wrapping_sub(index).wrapping_add(1);
-    if entry_counting() {
-        // The fault counted at this thread's entry (one page mapped) is the
-        // one mapping these, if it is on this file and covers `index` (a
-        // GUP fault has no entry of its own).
-        let Some(slot) = THREAD_FAULTS.get_ptr_mut(thread_slot(tid)) else {
-            return Ok(());
-        };
-        // SAFETY: this thread's slot.
-        let (k, flags, stid) = unsafe { ((*slot).key, (*slot).flags, (*slot).tid) };
-        let vm_pages = k.vm_end.wrapping_sub(k.vm_start) >> PAGE_SHIFT;
-        if stid == tid
-            && flags & tf::PENDING != 0
-            && k.ino == ino
-            && k.dev == dev
-            && index >= k.pgoff
-            && index - k.pgoff < vm_pages
-            && pages > 1
-            && let Some(row) = row(&k)
-        {
-            row.add(&FaultCounters {
-                pages_mapped: pages - 1,
-                ..FaultCounters::default()
-            });
-        }
-    }
     if let Some(p) = PENDING.get_ptr_mut(pending_slot(tid)) {
         // SAFETY: per-CPU slot.
         unsafe {

@@ -181,41 +181,51 @@ pub fn count_error(index: u32) {
     }
 }
 
-/// Looks `key` up in a per-CPU hash, inserting `zero` first if absent.
+/// The hash maps [`get_or_insert`] serves: per-CPU values, or one value
+/// shared by every CPU (add to those with [`atomic_add`]).
+pub trait Entries<K, V> {
+    fn ptr(&self, key: &K) -> Option<*mut V>;
+    /// Inserts `v` unless `key` is present (`BPF_NOEXIST`).
+    fn insert_new(&self, key: &K, v: &V);
+}
+
+impl<K, V> Entries<K, V> for PerCpuHashMap<K, V> {
+    #[inline(always)]
+    fn ptr(&self, key: &K) -> Option<*mut V> {
+        self.get_ptr_mut(key)
+    }
+    #[inline(always)]
+    fn insert_new(&self, key: &K, v: &V) {
+        let _ = self.insert(key, v, 1);
+    }
+}
+
+impl<K, V> Entries<K, V> for HashMap<K, V> {
+    #[inline(always)]
+    fn ptr(&self, key: &K) -> Option<*mut V> {
+        self.get_ptr_mut(key)
+    }
+    #[inline(always)]
+    fn insert_new(&self, key: &K, v: &V) {
+        let _ = self.insert(key, v, 1);
+    }
+}
+
+/// Looks `key` up in a hash map, inserting `zero` first if absent.
 /// Counts `error` and returns `None` when the map is full.
 #[inline(always)]
 pub fn get_or_insert<K, V>(
-    map: &PerCpuHashMap<K, V>,
+    map: &impl Entries<K, V>,
     key: &K,
     zero: &V,
     error: u32,
 ) -> Option<*mut V> {
-    if let Some(p) = map.get_ptr_mut(key) {
+    if let Some(p) = map.ptr(key) {
         return Some(p);
     }
-    // BPF_NOEXIST: another CPU may have inserted it meanwhile; look again.
-    let _ = map.insert(key, zero, 1);
-    let p = map.get_ptr_mut(key);
-    if p.is_none() {
-        count_error(error);
-    }
-    p
-}
-
-/// [`get_or_insert`] for a map with one shared value per key (add to it
-/// with [`atomic_add`]).
-#[inline(always)]
-pub fn get_or_insert_shared<K, V>(
-    map: &HashMap<K, V>,
-    key: &K,
-    zero: &V,
-    error: u32,
-) -> Option<*mut V> {
-    if let Some(p) = map.get_ptr_mut(key) {
-        return Some(p);
-    }
-    let _ = map.insert(key, zero, 1);
-    let p = map.get_ptr_mut(key);
+    // Another CPU may have inserted it meanwhile; look again.
+    map.insert_new(key, zero);
+    let p = map.ptr(key);
     if p.is_none() {
         count_error(error);
     }

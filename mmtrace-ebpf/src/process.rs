@@ -19,7 +19,7 @@ use mmtrace_common::{Config, ExitRecord, ScopeEntry, errors, scope as sc};
 
 use crate::{
     kread::{conf, read},
-    maps::{EXITS, atomic_add, count_error, get_or_insert_shared},
+    maps::{EXITS, atomic_add, count_error, get_or_insert},
     scope,
 };
 
@@ -83,8 +83,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
         // SAFETY: offset from the tracepoint's format file.
         unsafe { ctx.read_at::<u8>(gd_off as usize)? != 0 }
     };
-    let Some(r) = get_or_insert_shared(&EXITS, &tgid, &ExitRecord::default(), errors::EXIT_FULL)
-    else {
+    let Some(r) = get_or_insert(&EXITS, &tgid, &ExitRecord::default(), errors::EXIT_FULL) else {
         return Ok(());
     };
     // SAFETY: a map value shared by every CPU: threads of one process exit

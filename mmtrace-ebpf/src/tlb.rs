@@ -13,7 +13,7 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use mmtrace_common::{TlbCounters, errors, tlb_reason};
 
 use crate::{
-    maps::{TLB_FLUSHES, atomic_add, get_or_insert_shared},
+    maps::{TLB_FLUSHES, atomic_add, get_or_insert},
     scope,
 };
 
@@ -33,7 +33,7 @@ pub fn tlb_flush(ctx: RawTracePointContext) -> u32 {
         tlb_reason::COUNT - 1
     };
     let zero = TlbCounters::default();
-    let Some(c) = get_or_insert_shared(&TLB_FLUSHES, &tgid, &zero, errors::TLB_FULL) else {
+    let Some(c) = get_or_insert(&TLB_FLUSHES, &tgid, &zero, errors::TLB_FULL) else {
         return 0;
     };
     // SAFETY: a map value shared by every CPU: atomic adds only.
