@@ -10,11 +10,12 @@
 //! the median of the per-pair differences. Rows: `noise` (nothing attached
 //! either way), `floor` (an empty program on each hook mmtrace attaches),
 //! `mmtrace` (mmtrace's own programs, loaded once, attached and detached
-//! between chunks; its maps must count exactly the attached chunks' faults).
+//! between chunks; its maps must count exactly the attached chunks' faults),
+//! `vsfloor` (the floor for the "off" chunks, mmtrace for the "on" ones).
 //!
 //! `storm`: the same storm without end, one JSON line per chunk with its
 //! wall-clock start and end, for tracers attached from outside (`-p PID`).
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write as _;
 use std::os::fd::AsRawFd as _;
@@ -52,7 +53,8 @@ enum Mode {
         /// Pairs of chunks per row.
         #[arg(long, default_value_t = 120)]
         pairs: u32,
-        /// Rows, in order: noise, floor, mmtrace.
+        /// Rows, in order: noise, floor, mmtrace, vsfloor (floor for the
+        /// "off" chunks, mmtrace for the "on" ones), latency.
         #[arg(long, value_delimiter = ',', default_value = "noise,floor,mmtrace")]
         rows: Vec<String>,
     },
@@ -83,6 +85,11 @@ struct StormArgs {
     /// Untimed chunks first (first touches of guest memory are slower).
     #[arg(long, default_value_t = 6)]
     warmup: u32,
+    /// Milliseconds to wait after attaching or detaching before the next
+    /// timed chunk (the kernel's deferred work of a toggle, RCU callbacks
+    /// and text patching, settles instead of landing in that chunk).
+    #[arg(long, default_value_t = 0)]
+    settle_ms: u64,
 }
 
 pub fn main(args: &[String]) -> i32 {
@@ -278,10 +285,43 @@ fn endless(a: &StormArgs, seconds: f64) -> Result<()> {
     Ok(())
 }
 
-/// What a row attaches for its "on" chunks.
+/// What a row attaches for its "on" chunks (and, for a comparison of two
+/// hook sets, for its "off" chunks: `start` attaches that one first,
+/// `finish` detaches it).
 trait Toggle {
     fn on(&mut self, tracer: &mut Tracer) -> Result<()>;
     fn off(&mut self, tracer: &mut Tracer) -> Result<()>;
+    fn start(&mut self, _: &mut Tracer) -> Result<()> {
+        Ok(())
+    }
+    fn finish(&mut self, _: &mut Tracer) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// mmtrace against the floor head to head: the floor's empty programs
+/// for the "off" chunks, mmtrace's programs for the "on" chunks, so a
+/// pair's difference is what mmtrace adds over the floor, measured as
+/// finely as the noise row (no ratio of two noisy medians).
+struct VsFloor<'a> {
+    floor: &'a mut Floor,
+}
+
+impl Toggle for VsFloor<'_> {
+    fn on(&mut self, t: &mut Tracer) -> Result<()> {
+        self.floor.off(t)?;
+        t.attach_again()
+    }
+    fn off(&mut self, t: &mut Tracer) -> Result<()> {
+        t.detach();
+        self.floor.on(t)
+    }
+    fn start(&mut self, t: &mut Tracer) -> Result<()> {
+        self.floor.on(t)
+    }
+    fn finish(&mut self, t: &mut Tracer) -> Result<()> {
+        self.floor.off(t)
+    }
 }
 
 /// Nothing (the noise row).
@@ -427,23 +467,36 @@ fn on_chunk(i: u32, j: u32) -> bool {
     i.is_multiple_of(2) == (j == 1)
 }
 
-/// Faults mmtrace's maps hold for this process on the storm's mappings
-/// (address in `addrs`, length `len`), and on all its mappings.
-fn traced_faults(t: &Tracer, addrs: &BTreeSet<u64>, len: u64) -> Result<(u64, u64)> {
+/// Faults mmtrace's maps hold for this process: per storm-sized mapping
+/// (length `len`) by start address, and on all its mappings.
+fn traced_faults(t: &Tracer, len: u64) -> Result<(BTreeMap<u64, u64>, u64)> {
     let me = std::process::id();
     let snap = t.snapshot()?;
-    let (mut storm, mut all) = (0, 0);
+    let (mut storm, mut all) = (BTreeMap::new(), 0);
     for (k, c) in &snap.mappings {
         if k.tgid != me {
             continue;
         }
         let n = c.minor + c.major;
         all += n;
-        if addrs.contains(&k.vm_start) && k.vm_end - k.vm_start == len {
-            storm += n;
+        if k.vm_end - k.vm_start == len {
+            *storm.entry(k.vm_start).or_insert(0) += n;
         }
     }
     Ok((storm, all))
+}
+
+/// Faults counted on the storm mappings at `addrs` since `before` (an
+/// earlier row may have counted on the same addresses).
+fn storm_faults_since(
+    before: &BTreeMap<u64, u64>,
+    after: &BTreeMap<u64, u64>,
+    addrs: &BTreeSet<u64>,
+) -> u64 {
+    addrs
+        .iter()
+        .map(|a| after.get(a).copied().unwrap_or(0) - before.get(a).copied().unwrap_or(0))
+        .sum()
 }
 
 fn stats_json(before: &[ProgramStats], after: &[ProgramStats], faults: u64) -> Value {
@@ -515,12 +568,17 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
     let (mut nothing, mut mm) = (Nothing, Mmtrace);
     let mut out = Vec::new();
     for row in rows {
+        let mut vs;
         let (toggle, tracer): (&mut dyn Toggle, &mut Tracer) = match row.as_str() {
             "noise" => (&mut nothing, &mut tracer),
             "floor" => (&mut floor, &mut tracer),
             "mmtrace" => (&mut mm, &mut tracer),
+            "vsfloor" => {
+                vs = VsFloor { floor: &mut floor };
+                (&mut vs, &mut tracer)
+            }
             "latency" => (&mut mm, lat.as_mut().context("latency tracer")?),
-            r => bail!("unknown row {r} (noise, floor, mmtrace, latency)"),
+            r => bail!("unknown row {r} (noise, floor, mmtrace, vsfloor, latency)"),
         };
         // Allocated up front: no heap growth (faults) while attached.
         let mut off_ns = Vec::with_capacity(pairs as usize);
@@ -531,8 +589,9 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
         let mut addrs = BTreeSet::new();
         let mut on_chunks = 0u64;
         let stats0 = tracer.program_stats();
-        let before = traced_faults(tracer, &BTreeSet::new(), 0)?.1;
+        let (storm_before, before) = traced_faults(tracer, storm.len as u64)?;
         let mut attached = false;
+        toggle.start(tracer)?;
         let started = Instant::now();
         for i in 0..pairs {
             on_first.push(on_chunk(i, 0));
@@ -545,6 +604,7 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
                         toggle.off(tracer)?;
                     }
                     attached = on;
+                    std::thread::sleep(std::time::Duration::from_millis(a.settle_ms));
                 }
                 let (ns, cpu, addr) = storm.chunk()?;
                 let wall = ns as f64 / storm.pages as f64;
@@ -563,6 +623,7 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
         if attached {
             toggle.off(tracer)?;
         }
+        toggle.finish(tracer)?;
         let secs = started.elapsed().as_secs_f64();
         let stats = stats_json(
             &stats0,
@@ -583,8 +644,9 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
         });
         match row.as_str() {
             "floor" => r["hooks"] = json!(&floor_hooks),
-            "mmtrace" | "latency" => {
-                let (storm_faults, all) = traced_faults(tracer, &addrs, storm.len as u64)?;
+            "mmtrace" | "vsfloor" | "latency" => {
+                let (storm_after, all) = traced_faults(tracer, storm.len as u64)?;
+                let storm_faults = storm_faults_since(&storm_before, &storm_after, &addrs);
                 r["hooks"] = json!(
                     tracer
                         .probes()

@@ -8,7 +8,10 @@
 //!   figure is the median of the per-pair differences. Rows: untraced vs
 //!   untraced (noise), empty programs on mmtrace's hooks (the floor),
 //!   mmtrace's own programs (whose maps must count the attached chunks'
-//!   faults exactly); anonymous and copy-on-write storms.
+//!   faults exactly), and mmtrace against the floor head to head (the
+//!   floor for one chunk, mmtrace for the next: what mmtrace adds over the
+//!   floor without dividing two noisy medians); anonymous and
+//!   copy-on-write storms.
 //! - from outside (`mmtrace bench-chunks storm`): tracers that cannot be
 //!   toggled in-process (bpftrace, perf trace, and mmtrace `--pid` so every
 //!   row shares one method) attach to the storm for a window between
@@ -64,6 +67,9 @@ struct Row {
     result: Result<(Summary, f64), String>,
     /// The floor row's median this row is compared with.
     floor: Option<f64>,
+    /// The row's "off" chunks had the floor attached (`vsfloor`): its
+    /// figure is what it adds over the floor, measured head to head.
+    over_floor: bool,
 }
 
 impl Row {
@@ -75,16 +81,43 @@ impl Row {
         });
         match &self.result {
             Ok((s, base)) => {
-                v["added_ns_per_fault"] = s.to_json();
-                v["untraced_ns_per_fault"] = json!(base);
-                v["ratio_to_untraced"] = json!((base + s.median) / base);
-                if let Some(f) = self.floor {
-                    v["ratio_to_floor"] = json!(s.median / f);
+                let key = if self.over_floor {
+                    "added_ns_per_fault_over_floor"
+                } else {
+                    v["untraced_ns_per_fault"] = json!(base);
+                    v["ratio_to_untraced"] = json!((base + s.median) / base);
+                    "added_ns_per_fault"
+                };
+                v[key] = s.to_json();
+                if let Some(r) = self.xfloor(s.median) {
+                    v["ratio_to_floor"] = json!(r);
                 }
             }
             Err(e) => v["missing"] = json!(e),
         }
         v
+    }
+}
+
+impl Row {
+    /// Over the floor: this row's added ns against the floor row's, or
+    /// for a head-to-head row (floor + its difference) against the floor.
+    fn xfloor(&self, median: f64) -> Option<f64> {
+        let f = self.floor?;
+        Some(if self.over_floor {
+            (f + median) / f
+        } else {
+            median / f
+        })
+    }
+
+    /// Over untraced: `-` for a head-to-head row (its base is the floor).
+    fn xuntraced(&self, median: f64, base: f64) -> String {
+        if self.over_floor {
+            "-".to_string()
+        } else {
+            format!("{:.3}x", (base + median) / base)
+        }
     }
 }
 
@@ -122,9 +155,9 @@ pub fn bench(ctx: &Ctx, opts: &BenchOpts) -> Result<()> {
         opts.pairs,
         opts.chunk_mib,
         if opts.latency {
-            "noise,floor,mmtrace,latency"
+            "noise,floor,mmtrace,vsfloor,latency"
         } else {
-            "noise,floor,mmtrace"
+            "noise,floor,mmtrace,vsfloor"
         },
     )?;
     rows.extend(chunk_rows(&anon, "anon minor"));
@@ -137,7 +170,7 @@ pub fn bench(ctx: &Ctx, opts: &BenchOpts) -> Result<()> {
             &["--kind", "cow", "--path", &p],
             opts.cow_pairs,
             opts.chunk_mib,
-            "floor,mmtrace",
+            "floor,mmtrace,vsfloor",
         )?;
         let _ = std::fs::remove_file(&path);
         rows.extend(chunk_rows(&v, "CoW"));
@@ -265,11 +298,11 @@ fn chunk_rows(v: &Value, workload: &'static str) -> Vec<Row> {
                     "floor: empty progs on {} hooks",
                     r["hooks"].as_array().map_or(0, Vec::len)
                 ),
-                row @ ("mmtrace" | "latency") => {
-                    let who = if row == "latency" {
-                        "mmtrace --latency"
-                    } else {
-                        "mmtrace"
+                row @ ("mmtrace" | "vsfloor" | "latency") => {
+                    let who = match row {
+                        "latency" => "mmtrace --latency",
+                        "vsfloor" => "mmtrace vs floor",
+                        _ => "mmtrace",
                     };
                     match r["check"]["exact"].as_bool() {
                         Some(true) => format!("{who} (counts exact)"),
@@ -289,6 +322,7 @@ fn chunk_rows(v: &Value, workload: &'static str) -> Vec<Row> {
                 floor: (r["row"] != "floor" && r["row"] != "noise")
                     .then_some(floor)
                     .flatten(),
+                over_floor: r["row"] == "vsfloor",
             }
         })
         .collect()
@@ -628,6 +662,7 @@ fn outside(
                 name: p.name.to_string(),
                 result,
                 floor: (i > 0).then_some(floor).flatten(),
+                over_floor: false,
             }
         })
         .collect();
@@ -748,7 +783,7 @@ fn print_report(
     for r in rows {
         match &r.result {
             Ok((s, base)) => println!(
-                "{:<10} {:<10} {:<35} {:>+9.1} {:>15} {:>15} {:>17} {:>8.3}x {:>8}",
+                "{:<10} {:<10} {:<35} {:>+9.1} {:>15} {:>15} {:>17} {:>9} {:>8}",
                 r.method,
                 r.workload,
                 r.name,
@@ -756,9 +791,9 @@ fn print_report(
                 format!("{:+.0}..{:+.0}", s.ci_lo, s.ci_hi),
                 format!("{:+.0}..{:+.0}", s.q1, s.q3),
                 format!("{:+.0}..{:+.0}", s.min, s.max),
-                (base + s.median) / base,
-                r.floor
-                    .map_or("-".to_string(), |f| format!("{:.2}x", s.median / f)),
+                r.xuntraced(s.median, *base),
+                r.xfloor(s.median)
+                    .map_or("-".to_string(), |x| format!("{x:.2}x")),
             ),
             Err(why) => println!("{:<10} {:<10} {:<35} {why}", r.method, r.workload, r.name),
         }
@@ -771,7 +806,8 @@ fn print_report(
     };
     println!(
         "(+ns/fault: the storm thread's CPU time, median of per-pair (in-process) or per-round (outside) differences; untraced: {:.0} ns per anon fault{}; \
-         xfloor: over the in-process floor of the same workload; kernel BPF run time: ns per run of the programs that ran \
+         xfloor: over the in-process floor of the same workload; mmtrace vs floor: the floor attached for the off chunks and mmtrace for the on chunks, \
+         so +ns/fault is what mmtrace adds over the floor head to head and xfloor is (floor + that) / floor; kernel BPF run time: ns per run of the programs that ran \
          about once per storm fault, runs/fault > 1 = other processes' faults while attached)",
         base(anon),
         cow.map_or(String::new(), |c| format!(", {:.0} per CoW fault", base(c)))
