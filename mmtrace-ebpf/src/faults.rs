@@ -84,6 +84,8 @@ pub(crate) const VM_SHARED: u64 = 0x8;
 const X86_PF_PROT: u64 = 1 << 0;
 /// x86 page-fault error code: the access was a write.
 const X86_PF_WRITE: u64 = 1 << 1;
+/// x86 page-fault error code: the fault came from user mode.
+const X86_PF_USER: u64 = 1 << 2;
 /// Kernel addresses have the top bit set (4- and 5-level paging alike): a
 /// fault there is never counted by `mm_account_fault()`.
 const KERNEL_HALF: u64 = 1 << 63;
@@ -155,13 +157,26 @@ pub fn page_faults_maj(ctx: PerfEventContext) -> u32 {
 /// unsigned long error_code)` (arch/x86/include/asm/trace/exceptions.h).
 #[raw_tracepoint(tracepoint = "page_fault_user")]
 pub fn page_fault_user(ctx: RawTracePointContext) -> u32 {
-    on_entry(&ctx, ctx.arg::<u64>(0), ctx.arg::<u64>(2), false);
+    on_entry::<false>(&ctx, ctx.arg::<u64>(0), ctx.arg::<u64>(2), false);
     0
 }
 
 #[raw_tracepoint(tracepoint = "page_fault_kernel")]
 pub fn page_fault_kernel(ctx: RawTracePointContext) -> u32 {
-    on_entry(&ctx, ctx.arg::<u64>(0), ctx.arg::<u64>(2), true);
+    on_entry::<false>(&ctx, ctx.arg::<u64>(0), ctx.arg::<u64>(2), true);
+    0
+}
+
+/// The default trace's fault entry, on both hooks: [`page_fault_kernel`]
+/// compiled for that trace alone (faults counted at entry, the vma cache
+/// on, no fault latency, no fault events), so the code every fault runs
+/// through holds no branch for the other configurations (the loader picks
+/// it only for such a trace). Measured against the general program, both
+/// attached to one anonymous storm (`--bpf-stats`, both orders): 5 ns less
+/// per fault.
+#[raw_tracepoint(tracepoint = "page_fault_kernel")]
+pub fn page_fault_count(ctx: RawTracePointContext) -> u32 {
+    on_entry::<true>(&ctx, ctx.arg::<u64>(0), ctx.arg::<u64>(2), true);
     0
 }
 
@@ -241,12 +256,14 @@ unsafe fn load<T: Copy>(base: u64, off: u32) -> T {
     unsafe { core::ptr::read_volatile((base as *const u8).add(off as usize) as *const T) }
 }
 
+/// A fault's entry. `LEAN`: the default trace's program
+/// ([`page_fault_count`]), whose configuration the loader guarantees.
 #[inline(always)]
-fn on_entry(ctx: &RawTracePointContext, addr: u64, code: u64, kernel_mode: bool) {
-    if conf!(latency) != 0 || events::wanted(event_mask::FAULTS) || !entry_counting() {
+fn on_entry<const LEAN: bool>(ctx: &RawTracePointContext, addr: u64, code: u64, kernel_mode: bool) {
+    if !LEAN && (conf!(latency) != 0 || events::wanted(event_mask::FAULTS) || !entry_counting()) {
         stash_error_code(addr, code);
     }
-    if !entry_counting() || addr & KERNEL_HALF != 0 {
+    if (!LEAN && !entry_counting()) || addr & KERNEL_HALF != 0 {
         return;
     }
     // SAFETY: plain helper call (inlined by the verifier on x86-64).
@@ -254,7 +271,8 @@ fn on_entry(ctx: &RawTracePointContext, addr: u64, code: u64, kernel_mode: bool)
     // SAFETY: a BTF task pointer, offsets from BTF.
     let (tid, tgid): (u32, u32) =
         unsafe { (load(task, conf!(task_pid)), load(task, conf!(task_tgid))) };
-    if kernel_mode && conf!(task_pagefault_disabled) != Config::ABSENT {
+    // User-mode code never runs with page faults disabled.
+    if kernel_mode && code & X86_PF_USER == 0 && conf!(task_pagefault_disabled) != Config::ABSENT {
         // SAFETY: a BTF task pointer, offset from BTF.
         let disabled: i32 = unsafe { load(task, conf!(task_pagefault_disabled)) };
         if disabled != 0 {
@@ -288,7 +306,8 @@ fn on_entry(ctx: &RawTracePointContext, addr: u64, code: u64, kernel_mode: bool)
             pending && (*slot).tid != tid
         }
     };
-    let Some(Counted { row, key, mapping }) = vma_counters(ctx, task, addr, tgid, true) else {
+    let Some(Counted { row, key, mapping }) = vma_counters::<_, LEAN>(ctx, task, addr, tgid, true)
+    else {
         return;
     };
     if taken {
@@ -565,7 +584,8 @@ fn on_fault(ctx: &PerfEventContext, major: bool) {
     };
     // SAFETY: plain helper call.
     let task = unsafe { bpf_get_current_task_btf() } as u64;
-    let Some(Counted { row, key, .. }) = vma_counters(ctx, task, addr, tgid, true) else {
+    let Some(Counted { row, key, .. }) = vma_counters::<_, false>(ctx, task, addr, tgid, true)
+    else {
         return;
     };
     let (mut error_code, map_pages, mut start_ns, entry_addr) = take_pending(tid);
@@ -864,8 +884,10 @@ extern "C" fn vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
 /// check nor the row. When the slot is taken over by another vma its
 /// counters are flushed into `MAPPING_FAULTS`; userspace adds the slots'
 /// unflushed counters when it reads.
+///
+/// `LEAN`: the vma cache is known to be on (no check).
 #[inline(always)]
-fn vma_counters<C: EbpfContext>(
+fn vma_counters<C: EbpfContext, const LEAN: bool>(
     ctx: &C,
     task: u64,
     addr: u64,
@@ -873,7 +895,7 @@ fn vma_counters<C: EbpfContext>(
     count_failure: bool,
 ) -> Option<Counted> {
     let cache = VMA_CACHE.get_ptr_mut(0)?;
-    if conf!(vma_cache) != 0 {
+    if LEAN || conf!(vma_cache) != 0 {
         let scope_gen = scope::generation();
         // SAFETY: per-CPU slot; a BTF task pointer, offsets from BTF.
         unsafe {

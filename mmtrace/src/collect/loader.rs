@@ -216,6 +216,8 @@ pub struct Tracer {
     coarse_mappings: bool,
     /// Probes whose hook gets another probe's program (see [`SHARED`]).
     served_by: BTreeMap<&'static str, &'static str>,
+    /// The default trace's fault program is loaded ([`object_program`]).
+    lean: bool,
 }
 
 /// Probes whose hook can take another probe's program, so that the kernel
@@ -226,11 +228,32 @@ pub struct Tracer {
 /// in mmtrace-ebpf's faults.rs) except that the kernel-mode one first skips
 /// faults taken while the task has page faults disabled (nofault reads of
 /// user memory). A task never runs user code with page faults disabled, so
-/// on the user hook that check never skips: the kernel-mode program counts
-/// user faults exactly as the user one does, for one more load from the
-/// task per fault. Each is the costliest program to verify (40-57 ms of CPU
+/// on the user hook that check never skips (it is skipped for faults whose
+/// error code says user mode): the kernel-mode program counts user faults
+/// exactly as the user one does. Each is the costliest program to verify (40-57 ms of CPU
 /// on the 2-vCPU VM).
 const SHARED: &[(&str, &str)] = &[("page_fault_user", "page_fault_kernel")];
+
+/// The object's program that runs for probe `program`: the default trace
+/// (`lean`: faults counted at entry with the vma cache, no fault latency,
+/// no fault events) gets `page_fault_count`, `page_fault_kernel` compiled
+/// for that configuration alone (no branch for the others on the path
+/// every fault runs through).
+fn object_program(program: &'static str, lean: bool) -> &'static str {
+    match program {
+        "page_fault_kernel" if lean => "page_fault_count",
+        p => p,
+    }
+}
+
+/// Whether `config` is the default trace's, which `page_fault_count` is
+/// compiled for.
+fn lean_faults(config: &Config) -> bool {
+    config.write_faults != 0
+        && config.vma_cache != 0
+        && config.latency == 0
+        && config.events & mmtrace_common::event_mask::FAULTS == 0
+}
 
 /// Run-time statistics of one program (kernel BPF stats).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, schemars::JsonSchema)]
@@ -299,6 +322,7 @@ impl Tracer {
             links: Vec::new(),
             coarse_mappings: config.coarse_mappings != 0,
             served_by: BTreeMap::new(),
+            lean: lean_faults(config),
             fault_links: Vec::new(),
         };
         for &(pid, follow) in targets {
@@ -417,10 +441,16 @@ impl Tracer {
                 self.served_by.insert(probe, program);
             }
         }
+        let lean = self.lean;
         let progs: Vec<(&'static Probe, &mut aya::programs::Program)> = self
             .ebpf
             .programs_mut()
-            .filter_map(|(name, prog)| Some((*todo.iter().find(|p| p.program == name)?, prog)))
+            .filter_map(|(name, prog)| {
+                let p = todo
+                    .iter()
+                    .find(|p| object_program(p.program, lean) == name)?;
+                Some((*p, prog))
+            })
             .collect();
         std::thread::scope(|s| {
             let running: Vec<_> = progs
@@ -446,7 +476,10 @@ impl Tracer {
     }
 
     fn attach_one(&mut self, p: &Probe, cpus: &[u32]) -> Result<()> {
-        let prog = self.served_by.get(p.program).copied().unwrap_or(p.program);
+        let prog = object_program(
+            self.served_by.get(p.program).copied().unwrap_or(p.program),
+            self.lean,
+        );
         let counts_faults =
             matches!(p.hook, Hook::PerfSoftware(_)) || p.program.starts_with("page_fault_");
         let mut links = std::mem::take(if counts_faults {
@@ -926,5 +959,64 @@ fn release_in_child() -> Result<()> {
             unsafe { libc::close(rd) };
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mmtrace_common::event_mask;
+
+    use super::*;
+
+    fn default_trace() -> Config {
+        Config {
+            write_faults: 1,
+            vma_cache: 1,
+            ..Config::ZERO
+        }
+    }
+
+    #[test]
+    fn only_the_default_trace_gets_the_lean_fault_program() {
+        assert!(lean_faults(&default_trace()));
+        assert_eq!(
+            object_program("page_fault_kernel", true),
+            "page_fault_count"
+        );
+        assert_eq!(object_program("page_fault_user", true), "page_fault_user");
+        assert_eq!(
+            object_program("page_fault_kernel", false),
+            "page_fault_kernel"
+        );
+        let others = [
+            Config {
+                latency: 1,
+                ..default_trace()
+            },
+            Config {
+                events: event_mask::MINOR_FAULTS,
+                ..default_trace()
+            },
+            Config {
+                events: event_mask::MAJOR_FAULTS,
+                ..default_trace()
+            },
+            Config {
+                vma_cache: 0,
+                ..default_trace()
+            },
+            Config {
+                write_faults: 0,
+                ..default_trace()
+            },
+        ];
+        for c in others {
+            assert!(!lean_faults(&c));
+        }
+        // Events that are not fault events keep the lean program.
+        assert!(lean_faults(&Config {
+            events: !event_mask::FAULTS,
+            ..default_trace()
+        }));
     }
 }
