@@ -6,7 +6,9 @@
 //! each chunk timed with the thread's CPU clock, which leaves out the time
 //! other tasks preempted it, and the monotonic clock; pinned to one CPU)
 //! and attaches a hook set for one chunk and detaches it for the next, in
-//! ABBA order; it prints every pair's ns per fault as JSON and xtask takes
+//! ABBA order, with one untimed chunk after each toggle (`--settle-chunks`:
+//! the first chunk after one is slower, whatever was toggled); it prints
+//! every pair's ns per fault as JSON and xtask takes
 //! the median of the per-pair differences. Rows: `noise` (nothing attached
 //! either way), `floor` (an empty program on each hook mmtrace attaches),
 //! `mmtrace` (mmtrace's own programs, loaded once, attached and detached
@@ -85,11 +87,12 @@ struct StormArgs {
     /// Untimed chunks first (first touches of guest memory are slower).
     #[arg(long, default_value_t = 6)]
     warmup: u32,
-    /// Milliseconds to wait after attaching or detaching before the next
-    /// timed chunk (the kernel's deferred work of a toggle, RCU callbacks
-    /// and text patching, settles instead of landing in that chunk).
-    #[arg(long, default_value_t = 0)]
-    settle_ms: u64,
+    /// Untimed chunks after each attach or detach: the first chunk after
+    /// a toggle ran 25-80 ns per fault slower than the next (any hook set,
+    /// either way), which in ABBA order splits the pair differences into
+    /// two modes whose median is unstable.
+    #[arg(long, default_value_t = 1)]
+    settle_chunks: u32,
 }
 
 pub fn main(args: &[String]) -> i32 {
@@ -604,7 +607,13 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
                         toggle.off(tracer)?;
                     }
                     attached = on;
-                    std::thread::sleep(std::time::Duration::from_millis(a.settle_ms));
+                    for _ in 0..a.settle_chunks {
+                        let (_, _, addr) = storm.chunk()?;
+                        if on {
+                            on_chunks += 1;
+                            addrs.insert(addr);
+                        }
+                    }
                 }
                 let (ns, cpu, addr) = storm.chunk()?;
                 let wall = ns as f64 / storm.pages as f64;
