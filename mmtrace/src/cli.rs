@@ -76,7 +76,7 @@ pub struct Cli {
     /// I/O time: a minor fault can wait on readahead, a major one may not
     /// sleep. x86 only (needs exceptions:page_fault_user). Off by default:
     /// it attaches the perf page-fault events as well, and took the kernel
-    /// BPF run time per anonymous minor fault from 168-174 ns to 604-745 ns
+    /// BPF run time per anonymous minor fault from 128-131 ns to 557-650 ns
     /// (`--bpf-stats`, `mmtrace workload anon --pages 65536 --rounds 4`,
     /// two runs each, 2-vCPU Linux 6.18 KVM guest).
     #[arg(long, global = true)]
