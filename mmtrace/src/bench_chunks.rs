@@ -56,7 +56,8 @@ enum Mode {
         #[arg(long, default_value_t = 120)]
         pairs: u32,
         /// Rows, in order: noise, floor, mmtrace, vsfloor (floor for the
-        /// "off" chunks, mmtrace for the "on" ones), latency.
+        /// "off" chunks, mmtrace for the "on" ones), latency; `ROW:N` gives
+        /// a row N pairs instead of --pairs.
         #[arg(long, value_delimiter = ',', default_value = "noise,floor,mmtrace")]
         rows: Vec<String>,
     },
@@ -523,6 +524,19 @@ fn stats_json(before: &[ProgramStats], after: &[ProgramStats], faults: u64) -> V
     Value::Array(rows)
 }
 
+/// A row of `--rows`: `NAME` or `NAME:PAIRS`.
+fn row_pairs(spec: &str, pairs: u32) -> Result<(String, u32)> {
+    match spec.split_once(':') {
+        None => Ok((spec.to_string(), pairs)),
+        Some((name, n)) => {
+            let n: u32 = n.parse().ok().filter(|&n| n > 0).with_context(|| {
+                format!("--rows {spec}: the pairs after ':' must be a number of at least 1")
+            })?;
+            Ok((name.to_string(), n))
+        }
+    }
+}
+
 /// `chunks`: every row's pairs, as JSON.
 fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
     ensure!(pairs > 0, "--pairs must be at least 1");
@@ -570,7 +584,9 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
 
     let (mut nothing, mut mm) = (Nothing, Mmtrace);
     let mut out = Vec::new();
-    for row in rows {
+    for spec in rows {
+        let (row, pairs) = row_pairs(spec, pairs)?;
+        let row = &row;
         let mut vs;
         let (toggle, tracer): (&mut dyn Toggle, &mut Tracer) = match row.as_str() {
             "noise" => (&mut nothing, &mut tracer),
@@ -692,6 +708,18 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_row_may_name_its_own_pairs() {
+        assert_eq!(row_pairs("floor", 120).unwrap(), ("floor".into(), 120));
+        assert_eq!(
+            row_pairs("vsfloor:300", 120).unwrap(),
+            ("vsfloor".into(), 300)
+        );
+        for bad in ["vsfloor:", "vsfloor:0", "vsfloor:x"] {
+            assert!(row_pairs(bad, 120).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn abba_order() {

@@ -41,6 +41,8 @@ pub struct BenchOpts {
     pub pairs: u32,
     /// Pairs of the copy-on-write rows (0: skip them).
     pub cow_pairs: u32,
+    /// Pairs of the anonymous head-to-head row (copy-on-write: half).
+    pub h2h_pairs: u32,
     /// MiB per chunk.
     pub chunk_mib: u64,
     /// Rounds of the outside method (0: skip it).
@@ -148,16 +150,17 @@ pub fn bench(ctx: &Ctx, opts: &BenchOpts) -> Result<()> {
     let mut raw = serde_json::Map::new();
 
     // In-process chunks.
+    let h2h = format!("vsfloor:{}", opts.h2h_pairs);
     let anon = chunks(
         ctx,
         &bin,
         &["--kind", "anon"],
         opts.pairs,
         opts.chunk_mib,
-        if opts.latency {
-            "noise,floor,mmtrace,vsfloor,latency"
+        &if opts.latency {
+            format!("noise,floor,mmtrace,{h2h},latency")
         } else {
-            "noise,floor,mmtrace,vsfloor"
+            format!("noise,floor,mmtrace,{h2h}")
         },
     )?;
     rows.extend(chunk_rows(&anon, "anon minor"));
@@ -170,7 +173,7 @@ pub fn bench(ctx: &Ctx, opts: &BenchOpts) -> Result<()> {
             &["--kind", "cow", "--path", &p],
             opts.cow_pairs,
             opts.chunk_mib,
-            "floor,mmtrace,vsfloor",
+            &format!("floor,mmtrace,vsfloor:{}", opts.h2h_pairs.div_ceil(2)),
         )?;
         let _ = std::fs::remove_file(&path);
         rows.extend(chunk_rows(&v, "CoW"));
@@ -210,7 +213,7 @@ pub fn bench(ctx: &Ctx, opts: &BenchOpts) -> Result<()> {
         "loadavg": load.trim(),
         "binary": bin.display().to_string(),
         "options": {
-            "pairs": opts.pairs, "cow_pairs": opts.cow_pairs, "chunk_mib": opts.chunk_mib,
+            "pairs": opts.pairs, "cow_pairs": opts.cow_pairs, "h2h_pairs": opts.h2h_pairs, "chunk_mib": opts.chunk_mib,
             "rounds": opts.rounds, "window_s": opts.window, "gap_s": opts.gap, "settle_s": opts.settle,
         },
         "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
@@ -764,8 +767,15 @@ fn print_report(
             .join(" ")
     );
     println!(
-        "in-process: {} ABBA pairs of {} MiB chunks (anon), {} (CoW); outside: {} rounds, {:.1} s windows, {:.1} s untraced between",
-        opts.pairs, opts.chunk_mib, opts.cow_pairs, opts.rounds, opts.window, opts.gap
+        "in-process: {} ABBA pairs of {} MiB chunks (anon), {} (CoW), mmtrace vs floor {} (anon) and {} (CoW); outside: {} rounds, {:.1} s windows, {:.1} s untraced between",
+        opts.pairs,
+        opts.chunk_mib,
+        opts.cow_pairs,
+        opts.h2h_pairs,
+        opts.h2h_pairs.div_ceil(2),
+        opts.rounds,
+        opts.window,
+        opts.gap
     );
     println!();
     println!(

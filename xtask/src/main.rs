@@ -56,6 +56,11 @@ enum Cmd {
         /// pairs of the copy-on-write rows (0: skip them)
         #[arg(long, default_value_t = 60)]
         cow_pairs: u32,
+        /// pairs of the head-to-head row, mmtrace against the floor
+        /// (anonymous; the copy-on-write one gets half): its difference is
+        /// the figure the goal is about, so it gets the most pairs
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+        h2h_pairs: u32,
         /// MiB per storm chunk
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
         chunk_mib: u64,
@@ -112,6 +117,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
         Cmd::Bench {
             pairs,
             cow_pairs,
+            h2h_pairs,
             chunk_mib,
             rounds,
             window,
@@ -127,6 +133,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                 &bench::BenchOpts {
                     pairs,
                     cow_pairs,
+                    h2h_pairs,
                     chunk_mib,
                     rounds,
                     window,
@@ -325,6 +332,7 @@ mod tests {
             Cmd::Bench {
                 pairs: 3,
                 cow_pairs: 60,
+                h2h_pairs: 300,
                 rounds: 6,
                 ..
             }
