@@ -172,8 +172,8 @@ pub fn page_fault_kernel(ctx: RawTracePointContext) -> u32 {
 /// on, no fault latency, no fault events), so the code every fault runs
 /// through holds no branch for the other configurations (the loader picks
 /// it only for such a trace). Measured against the general program, both
-/// attached to one anonymous storm (`--bpf-stats`, both orders): 5 ns less
-/// per fault.
+/// attached to one anonymous storm (`--bpf-stats`, both orders): 2-5 ns
+/// less per fault.
 #[raw_tracepoint(tracepoint = "page_fault_kernel")]
 pub fn page_fault_count(ctx: RawTracePointContext) -> u32 {
     on_entry::<true>(&ctx, ctx.arg::<u64>(0), ctx.arg::<u64>(2), true);

@@ -586,7 +586,6 @@ fn chunks(a: &StormArgs, pairs: u32, rows: &[String]) -> Result<Value> {
     let mut out = Vec::new();
     for spec in rows {
         let (row, pairs) = row_pairs(spec, pairs)?;
-        let row = &row;
         let mut vs;
         let (toggle, tracer): (&mut dyn Toggle, &mut Tracer) = match row.as_str() {
             "noise" => (&mut nothing, &mut tracer),

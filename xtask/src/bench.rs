@@ -99,9 +99,7 @@ impl Row {
         }
         v
     }
-}
 
-impl Row {
     /// Over the floor: this row's added ns against the floor row's, or
     /// for a head-to-head row (floor + its difference) against the floor.
     fn xfloor(&self, median: f64) -> Option<f64> {
@@ -120,6 +118,13 @@ impl Row {
         } else {
             format!("{:.3}x", (base + median) / base)
         }
+    }
+}
+
+impl BenchOpts {
+    /// Pairs of the copy-on-write head-to-head row.
+    fn cow_h2h_pairs(&self) -> u32 {
+        self.h2h_pairs.div_ceil(2)
     }
 }
 
@@ -173,7 +178,7 @@ pub fn bench(ctx: &Ctx, opts: &BenchOpts) -> Result<()> {
             &["--kind", "cow", "--path", &p],
             opts.cow_pairs,
             opts.chunk_mib,
-            &format!("floor,mmtrace,vsfloor:{}", opts.h2h_pairs.div_ceil(2)),
+            &format!("floor,mmtrace,vsfloor:{}", opts.cow_h2h_pairs()),
         )?;
         let _ = std::fs::remove_file(&path);
         rows.extend(chunk_rows(&v, "CoW"));
@@ -772,7 +777,7 @@ fn print_report(
         opts.chunk_mib,
         opts.cow_pairs,
         opts.h2h_pairs,
-        opts.h2h_pairs.div_ceil(2),
+        opts.cow_h2h_pairs(),
         opts.rounds,
         opts.window,
         opts.gap

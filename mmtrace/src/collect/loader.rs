@@ -230,8 +230,8 @@ pub struct Tracer {
 /// user memory). A task never runs user code with page faults disabled, so
 /// on the user hook that check never skips (it is skipped for faults whose
 /// error code says user mode): the kernel-mode program counts user faults
-/// exactly as the user one does. Each is the costliest program to verify (40-57 ms of CPU
-/// on the 2-vCPU VM).
+/// exactly as the user one does. Each is the costliest program to verify
+/// (40-57 ms of CPU on the 2-vCPU VM).
 const SHARED: &[(&str, &str)] = &[("page_fault_user", "page_fault_kernel")];
 
 /// The object's program that runs for probe `program`: the default trace
